@@ -1,0 +1,49 @@
+"""langchain-kd-memory: reward-aware episodic memory for LangChain agents, with a distilled value model."""
+
+from langchain_kd_memory.embeddings import (
+    EmbedderIdentity,
+    LocalEmbeddings,
+    OpenAIEmbedder,
+    default_embeddings,
+    embedder_identity,
+)
+from langchain_kd_memory.episodes import Episode, RewardEstimate
+from langchain_kd_memory.errors import (
+    CheckpointError,
+    ConfigError,
+    EmbedderMismatchError,
+    EmbeddingDimensionError,
+    EmbeddingError,
+    EpisodeNotFoundError,
+    InsufficientDataError,
+    InvalidArgumentError,
+    InvalidEpisodeError,
+    InvalidNamespaceError,
+    InvalidRewardError,
+    KDMemoryError,
+    NotTrainedError,
+    StoreError,
+)
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "EmbedderIdentity",
+    "EmbedderMismatchError",
+    "EmbeddingDimensionError",
+    "EmbeddingError",
+    "Episode",
+    "EpisodeNotFoundError",
+    "InsufficientDataError",
+    "InvalidArgumentError",
+    "InvalidEpisodeError",
+    "InvalidNamespaceError",
+    "InvalidRewardError",
+    "KDMemoryError",
+    "LocalEmbeddings",
+    "NotTrainedError",
+    "OpenAIEmbedder",
+    "RewardEstimate",
+    "default_embeddings",
+    "embedder_identity",
+]

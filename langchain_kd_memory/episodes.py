@@ -1,0 +1,231 @@
+"""Plain data: `Episode` (what the agent lived through) and `RewardEstimate` (what the model predicts).
+
+No I/O here. Validation happens on construction so that an invalid episode never reaches a store.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Union
+
+import numpy as np
+
+from langchain_kd_memory.errors import InvalidEpisodeError, InvalidNamespaceError, InvalidRewardError
+
+MetadataValue = Union[str, int, float, bool]
+"""A metadata value: Chroma stores scalars only."""
+
+DEFAULT_NAMESPACE = "default"
+MAX_NAMESPACE_LENGTH = 128
+MAX_METADATA_KEYS = 64
+MAX_METADATA_STRING = 4096
+RESERVED_METADATA_PREFIX = "kd_"
+"""Metadata keys with this prefix belong to the library (reward, response, ...)."""
+
+
+def validate_reward(reward: object, *, allow_none: bool = True) -> float | None:
+    """Return `reward` as a float, or raise `InvalidRewardError`.
+
+    Args:
+        reward: A finite int or float (bools are refused), or None when `allow_none`.
+        allow_none: Whether None ("not rated yet") is acceptable.
+    """
+    if reward is None:
+        if allow_none:
+            return None
+        raise InvalidRewardError("reward is None; pass a finite number")
+    if isinstance(reward, bool) or not isinstance(reward, (int, float, np.integer, np.floating)):
+        raise InvalidRewardError(
+            f"reward must be a finite number, got {type(reward).__name__} {reward!r}"
+        )
+    value = float(reward)
+    if not math.isfinite(value):
+        raise InvalidRewardError(f"reward must be finite, got {value}")
+    return value
+
+
+def validate_namespace(namespace: object) -> str:
+    """Return `namespace` if it is a usable namespace string, else raise `InvalidNamespaceError`."""
+    if not isinstance(namespace, str):
+        raise InvalidNamespaceError(
+            f"namespace must be a str, got {type(namespace).__name__} {namespace!r}"
+        )
+    if not namespace.strip():
+        raise InvalidNamespaceError("namespace must be a non-empty string")
+    if len(namespace) > MAX_NAMESPACE_LENGTH:
+        raise InvalidNamespaceError(
+            f"namespace is {len(namespace)} characters; the limit is {MAX_NAMESPACE_LENGTH}"
+        )
+    return namespace
+
+
+def validate_query(query: object, field_name: str = "query") -> str:
+    """Return `query` if it is a non-blank string, else raise `InvalidEpisodeError`."""
+    if not isinstance(query, str):
+        raise InvalidEpisodeError(f"{field_name} must be a str, got {type(query).__name__}")
+    if not query.strip():
+        raise InvalidEpisodeError(f"{field_name} must not be empty or whitespace")
+    return query
+
+
+def validate_metadata(metadata: object) -> dict[str, MetadataValue]:
+    """Return a copy of `metadata` if every value is a scalar, else raise `InvalidEpisodeError`."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidEpisodeError(f"metadata must be a dict, got {type(metadata).__name__}")
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise InvalidEpisodeError(
+            f"metadata has {len(metadata)} keys; the limit is {MAX_METADATA_KEYS}"
+        )
+    clean: dict[str, MetadataValue] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidEpisodeError(f"metadata keys must be non-empty str, got {key!r}")
+        if key.startswith(RESERVED_METADATA_PREFIX):
+            raise InvalidEpisodeError(
+                f"metadata key {key!r} uses the reserved prefix {RESERVED_METADATA_PREFIX!r}"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidEpisodeError(f"metadata[{key!r}] must be finite, got {value}")
+        if isinstance(value, str) and len(value) > MAX_METADATA_STRING:
+            raise InvalidEpisodeError(
+                f"metadata[{key!r}] is {len(value)} characters; the limit is {MAX_METADATA_STRING}"
+            )
+        if not isinstance(value, (str, int, float, bool)):
+            raise InvalidEpisodeError(
+                f"metadata[{key!r}] must be str, int, float or bool, got {type(value).__name__}"
+            )
+        clean[key] = value
+    return clean
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One thing the agent did: a query, its response and (now or later) a reward.
+
+    Attributes:
+        query: What the agent was asked. Must not be blank.
+        response: What the agent answered ("" if not known).
+        reward: A finite number, or None when not rated yet.
+        metadata: Scalar values only (str, int, float, bool); keys must not start with "kd_".
+        namespace: Whose episode this is (a user, an agent). Each namespace is isolated.
+        id: Unique id; a UUID4 by default. Pass a run id to find the episode again later.
+        created_at: When the episode happened (timezone-aware, UTC by default).
+    """
+
+    query: str
+    response: str = ""
+    reward: float | None = None
+    metadata: dict[str, MetadataValue] = field(default_factory=dict)
+    namespace: str = DEFAULT_NAMESPACE
+    id: str = field(default_factory=_new_id)
+    created_at: datetime = field(default_factory=_now)
+
+    def __post_init__(self) -> None:
+        validate_query(self.query)
+        if not isinstance(self.response, str):
+            raise InvalidEpisodeError(
+                f"response must be a str, got {type(self.response).__name__}"
+            )
+        object.__setattr__(self, "reward", validate_reward(self.reward))
+        object.__setattr__(self, "metadata", validate_metadata(self.metadata))
+        validate_namespace(self.namespace)
+        if not isinstance(self.id, str) or not self.id.strip():
+            raise InvalidEpisodeError(f"id must be a non-empty str, got {self.id!r}")
+        if not isinstance(self.created_at, datetime):
+            raise InvalidEpisodeError(
+                f"created_at must be a datetime, got {type(self.created_at).__name__}"
+            )
+        if self.created_at.tzinfo is None:
+            object.__setattr__(self, "created_at", self.created_at.replace(tzinfo=timezone.utc))
+
+    @property
+    def is_rated(self) -> bool:
+        """Whether the episode has a reward."""
+        return self.reward is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (the `created_at` as ISO 8601)."""
+        return {
+            "id": self.id,
+            "query": self.query,
+            "response": self.response,
+            "reward": self.reward,
+            "metadata": dict(self.metadata),
+            "namespace": self.namespace,
+            "created_at": self.created_at.isoformat(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Episode:
+        """Build an episode from a dict like the one `to_dict` returns (missing keys default)."""
+        if not isinstance(data, Mapping):
+            raise InvalidEpisodeError(f"expected a dict, got {type(data).__name__}")
+        unknown = set(data) - {"id", "query", "response", "reward", "metadata", "namespace",
+                               "created_at"}
+        if unknown:
+            raise InvalidEpisodeError(f"unknown episode fields: {sorted(unknown)}")
+        kwargs: dict[str, Any] = {k: v for k, v in data.items() if v is not None or k == "reward"}
+        if isinstance(kwargs.get("created_at"), str):
+            try:
+                kwargs["created_at"] = datetime.fromisoformat(kwargs["created_at"])
+            except ValueError as exc:
+                raise InvalidEpisodeError(f"created_at is not ISO 8601: {exc}") from exc
+        if "query" not in kwargs:
+            raise InvalidEpisodeError("an episode needs a 'query'")
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class RewardEstimate:
+    """What the value model predicts about the reward of a query.
+
+    Attributes:
+        expected: Expected reward (mean of the predicted distribution), in reward units.
+        std: Standard deviation of the predicted distribution: the model's uncertainty.
+        distribution: Probabilities over the reward bins (sums to 1).
+        bin_centers: The reward value at the centre of each bin.
+        predicted_bin: Index of the most likely bin.
+    """
+
+    expected: float
+    std: float
+    distribution: np.ndarray
+    bin_centers: np.ndarray
+    predicted_bin: int
+
+    @property
+    def mode(self) -> float:
+        """The reward at the centre of the most likely bin."""
+        return float(self.bin_centers[self.predicted_bin])
+
+    def quantile(self, q: float) -> float:
+        """The reward below which a fraction `q` of the predicted probability lies."""
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"q must lie in [0, 1], got {q}")
+        cdf = np.cumsum(self.distribution)
+        index = int(np.searchsorted(cdf, q, side="left"))
+        return float(self.bin_centers[min(index, len(self.bin_centers) - 1)])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary (the distribution as a list)."""
+        return {
+            "expected": self.expected,
+            "std": self.std,
+            "predicted_bin": self.predicted_bin,
+            "mode": self.mode,
+            "distribution": [float(p) for p in self.distribution],
+        }
