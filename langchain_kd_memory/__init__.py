@@ -1,4 +1,4 @@
-"""langchain-kd-memory: reward-aware episodic memory for LangChain agents, with a distilled value model."""
+"""langchain-kd-memory: reward-aware episodic memory for LangChain agents."""
 
 from langchain_kd_memory.embeddings import (
     EmbedderIdentity,
@@ -7,7 +7,7 @@ from langchain_kd_memory.embeddings import (
     default_embeddings,
     embedder_identity,
 )
-from langchain_kd_memory.episodes import Episode, RewardEstimate
+from langchain_kd_memory.episodes import Episode, RewardEstimate, TrainingArrays
 from langchain_kd_memory.errors import (
     CheckpointError,
     ConfigError,
@@ -44,6 +44,8 @@ __all__ = [
     "NotTrainedError",
     "OpenAIEmbedder",
     "RewardEstimate",
+    "StoreError",
+    "TrainingArrays",
     "default_embeddings",
     "embedder_identity",
 ]

@@ -55,7 +55,7 @@ def embedder_identity(embeddings: Embeddings) -> EmbedderIdentity:
 
 
 def check_vectors(vectors: Sequence[Sequence[float]], count: int, dimension: int) -> None:
-    """Raise `EmbeddingError`/`EmbeddingDimensionError` unless there are `count` vectors of `dimension`."""
+    """Raise an `EmbeddingError` unless there are `count` vectors, each of `dimension` floats."""
     if len(vectors) != count:
         raise EmbeddingError(f"embedder returned {len(vectors)} vectors for {count} texts")
     for vector in vectors:
@@ -106,7 +106,7 @@ class LocalEmbeddings(Embeddings):
             vector = emb.embed_query("How do I reset my password?")  # 384 floats
     """
 
-    def __init__(self, model_path: str | None = None, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, model_path: str | None = None, device: str = "cpu", batch_size: int = 64) -> None:
         """Create the embedder.
 
         Args:
@@ -119,8 +119,9 @@ class LocalEmbeddings(Embeddings):
         self.model_path = model_path
         self.device = device
         self.batch_size = batch_size
-        name = DEFAULT_MODEL_NAME if model_path is None else os.path.basename(model_path.rstrip("/"))
-        self._name = name
+        self._name = (
+            DEFAULT_MODEL_NAME if model_path is None else os.path.basename(model_path.rstrip("/"))
+        )
         self._dimension: int | None = 384 if model_path is None else None
 
     @property
@@ -187,7 +188,7 @@ class OpenAIEmbedder(Embeddings):
         batch_size: int = 256,
         timeout: float = 30.0,
         max_retries: int = 3,
-    ):
+    ) -> None:
         """Create the embedder.
 
         Args:

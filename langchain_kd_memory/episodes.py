@@ -1,4 +1,4 @@
-"""Plain data: `Episode` (what the agent lived through) and `RewardEstimate` (what the model predicts).
+"""Plain data: `Episode`, `RewardEstimate` (a prediction) and `TrainingArrays` (stored vectors).
 
 No I/O here. Validation happens on construction so that an invalid episode never reaches a store.
 """
@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
-from langchain_kd_memory.errors import InvalidEpisodeError, InvalidNamespaceError, InvalidRewardError
+from langchain_kd_memory.errors import (
+    InvalidEpisodeError,
+    InvalidNamespaceError,
+    InvalidRewardError,
+)
 
-MetadataValue = Union[str, int, float, bool]
+MetadataValue = str | int | float | bool
 """A metadata value: Chroma stores scalars only."""
 
 DEFAULT_NAMESPACE = "default"
@@ -229,3 +233,70 @@ class RewardEstimate:
             "mode": self.mode,
             "distribution": [float(p) for p in self.distribution],
         }
+
+
+@dataclass(frozen=True)
+class TrainingArrays:
+    """Stored embeddings and rewards of rated episodes: what consolidation trains on.
+
+    Attributes:
+        query_embeddings: float32 array of shape (n, dim).
+        response_embeddings: float32 array of shape (n, dim).
+        rewards: float32 array of shape (n,), all finite.
+        ids: The n episode ids, in the same order.
+    """
+
+    query_embeddings: np.ndarray
+    response_embeddings: np.ndarray
+    rewards: np.ndarray
+    ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        q = np.asarray(self.query_embeddings, dtype=np.float32)
+        r = np.asarray(self.response_embeddings, dtype=np.float32)
+        y = np.asarray(self.rewards, dtype=np.float32).reshape(-1)
+        if q.ndim != 2 or r.shape != q.shape:
+            raise InvalidEpisodeError(
+                f"embeddings must be two (n, dim) arrays of one shape, got {q.shape} and {r.shape}"
+            )
+        if y.shape[0] != q.shape[0]:
+            raise InvalidEpisodeError(f"{y.shape[0]} rewards for {q.shape[0]} embeddings")
+        if not np.all(np.isfinite(y)):
+            raise InvalidRewardError("rewards must all be finite")
+        ids = tuple(self.ids) or tuple(str(i) for i in range(q.shape[0]))
+        if len(ids) != q.shape[0]:
+            raise InvalidEpisodeError(f"{len(ids)} ids for {q.shape[0]} embeddings")
+        object.__setattr__(self, "query_embeddings", q)
+        object.__setattr__(self, "response_embeddings", r)
+        object.__setattr__(self, "rewards", y)
+        object.__setattr__(self, "ids", ids)
+
+    def __len__(self) -> int:
+        return int(self.rewards.shape[0])
+
+    @property
+    def dimension(self) -> int:
+        """Embedding dimension."""
+        return int(self.query_embeddings.shape[1])
+
+    def subset(self, indices: np.ndarray | Sequence[int]) -> TrainingArrays:
+        """The rows at `indices`, in that order."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return TrainingArrays(
+            self.query_embeddings[idx],
+            self.response_embeddings[idx],
+            self.rewards[idx],
+            tuple(self.ids[i] for i in idx),
+        )
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[TrainingArrays]) -> TrainingArrays:
+        """Join several batches (e.g. those the store streams) into one."""
+        if not parts:
+            raise InvalidEpisodeError("nothing to concatenate")
+        return cls(
+            np.concatenate([p.query_embeddings for p in parts]),
+            np.concatenate([p.response_embeddings for p in parts]),
+            np.concatenate([p.rewards for p in parts]),
+            tuple(i for p in parts for i in p.ids),
+        )
