@@ -106,7 +106,9 @@ class LocalEmbeddings(Embeddings):
             vector = emb.embed_query("How do I reset my password?")  # 384 floats
     """
 
-    def __init__(self, model_path: str | None = None, device: str = "cpu", batch_size: int = 64) -> None:
+    def __init__(
+        self, model_path: str | None = None, device: str = "cpu", batch_size: int = 64
+    ) -> None:
         """Create the embedder.
 
         Args:
