@@ -236,6 +236,8 @@ class OpenAIEmbedder(Embeddings):
             response = self.client.embeddings.create(model=self.model, input=texts, **extra)
         except openai.OpenAIError as exc:
             raise EmbeddingError(f"OpenAI embeddings request failed: {exc}") from exc
+        except ValueError as exc:  # a body that is not JSON
+            raise EmbeddingError(f"malformed embeddings response: {exc}") from exc
         try:
             ordered = sorted(response.data, key=lambda item: item.index)
             vectors = [list(item.embedding) for item in ordered]
