@@ -11,6 +11,7 @@ from langchain_kd_memory.episodes import Episode, RewardEstimate, TrainingArrays
 from langchain_kd_memory.errors import (
     CheckpointError,
     ConfigError,
+    DuplicateEpisodeError,
     EmbedderMismatchError,
     EmbeddingDimensionError,
     EmbeddingError,
@@ -24,16 +25,19 @@ from langchain_kd_memory.errors import (
     NotTrainedError,
     StoreError,
 )
+from langchain_kd_memory.storage import EpisodeStore
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "DuplicateEpisodeError",
     "EmbedderIdentity",
     "EmbedderMismatchError",
     "EmbeddingDimensionError",
     "EmbeddingError",
     "Episode",
     "EpisodeNotFoundError",
+    "EpisodeStore",
     "InsufficientDataError",
     "InvalidArgumentError",
     "InvalidEpisodeError",

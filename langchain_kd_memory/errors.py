@@ -20,6 +20,10 @@ class InvalidRewardError(InvalidEpisodeError):
     """A reward is not a finite number (or lies outside the declared range)."""
 
 
+class DuplicateEpisodeError(KDMemoryError, ValueError):
+    """An episode id is already stored in its namespace, or repeats within one batch."""
+
+
 class InvalidNamespaceError(KDMemoryError, ValueError):
     """A namespace is not a non-empty string of acceptable length."""
 

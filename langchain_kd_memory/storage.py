@@ -1,0 +1,875 @@
+"""`EpisodeStore`: episodes in Chroma, one collection per namespace.
+
+This is the only module that imports `chromadb`.
+
+Layout:
+    * One Chroma collection per namespace, named ``{collection_name}.ns.{encoded namespace}``.
+      The encoding keeps ASCII letters and digits and writes every other UTF-8 byte as ``_hh``,
+      so it is reversible and two namespaces never share a collection. A namespace whose
+      encoding would exceed Chroma's 512-character limit is named
+      ``{collection_name}.nh.{sha256 of the namespace}``. The original namespace and the
+      embedder's identity live in the collection metadata.
+    * One record per episode: the vector is the query embedding, the document is the query,
+      and the metadata holds the user's keys as given plus reserved ``kd_`` keys: the response
+      text, the reward (absent when not rated) and a ``kd_rated`` flag, the creation time (ISO
+      string and POSIX timestamp), and the response embedding (base64 of little-endian float32,
+      exact). An empty response is stored with an all-zero response embedding: nothing is
+      embedded for it.
+    * Collections use cosine space and no Chroma embedding function (``embedding_function=None``):
+      the store always passes vectors it computed, so Chroma's default embedder (which would
+      download a model) never runs; if anything asked Chroma to embed, it would raise instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import logging
+import re
+import string
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+import chromadb
+import numpy as np
+from chromadb.api import ClientAPI
+from chromadb.api.models.Collection import Collection
+from chromadb.api.types import validate_where
+from chromadb.config import Settings
+from chromadb.errors import NotFoundError
+from langchain_core.embeddings import Embeddings
+
+from langchain_kd_memory.embeddings import EmbedderIdentity, default_embeddings, embedder_identity
+from langchain_kd_memory.episodes import (
+    DEFAULT_NAMESPACE,
+    RESERVED_METADATA_PREFIX,
+    Episode,
+    TrainingArrays,
+    validate_namespace,
+    validate_reward,
+)
+from langchain_kd_memory.errors import (
+    DuplicateEpisodeError,
+    EmbedderMismatchError,
+    EmbeddingDimensionError,
+    EmbeddingError,
+    EpisodeNotFoundError,
+    InvalidArgumentError,
+    InvalidEpisodeError,
+    InvalidNamespaceError,
+    KDMemoryError,
+    StoreError,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PERSIST_DIRECTORY = "./.kd_memory"
+STORE_FORMAT = 1
+
+# Reserved record metadata keys.
+RESPONSE_KEY = "kd_response"
+REWARD_KEY = "kd_reward"
+RATED_KEY = "kd_rated"
+CREATED_AT_KEY = "kd_created_at"
+CREATED_TS_KEY = "kd_created_ts"
+RESPONSE_EMBEDDING_KEY = "kd_response_emb"
+
+# Collection metadata keys.
+_NAMESPACE_META = "kd_namespace"
+_EMBEDDER_META = "kd_embedder"
+_DIMENSION_META = "kd_dimension"
+_FORMAT_META = "kd_format"
+
+_COLLECTION_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{1,61}[a-zA-Z0-9]")
+_KEPT_CHARACTERS = frozenset(string.ascii_letters + string.digits)
+_MAX_CHROMA_NAME = 512
+_INT64 = (-(2**63), 2**63 - 1)
+_TRAINING_PAGE = 1024
+
+
+def encode_namespace(namespace: str) -> str:
+    """Encode a namespace into Chroma's name alphabet, reversibly and without collisions.
+
+    ASCII letters and digits are kept; every other character becomes ``_hh`` for each byte of
+    its UTF-8 encoding (``"user/42"`` -> ``"user_2f42"``, ``"a_b"`` -> ``"a_5fb"``).
+    """
+    return "".join(
+        ch if ch in _KEPT_CHARACTERS else "".join(f"_{b:02x}" for b in ch.encode("utf-8"))
+        for ch in namespace
+    )
+
+
+def _encode_vector(vector: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+@contextmanager
+def _chroma(action: str) -> Iterator[None]:
+    """Turn a Chroma (or transport) failure inside the block into a `StoreError`."""
+    try:
+        yield
+    except KDMemoryError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"Chroma failed to {action}: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_ids(ids: object) -> list[str]:
+    if isinstance(ids, str) or not isinstance(ids, Sequence):
+        raise InvalidArgumentError(
+            f"ids must be a list of str, got {type(ids).__name__}; wrap a single id in a list"
+        )
+    for episode_id in ids:
+        if not isinstance(episode_id, str) or not episode_id.strip():
+            raise InvalidArgumentError(f"every id must be a non-empty str, got {episode_id!r}")
+    return list(ids)
+
+
+def _check_positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+def _check_namespace(namespace: object) -> str:
+    namespace = validate_namespace(namespace)
+    try:
+        namespace.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidNamespaceError(f"namespace is not valid Unicode text: {exc}") from exc
+    return namespace
+
+
+def _reject_reserved_keys(node: object) -> None:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if isinstance(key, str) and key.startswith(RESERVED_METADATA_PREFIX):
+                raise InvalidArgumentError(
+                    f"where filters address user metadata only; {key!r} uses the reserved "
+                    f"prefix {RESERVED_METADATA_PREFIX!r}"
+                )
+            _reject_reserved_keys(value)
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            _reject_reserved_keys(item)
+
+
+def _check_where(where: object) -> dict[str, Any] | None:
+    if where is None:
+        return None
+    if not isinstance(where, Mapping) or not where:
+        raise InvalidArgumentError(f"where must be a non-empty dict or None, got {where!r}")
+    _reject_reserved_keys(where)
+    try:
+        validate_where(dict(where))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise InvalidArgumentError(f"invalid where filter: {exc}") from exc
+    return dict(where)
+
+
+class EpisodeStore:
+    """Episodes (query, response, reward, metadata) kept in Chroma, one collection per namespace.
+
+    Queries and responses are embedded once, on `add`; the stored vectors are what search and
+    training use afterwards (`training_batches` never calls the embedder). Every public method
+    validates its input and leaves the store unchanged when it raises.
+
+    Setup:
+        .. code-block:: python
+
+            from langchain_kd_memory import Episode, EpisodeStore
+
+            store = EpisodeStore(persist_directory="./memory")   # embedded, on disk
+            # or: EpisodeStore(client=chromadb.HttpClient(host="localhost", port=8000))
+
+    Add:
+        .. code-block:: python
+
+            ids = store.add([Episode("How do I reset my password?", "Use the link.", reward=1.0)])
+            store.update_reward(ids[0], 0.5)          # metadata only: no re-embedding
+
+    Search:
+        .. code-block:: python
+
+            for episode, similarity in store.search("forgot my password", k=3):
+                print(round(similarity, 3), episode.reward, episode.response)
+
+    Train:
+        .. code-block:: python
+
+            arrays = store.training_arrays()   # query/response embeddings + rewards, rated only
+
+    Concurrency: writes from several threads of one process are serialised by a lock, so none is
+    lost. Duplicate-id checks are not atomic across processes sharing one Chroma server.
+    """
+
+    def __init__(
+        self,
+        collection_name: str = "episodes",
+        embeddings: Embeddings | None = None,
+        persist_directory: str | None = None,
+        client: ClientAPI | None = None,
+    ) -> None:
+        """Open (or create on first write) a store.
+
+        Args:
+            collection_name: Prefix of this store's collections: 3-63 characters of
+                ``[a-zA-Z0-9_-]``, starting and ending with a letter or digit.
+            embeddings: Any LangChain `Embeddings`; the local MiniLM if None.
+            persist_directory: Directory of the embedded Chroma database (default
+                ``./.kd_memory``); ignored when `client` is given.
+            client: Any chromadb client (e.g. ``chromadb.HttpClient(...)``), used as is.
+
+        Raises:
+            InvalidArgumentError: If `collection_name`, `embeddings` or `client` is unusable.
+        """
+        if not isinstance(collection_name, str) or not _COLLECTION_NAME_RE.fullmatch(
+            collection_name
+        ):
+            raise InvalidArgumentError(
+                "collection_name must be 3-63 characters of [a-zA-Z0-9_-] starting and ending "
+                f"with a letter or digit, got {collection_name!r}"
+            )
+        if embeddings is not None and not (
+            hasattr(embeddings, "embed_documents") and hasattr(embeddings, "embed_query")
+        ):
+            raise InvalidArgumentError(
+                f"embeddings must be a LangChain Embeddings, got {type(embeddings).__name__}"
+            )
+        if persist_directory is not None and client is not None:
+            raise InvalidArgumentError("pass persist_directory or client, not both")
+        self.collection_name = collection_name
+        self.embeddings: Embeddings = embeddings or default_embeddings()
+        self._identity = embedder_identity(self.embeddings)
+        if client is None:
+            with _chroma("open the database"):
+                client = chromadb.PersistentClient(
+                    path=persist_directory or DEFAULT_PERSIST_DIRECTORY,
+                    settings=Settings(anonymized_telemetry=False),
+                )
+        elif not hasattr(client, "get_or_create_collection"):
+            raise InvalidArgumentError(
+                f"client must be a chromadb client, got {type(client).__name__}"
+            )
+        self.client: ClientAPI = client
+        self._collections: dict[str, Collection] = {}
+        self._max_batch: int | None = None
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"EpisodeStore(collection_name={self.collection_name!r}, embedder={self._identity})"
+
+    @property
+    def identity(self) -> EmbedderIdentity:
+        """Name and dimension of the embedder this store's vectors come from."""
+        return self._identity
+
+    @property
+    def dimension(self) -> int:
+        """Embedding dimension."""
+        return self._identity.dimension
+
+    # ----------------------------------------------------------------- collections
+
+    def _chroma_name(self, namespace: str) -> str:
+        name = f"{self.collection_name}.ns.{encode_namespace(namespace)}"
+        if len(name) <= _MAX_CHROMA_NAME:
+            return name
+        digest = hashlib.sha256(namespace.encode("utf-8")).hexdigest()
+        return f"{self.collection_name}.nh.{digest}"
+
+    def _is_own_name(self, name: str) -> bool:
+        return name.startswith((f"{self.collection_name}.ns.", f"{self.collection_name}.nh."))
+
+    def _check_collection(self, collection: Collection, namespace: str) -> None:
+        meta = collection.metadata or {}
+        if meta.get(_NAMESPACE_META) != namespace or _EMBEDDER_META not in meta:
+            raise StoreError(
+                f"Chroma collection {collection.name!r} was not created by an EpisodeStore for "
+                f"namespace {namespace!r}; use another collection_name"
+            )
+        stored = EmbedderIdentity(str(meta[_EMBEDDER_META]), int(meta[_DIMENSION_META]))
+        if stored != self._identity:
+            raise EmbedderMismatchError(
+                f"namespace {namespace!r} of store {self.collection_name!r} holds vectors from "
+                f"{stored}, but this store embeds with {self._identity}; open it with the same "
+                "embedder or use another collection_name"
+            )
+
+    def _collection(self, namespace: str, create: bool = False) -> Collection | None:
+        """The namespace's collection (created if `create`), or None if it does not exist."""
+        with self._lock:
+            cached = self._collections.get(namespace)
+            if cached is not None:
+                return cached
+            name = self._chroma_name(namespace)
+            with _chroma(f"open collection {name!r}"):
+                if create:
+                    collection = self.client.get_or_create_collection(
+                        name,
+                        configuration={"hnsw": {"space": "cosine"}},
+                        metadata={
+                            _NAMESPACE_META: namespace,
+                            _EMBEDDER_META: self._identity.name,
+                            _DIMENSION_META: self._identity.dimension,
+                            _FORMAT_META: STORE_FORMAT,
+                        },
+                        embedding_function=None,
+                    )
+                else:
+                    try:
+                        collection = self.client.get_collection(name, embedding_function=None)
+                    except NotFoundError:
+                        return None
+            self._check_collection(collection, namespace)
+            if create:
+                logger.debug("opened collection %s for namespace %r", name, namespace)
+            self._collections[namespace] = collection
+            return collection
+
+    def _max_batch_size(self) -> int:
+        if self._max_batch is None:
+            with _chroma("read the maximum batch size"):
+                self._max_batch = int(self.client.get_max_batch_size())
+        return self._max_batch
+
+    def namespaces(self) -> list[str]:
+        """The namespaces that hold (or held) episodes in this store, sorted."""
+        found: list[str] = []
+        page = 100
+        offset = 0
+        while True:
+            with _chroma("list collections"):
+                collections = self.client.list_collections(limit=page, offset=offset)
+            for collection in collections:
+                namespace = (collection.metadata or {}).get(_NAMESPACE_META)
+                if (
+                    self._is_own_name(collection.name)
+                    and isinstance(namespace, str)
+                    and self._chroma_name(namespace) == collection.name
+                ):
+                    found.append(namespace)
+            if len(collections) < page:
+                return sorted(found)
+            offset += page
+
+    def _resolve_namespaces(self, namespace: object) -> list[str]:
+        """`[namespace]`, or every namespace of the store when it is None."""
+        return self.namespaces() if namespace is None else [_check_namespace(namespace)]
+
+    # ----------------------------------------------------------------- vectors
+
+    def _as_matrix(self, values: object, rows: int, source: str) -> np.ndarray:
+        try:
+            matrix = np.asarray(values, dtype=np.float32)
+        except (ValueError, TypeError) as exc:
+            raise EmbeddingError(f"{source} is not a numeric (n, dim) array: {exc}") from exc
+        if matrix.ndim != 2 or matrix.shape[0] != rows:
+            raise EmbeddingError(f"{source} has shape {matrix.shape}, expected ({rows}, dim)")
+        if matrix.shape[1] != self.dimension:
+            raise EmbeddingDimensionError(
+                f"{source} has dimension {matrix.shape[1]}, but this store holds "
+                f"{self._identity} vectors"
+            )
+        if not np.all(np.isfinite(matrix)):
+            raise EmbeddingError(f"{source} contains NaN or infinite values")
+        return matrix
+
+    def _embed(self, texts: list[str], *, query: bool = False) -> np.ndarray:
+        """Embed texts in one call (`embed_query` for a single search query)."""
+        try:
+            vectors = (
+                [self.embeddings.embed_query(texts[0])]
+                if query
+                else self.embeddings.embed_documents(texts)
+            )
+        except KDMemoryError:
+            raise
+        except Exception as exc:
+            raise EmbeddingError(f"embedder {self._identity} failed: {exc}") from exc
+        return self._as_matrix(vectors, len(texts), f"output of embedder {self._identity}")
+
+    def _response_vectors(self, episodes: list[Episode]) -> np.ndarray:
+        """Embed the non-empty responses; an empty response gets a zero vector."""
+        vectors = np.zeros((len(episodes), self.dimension), dtype=np.float32)
+        rows = [i for i, ep in enumerate(episodes) if ep.response]
+        if rows:
+            vectors[rows] = self._embed([episodes[i].response for i in rows])
+        return vectors
+
+    def _decode_vector(self, text: object, episode_id: str) -> np.ndarray:
+        try:
+            vector = np.frombuffer(base64.b64decode(str(text), validate=True), dtype="<f4")
+        except ValueError as exc:
+            raise StoreError(f"episode {episode_id!r} has a corrupt response embedding") from exc
+        if vector.shape != (self.dimension,):
+            raise StoreError(
+                f"episode {episode_id!r} has a response embedding of {vector.size} floats, "
+                f"expected {self.dimension}"
+            )
+        return vector
+
+    # ----------------------------------------------------------------- records
+
+    @staticmethod
+    def _record_metadata(episode: Episode, response_vector: np.ndarray) -> dict[str, Any]:
+        metadata: dict[str, Any] = dict(episode.metadata)
+        metadata[RESPONSE_KEY] = episode.response
+        metadata[RATED_KEY] = episode.reward is not None
+        if episode.reward is not None:
+            metadata[REWARD_KEY] = episode.reward
+        metadata[CREATED_AT_KEY] = episode.created_at.isoformat()
+        metadata[CREATED_TS_KEY] = episode.created_at.timestamp()
+        metadata[RESPONSE_EMBEDDING_KEY] = _encode_vector(response_vector)
+        return metadata
+
+    @staticmethod
+    def _episode(
+        episode_id: str, document: str | None, metadata: Mapping[str, Any], namespace: str
+    ) -> Episode:
+        if document is None or RESPONSE_KEY not in metadata or CREATED_AT_KEY not in metadata:
+            raise StoreError(
+                f"record {episode_id!r} in namespace {namespace!r} was not written by an "
+                "EpisodeStore"
+            )
+        return Episode(
+            query=document,
+            response=str(metadata[RESPONSE_KEY]),
+            reward=metadata.get(REWARD_KEY),
+            metadata={
+                k: v for k, v in metadata.items() if not k.startswith(RESERVED_METADATA_PREFIX)
+            },
+            namespace=namespace,
+            id=episode_id,
+            created_at=datetime.fromisoformat(str(metadata[CREATED_AT_KEY])),
+        )
+
+    @staticmethod
+    def _check_episodes(episodes: object) -> list[Episode]:
+        if not isinstance(episodes, Sequence) or isinstance(episodes, (str, Episode)):
+            raise InvalidEpisodeError(
+                f"episodes must be a list of Episode, got {type(episodes).__name__}"
+            )
+        seen: set[tuple[str, str]] = set()
+        for episode in episodes:
+            if not isinstance(episode, Episode):
+                raise InvalidEpisodeError(
+                    f"episodes must be Episode objects, got {type(episode).__name__}"
+                )
+            _check_namespace(episode.namespace)
+            for key, value in episode.metadata.items():
+                if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+                    raise InvalidEpisodeError(
+                        f"metadata[{key!r}] of episode {episode.id!r} does not fit in 64 bits"
+                    )
+            if (episode.namespace, episode.id) in seen:
+                raise DuplicateEpisodeError(
+                    f"episode id {episode.id!r} appears twice in namespace "
+                    f"{episode.namespace!r} in this batch"
+                )
+            seen.add((episode.namespace, episode.id))
+        return list(episodes)
+
+    # ----------------------------------------------------------------- writes
+
+    def add(
+        self,
+        episodes: Sequence[Episode],
+        *,
+        query_embeddings: Sequence[Sequence[float]] | np.ndarray | None = None,
+        response_embeddings: Sequence[Sequence[float]] | np.ndarray | None = None,
+    ) -> list[str]:
+        """Store episodes; all of them or, on any error, none.
+
+        Queries and non-empty responses are embedded in one batched call each, unless their
+        embeddings are given. An empty response is stored with a zero response embedding.
+
+        Args:
+            episodes: The episodes, possibly of several namespaces.
+            query_embeddings: Optional precomputed query embeddings, shape (n, dimension).
+            response_embeddings: Optional precomputed response embeddings, shape (n, dimension).
+
+        Returns:
+            The ids of the episodes, in order.
+
+        Raises:
+            InvalidEpisodeError: If an element is not a valid `Episode`.
+            DuplicateEpisodeError: If an id repeats within a namespace or is already stored there.
+            EmbeddingDimensionError: If an embedding has the wrong dimension.
+            EmbeddingError: If the embedder fails or an embedding is not finite.
+            StoreError: If Chroma fails (what was written by this call is removed again).
+        """
+        batch = self._check_episodes(episodes)
+        if not batch:
+            return []
+        queries = (
+            self._embed([ep.query for ep in batch])
+            if query_embeddings is None
+            else self._as_matrix(query_embeddings, len(batch), "query_embeddings")
+        )
+        responses = (
+            self._response_vectors(batch)
+            if response_embeddings is None
+            else self._as_matrix(response_embeddings, len(batch), "response_embeddings")
+        )
+        groups: dict[str, list[int]] = {}
+        for row, episode in enumerate(batch):
+            groups.setdefault(episode.namespace, []).append(row)
+        with self._lock:
+            existing = {ns: self._collection(ns) for ns in groups}
+            for namespace, rows in groups.items():
+                collection = existing[namespace]
+                if collection is None:
+                    continue
+                with _chroma(f"look up ids in namespace {namespace!r}"):
+                    taken = collection.get(ids=[batch[r].id for r in rows], include=[])["ids"]
+                if taken:
+                    raise DuplicateEpisodeError(
+                        f"episode id {taken[0]!r} already exists in namespace {namespace!r}; "
+                        "use update_reward to change it, or delete it first"
+                    )
+            self._write(batch, queries, responses, groups, existing)
+        logger.debug("added %d episodes to %d namespace(s)", len(batch), len(groups))
+        return [ep.id for ep in batch]
+
+    def _write(
+        self,
+        batch: list[Episode],
+        queries: np.ndarray,
+        responses: np.ndarray,
+        groups: dict[str, list[int]],
+        existing: dict[str, Collection | None],
+    ) -> None:
+        """Write the grouped rows; on failure undo this call's writes and raise `StoreError`."""
+        step = self._max_batch_size()
+        written: list[tuple[Collection, list[str]]] = []
+        try:
+            for namespace, rows in groups.items():
+                collection = self._collection(namespace, create=True)
+                assert collection is not None
+                for start in range(0, len(rows), step):
+                    chunk = rows[start : start + step]
+                    ids = [batch[r].id for r in chunk]
+                    with _chroma(f"add episodes to namespace {namespace!r}"):
+                        collection.add(
+                            ids=ids,
+                            embeddings=queries[chunk],
+                            documents=[batch[r].query for r in chunk],
+                            metadatas=[
+                                self._record_metadata(batch[r], responses[r]) for r in chunk
+                            ],
+                        )
+                    written.append((collection, ids))
+        except StoreError:
+            logger.warning("add failed; removing the %d chunk(s) written", len(written))
+            try:
+                for collection, ids in written:
+                    collection.delete(ids=ids)
+                for namespace, collection in existing.items():
+                    if collection is None and namespace in self._collections:
+                        self._drop_collection(namespace)
+            except Exception:
+                logger.exception("could not undo a failed add; the store may hold part of it")
+            raise
+
+    def _drop_collection(self, namespace: str) -> None:
+        self._collections.pop(namespace, None)
+        with _chroma(f"delete the collection of namespace {namespace!r}"):
+            self.client.delete_collection(self._chroma_name(namespace))
+
+    def _fetch(
+        self, ids: list[str], namespace: object, include: list[str]
+    ) -> dict[str, tuple[str, Collection, dict[str, Any]]]:
+        """Find every id: {id: (namespace, collection, record)}; raise if one is missing."""
+        unique = list(dict.fromkeys(ids))
+        found: dict[str, tuple[str, Collection, dict[str, Any]]] = {}
+        for ns in self._resolve_namespaces(namespace):
+            collection = self._collection(ns)
+            if collection is None or not unique:
+                continue
+            with _chroma(f"get episodes from namespace {ns!r}"):
+                result = collection.get(ids=unique, include=include)  # type: ignore[arg-type]
+            for row, episode_id in enumerate(result["ids"]):
+                if episode_id in found:
+                    raise InvalidArgumentError(
+                        f"episode id {episode_id!r} exists in namespaces {found[episode_id][0]!r} "
+                        f"and {ns!r}; pass namespace="
+                    )
+                record = {key: result[key][row] for key in include}  # type: ignore[literal-required]
+                found[episode_id] = (ns, collection, record)
+        missing = [episode_id for episode_id in unique if episode_id not in found]
+        if missing:
+            where = "this store" if namespace is None else f"namespace {namespace!r}"
+            raise EpisodeNotFoundError(f"no episode with id {missing[0]!r} in {where}")
+        return found
+
+    def get(self, ids: Sequence[str], namespace: str | None = None) -> list[Episode]:
+        """The episodes with these ids, in the same order.
+
+        Args:
+            ids: Episode ids.
+            namespace: Where to look; every namespace of the store if None.
+
+        Raises:
+            EpisodeNotFoundError: If an id is not stored (the message names it).
+            InvalidArgumentError: If `namespace` is None and an id exists in two namespaces.
+        """
+        wanted = _check_ids(ids)
+        found = self._fetch(wanted, namespace, ["documents", "metadatas"])
+        return [
+            self._episode(i, found[i][2]["documents"], found[i][2]["metadatas"], found[i][0])
+            for i in wanted
+        ]
+
+    def update_reward(
+        self, episode_id: str, reward: float | None, namespace: str | None = None
+    ) -> Episode:
+        """Set (or, with None, clear) an episode's reward. The stored vectors are untouched.
+
+        Args:
+            episode_id: The episode's id.
+            reward: A finite number, or None to mark the episode as not rated.
+            namespace: Where the episode is; every namespace of the store if None.
+
+        Returns:
+            The updated episode.
+
+        Raises:
+            InvalidRewardError: If `reward` is not a finite number or None.
+            EpisodeNotFoundError: If the episode does not exist.
+        """
+        episode_id = _check_ids([episode_id])[0]
+        value = validate_reward(reward)
+        with self._lock:
+            found = self._fetch([episode_id], namespace, ["documents", "metadatas"])
+            ns, collection, record = found[episode_id]
+            with _chroma(f"update episode {episode_id!r}"):
+                collection.update(
+                    ids=[episode_id], metadatas=[{REWARD_KEY: value, RATED_KEY: value is not None}]
+                )
+        episode = self._episode(episode_id, record["documents"], record["metadatas"], ns)
+        return dataclasses.replace(episode, reward=value)
+
+    def delete(self, ids: Sequence[str], namespace: str | None = None) -> None:
+        """Delete episodes; all of them or, if one is missing, none.
+
+        Raises:
+            EpisodeNotFoundError: If an id is not stored.
+        """
+        wanted = _check_ids(ids)
+        with self._lock:
+            found = self._fetch(wanted, namespace, [])
+            by_namespace: dict[str, tuple[Collection, list[str]]] = {}
+            for episode_id, (ns, collection, _) in found.items():
+                by_namespace.setdefault(ns, (collection, []))[1].append(episode_id)
+            for ns, (collection, ns_ids) in by_namespace.items():
+                with _chroma(f"delete episodes from namespace {ns!r}"):
+                    collection.delete(ids=ns_ids)
+        logger.debug("deleted %d episodes", len(found))
+
+    def delete_namespace(self, namespace: str) -> int:
+        """Delete a namespace and all its episodes.
+
+        Returns:
+            How many episodes were deleted (0 if the namespace did not exist).
+        """
+        namespace = _check_namespace(namespace)
+        with self._lock:
+            collection = self._collection(namespace)
+            if collection is None:
+                return 0
+            with _chroma(f"count namespace {namespace!r}"):
+                count = collection.count()
+            self._drop_collection(namespace)
+        logger.info("deleted namespace %r (%d episodes)", namespace, count)
+        return count
+
+    def count(self, namespace: str | None = None) -> int:
+        """Number of episodes in `namespace`, or in the whole store when None."""
+        total = 0
+        for ns in self._resolve_namespaces(namespace):
+            collection = self._collection(ns)
+            if collection is not None:
+                with _chroma(f"count namespace {ns!r}"):
+                    total += collection.count()
+        return total
+
+    # ----------------------------------------------------------------- search
+
+    def search(
+        self,
+        query: str,
+        k: int = 4,
+        namespace: str | None = None,
+        where: Mapping[str, Any] | None = None,
+    ) -> list[tuple[Episode, float]]:
+        """The `k` episodes whose queries are most similar to `query`.
+
+        Args:
+            query: Text to search for.
+            k: How many episodes to return at most.
+            namespace: Namespace to search; "default" if None.
+            where: Optional Chroma filter on *user* metadata, e.g. ``{"topic": "billing"}``
+                or ``{"$and": [{"lang": "en"}, {"score": {"$gte": 3}}]}``. Keys with the
+                reserved prefix "kd_" are refused, so a filter never silently addresses the
+                store's own fields (reward, response, ...).
+
+        Returns:
+            (episode, cosine similarity) pairs, most similar first; [] if the namespace is empty
+            or does not exist.
+
+        Raises:
+            InvalidArgumentError: If `query` is blank, `k` < 1 or `where` is malformed.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidArgumentError(f"query must be a non-empty str, got {query!r}")
+        k, ns, clean_where = self._check_search(k, namespace, where)
+        collection = self._collection(ns)
+        if collection is None:
+            return []
+        return self._query(collection, ns, self._embed([query], query=True), k, clean_where)
+
+    def search_by_vector(
+        self,
+        embedding: Sequence[float] | np.ndarray,
+        k: int = 4,
+        namespace: str | None = None,
+        where: Mapping[str, Any] | None = None,
+    ) -> list[tuple[Episode, float]]:
+        """Like `search`, for a query that is already embedded (with this store's embedder).
+
+        Raises:
+            EmbeddingDimensionError: If `embedding` has the wrong dimension.
+            EmbeddingError: If `embedding` is not a finite vector.
+        """
+        k, ns, clean_where = self._check_search(k, namespace, where)
+        matrix = self._as_matrix([embedding], 1, "embedding")
+        collection = self._collection(ns)
+        if collection is None:
+            return []
+        return self._query(collection, ns, matrix, k, clean_where)
+
+    @staticmethod
+    def _check_search(
+        k: object, namespace: object, where: object
+    ) -> tuple[int, str, dict[str, Any] | None]:
+        return (
+            _check_positive_int(k, "k"),
+            DEFAULT_NAMESPACE if namespace is None else _check_namespace(namespace),
+            _check_where(where),
+        )
+
+    def _query(
+        self,
+        collection: Collection,
+        namespace: str,
+        matrix: np.ndarray,
+        k: int,
+        where: dict[str, Any] | None,
+    ) -> list[tuple[Episode, float]]:
+        with _chroma(f"search namespace {namespace!r}"):
+            result = collection.query(
+                query_embeddings=matrix,
+                n_results=k,
+                where=where,
+                include=["documents", "metadatas", "distances"],  # type: ignore[list-item]
+            )
+        documents = (result["documents"] or [[]])[0]
+        metadatas = (result["metadatas"] or [[]])[0]
+        distances = (result["distances"] or [[]])[0]
+        rows = zip(result["ids"][0], documents, metadatas, distances, strict=True)
+        return [
+            (self._episode(i, doc, meta, namespace), 1.0 - float(dist))
+            for i, doc, meta, dist in rows
+        ]
+
+    # ----------------------------------------------------------------- training data
+
+    def _rated_pages(
+        self, namespace: object, batch_size: int, since: datetime | None
+    ) -> Iterator[tuple[TrainingArrays, np.ndarray]]:
+        """Pages of rated episodes with their creation timestamps; never embeds anything."""
+        where: dict[str, Any] = {RATED_KEY: True}
+        if since is not None:
+            since_ts = (since if since.tzinfo else since.replace(tzinfo=timezone.utc)).timestamp()
+            where = {"$and": [where, {CREATED_TS_KEY: {"$gte": since_ts}}]}
+        for ns in self._resolve_namespaces(namespace):
+            collection = self._collection(ns)
+            offset = 0
+            while collection is not None:
+                with _chroma(f"read training data from namespace {ns!r}"):
+                    page = collection.get(
+                        where=where,  # type: ignore[arg-type]
+                        include=["embeddings", "metadatas"],  # type: ignore[list-item]
+                        limit=batch_size,
+                        offset=offset,
+                    )
+                ids = page["ids"]
+                if not ids:
+                    break
+                metadatas = page["metadatas"] or []
+                arrays = TrainingArrays(
+                    np.asarray(page["embeddings"], dtype=np.float32),
+                    np.stack([
+                        self._decode_vector(m[RESPONSE_EMBEDDING_KEY], i)
+                        for i, m in zip(ids, metadatas, strict=True)
+                    ]),
+                    np.array([m[REWARD_KEY] for m in metadatas], dtype=np.float32),
+                    tuple(ids),
+                )
+                yield arrays, np.array([m[CREATED_TS_KEY] for m in metadatas], dtype=np.float64)
+                if len(ids) < batch_size:
+                    break
+                offset += len(ids)
+
+    def training_batches(
+        self,
+        namespace: str | None = None,
+        batch_size: int = _TRAINING_PAGE,
+        since: datetime | None = None,
+    ) -> Iterator[TrainingArrays]:
+        """Stream the stored embeddings and rewards of rated episodes, page by page.
+
+        Nothing is embedded: the vectors are the ones stored by `add`. Pages are consistent
+        with each other only if no episode is deleted while iterating.
+
+        Args:
+            namespace: One namespace, or every namespace of the store if None.
+            batch_size: Episodes per batch at most.
+            since: Only episodes created at or after this time (naive means UTC).
+
+        Yields:
+            `TrainingArrays` of at most `batch_size` rows.
+        """
+        batch_size = _check_positive_int(batch_size, "batch_size")
+        if since is not None and not isinstance(since, datetime):
+            raise InvalidArgumentError(f"since must be a datetime or None, got {since!r}")
+        if namespace is not None:
+            _check_namespace(namespace)
+        return (arrays for arrays, _ in self._rated_pages(namespace, batch_size, since))
+
+    def training_arrays(
+        self, namespace: str | None = None, limit: int | None = None
+    ) -> TrainingArrays:
+        """All rated episodes' stored embeddings and rewards, oldest first.
+
+        Args:
+            namespace: One namespace, or every namespace of the store if None.
+            limit: Keep only the `limit` most recent episodes (by `created_at`).
+
+        Returns:
+            The arrays (zero rows if nothing is rated).
+        """
+        if limit is not None:
+            limit = _check_positive_int(limit, "limit")
+        pages = list(self._rated_pages(namespace, _TRAINING_PAGE, None))
+        if not pages:
+            empty = np.zeros((0, self.dimension), dtype=np.float32)
+            return TrainingArrays(empty, empty, np.zeros(0, dtype=np.float32))
+        arrays = TrainingArrays.concatenate([p for p, _ in pages])
+        order = np.argsort(np.concatenate([t for _, t in pages]), kind="stable")
+        return arrays.subset(order if limit is None else order[-limit:])
