@@ -698,6 +698,33 @@ class EpisodeStore:
                     total += collection.count()
         return total
 
+    def list_episodes(
+        self, namespace: str | None = None, *, limit: int | None = None, offset: int = 0
+    ) -> list[Episode]:
+        """The episodes of one namespace in storage order, a page at a time (nothing embedded).
+
+        Args:
+            namespace: The namespace; "default" if None.
+            limit: How many episodes at most; all of them if None.
+            offset: How many episodes to skip first.
+        """
+        ns = DEFAULT_NAMESPACE if namespace is None else _check_namespace(namespace)
+        if limit is not None:
+            limit = _check_positive_int(limit, "limit")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InvalidArgumentError(f"offset must be an int >= 0, got {offset!r}")
+        collection = self._collection(ns)
+        if collection is None:
+            return []
+        with _chroma(f"list namespace {ns!r}"):
+            page = collection.get(
+                include=["documents", "metadatas"],  # type: ignore[list-item]
+                limit=limit,
+                offset=offset,
+            )
+        rows = zip(page["ids"], page["documents"] or [], page["metadatas"] or [], strict=True)
+        return [self._episode(i, doc, meta, ns) for i, doc, meta in rows]
+
     # ----------------------------------------------------------------- search
 
     def search(

@@ -1,0 +1,550 @@
+"""`EpisodeBaseStore`: the episodes of an `EpisodeStore` seen as a LangGraph `BaseStore`.
+
+LangGraph agents and graphs keep long-term memory in a `BaseStore` (``runtime.store``,
+``get_store()``, ``create_agent(..., store=...)``). This adapter lets them use the same Chroma
+episodes that `DistilledEpisodicMemory` recalls and trains on.
+
+Mapping:
+    * A namespace tuple is the episode namespace string of its labels joined by ``"."``
+      (``("users", "42")`` <-> ``"users.42"``). LangGraph forbids ``"."`` inside a label, so the
+      encoding is reversible and collision-free. Joined, it must fit in 128 characters.
+    * An item's key is the episode id within that namespace.
+    * An item's value is any JSON object. It is kept whole, as JSON text in the episode's
+      metadata (so `get` returns exactly what was `put`), and it also feeds the episode:
+      the **query** (what is embedded for semantic search) is the text at the put's `index`
+      paths, else at the store's `text_fields`, else ``value["query"]``, else the first non-blank
+      top-level string, else the JSON text; the **response** is ``value["response"]`` when it is
+      a string; the **reward** is ``value["reward"]`` (a number or None).
+    * Episodes written by other means (e.g. `DistilledEpisodicMemory.add_episode`) appear as
+      items whose value is ``{"query", "response", "reward", "metadata"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from langchain_core.runnables.config import run_in_executor
+from langgraph.store.base import (
+    BaseStore,
+    GetOp,
+    Item,
+    ListNamespacesOp,
+    MatchCondition,
+    Op,
+    PutOp,
+    Result,
+    SearchItem,
+    SearchOp,
+    get_text_at_path,
+    validate_op_namespace,
+)
+
+from langchain_kd_memory.episodes import (
+    MAX_METADATA_STRING,
+    MAX_NAMESPACE_LENGTH,
+    Episode,
+    validate_reward,
+)
+from langchain_kd_memory.errors import (
+    EmbeddingError,
+    EpisodeNotFoundError,
+    InvalidArgumentError,
+    InvalidNamespaceError,
+    InvalidRewardError,
+    KDMemoryError,
+)
+from langchain_kd_memory.storage import EpisodeStore
+
+logger = logging.getLogger(__name__)
+
+SEPARATOR = "."
+VALUE_KEY = "lg_value"
+UPDATED_AT_KEY = "lg_updated_at"
+INDEXED_KEY = "lg_indexed"
+_ORDERINGS = frozenset({"$gt", "$gte", "$lt", "$lte"})
+_OPERATORS = _ORDERINGS | {"$eq", "$ne"}
+_PAGE = 256
+
+
+def encode_namespace(namespace: tuple[str, ...]) -> str:
+    """The episode namespace of a LangGraph namespace tuple (labels joined by ".").
+
+    Raises:
+        InvalidNamespaceError: If the tuple is empty, a label is not a non-empty string without
+            ".", or the joined namespace is longer than 128 characters.
+    """
+    if not isinstance(namespace, tuple) or not namespace:
+        raise InvalidNamespaceError(
+            f"namespace must be a non-empty tuple of str, got {namespace!r}"
+        )
+    validate_op_namespace(GetOp(namespace, "_"))
+    joined = SEPARATOR.join(namespace)
+    if len(joined) > MAX_NAMESPACE_LENGTH:
+        raise InvalidNamespaceError(
+            f"namespace {namespace!r} joins to {len(joined)} characters; EpisodeBaseStore keeps "
+            f"namespaces of at most {MAX_NAMESPACE_LENGTH} (labels joined by {SEPARATOR!r})"
+        )
+    if not joined.strip():
+        raise InvalidNamespaceError(f"namespace {namespace!r} has only blank labels")
+    return joined
+
+
+def decode_namespace(namespace: str) -> tuple[str, ...] | None:
+    """The LangGraph tuple of an episode namespace, or None if it has an empty label."""
+    labels = tuple(namespace.split(SEPARATOR))
+    return labels if all(labels) else None
+
+
+@dataclass(frozen=True)
+class _Write:
+    """A validated put: the episode to store (None to delete) under (namespace, key)."""
+
+    namespace: str
+    key: str
+    episode: Episode | None
+
+
+def _check_key(key: object) -> str:
+    if not isinstance(key, str) or not key.strip():
+        raise InvalidArgumentError(f"key must be a non-empty str, got {key!r}")
+    return key
+
+
+def _matches(value: Any, condition: Any) -> bool:
+    """Whether `value` satisfies a LangGraph filter condition (exact, nested or `$op`)."""
+    if isinstance(condition, Mapping):
+        if any(isinstance(k, str) and k.startswith("$") for k in condition):
+            return all(_compare(value, op, operand) for op, operand in condition.items())
+        return isinstance(value, Mapping) and all(
+            _matches(value.get(k), v) for k, v in condition.items()
+        )
+    return bool(value == condition)
+
+
+def _compare(value: Any, operator: str, operand: Any) -> bool:
+    if operator == "$eq":
+        return bool(value == operand)
+    if operator == "$ne":
+        return bool(value != operand)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False  # an ordering never matches a missing or non-numeric field
+    if operator == "$gt":
+        return bool(value > operand)
+    if operator == "$gte":
+        return bool(value >= operand)
+    if operator == "$lt":
+        return bool(value < operand)
+    return bool(value <= operand)
+
+
+def _check_filter(filter_: object) -> dict[str, Any]:
+    """Return the filter as a dict, or raise if it is malformed or uses an unknown operator."""
+    if filter_ is None:
+        return {}
+    if not isinstance(filter_, Mapping) or not all(isinstance(k, str) for k in filter_):
+        raise InvalidArgumentError(f"filter must be a dict with str keys, got {filter_!r}")
+    for key, condition in filter_.items():
+        if key.startswith("$") and key not in _OPERATORS:
+            raise InvalidArgumentError(
+                f"unsupported filter operator {key!r}; use one of {sorted(_OPERATORS)}"
+            )
+        if key in _ORDERINGS and (
+            isinstance(condition, bool) or not isinstance(condition, (int, float))
+        ):
+            raise InvalidArgumentError(f"{key} needs a number, got {condition!r}")
+        if isinstance(condition, Mapping):
+            _check_filter(condition)
+    return dict(filter_)
+
+
+def _check_page(limit: object, offset: object) -> tuple[int, int]:
+    for name, number in (("limit", limit), ("offset", offset)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            raise InvalidArgumentError(f"{name} must be an int >= 0, got {number!r}")
+    return int(limit), int(offset)  # type: ignore[call-overload]
+
+
+def _does_match(condition: MatchCondition, namespace: tuple[str, ...]) -> bool:
+    if condition.match_type not in ("prefix", "suffix"):
+        raise InvalidArgumentError(f"unsupported match_type {condition.match_type!r}")
+    path = tuple(condition.path)
+    if not path:
+        return True
+    if len(namespace) < len(path):
+        return False
+    labels = namespace[: len(path)] if condition.match_type == "prefix" else namespace[-len(path) :]
+    return all(p in ("*", label) for p, label in zip(path, labels, strict=True))
+
+
+class EpisodeBaseStore(BaseStore):
+    """A LangGraph `BaseStore` over the episodes of an `EpisodeStore` (see the module docs).
+
+    Semantic search (``search(prefix, query=...)``) ranks the items of every namespace under the
+    prefix by the cosine similarity of their embedded query text; `SearchItem.score` is that
+    similarity. Without a query, items come namespace by namespace (sorted), oldest write first.
+    Items put with ``index=False`` are stored, listed and returned by `get`, but never by a
+    semantic search. TTLs are not supported (`supports_ttl` is False).
+
+    Setup:
+        .. code-block:: python
+
+            from langchain.agents import create_agent
+            from langchain_kd_memory import DistilledEpisodicMemory
+
+            memory = DistilledEpisodicMemory()
+            store = memory.as_store()       # or EpisodeBaseStore(memory.store)
+            agent = create_agent(model, tools, store=store)
+
+    Use:
+        .. code-block:: python
+
+            store.put(("users", "42"), "pref-1", {"query": "likes short answers", "reward": 1.0})
+            store.get(("users", "42"), "pref-1").value
+            for item in store.search(("users",), query="answer style", limit=3):
+                print(item.score, item.value)
+    """
+
+    __slots__ = ("episodes", "text_fields", "response_field", "reward_field")
+
+    def __init__(
+        self,
+        episodes: EpisodeStore,
+        *,
+        text_fields: Sequence[str] | None = None,
+        response_field: str | None = "response",
+        reward_field: str | None = "reward",
+    ) -> None:
+        """Wrap an episode store.
+
+        Args:
+            episodes: The `EpisodeStore` holding the items.
+            text_fields: JSON paths (LangGraph syntax: ``"a.b"``, ``"items[*].text"``) whose
+                text is embedded for semantic search; None for the default described above.
+            response_field: Top-level value field used as the episode's response, or None.
+            reward_field: Top-level value field used as the episode's reward, or None. A value
+                whose reward field is neither a finite number nor null is refused.
+
+        Raises:
+            InvalidArgumentError: If an argument has the wrong type.
+        """
+        if not isinstance(episodes, EpisodeStore):
+            raise InvalidArgumentError(
+                f"episodes must be an EpisodeStore, got {type(episodes).__name__}"
+            )
+        if text_fields is not None and (
+            isinstance(text_fields, str)
+            or not all(isinstance(f, str) and f for f in text_fields)
+            or not text_fields
+        ):
+            raise InvalidArgumentError(
+                f"text_fields must be a non-empty list of paths or None, got {text_fields!r}"
+            )
+        for name, field in (("response_field", response_field), ("reward_field", reward_field)):
+            if field is not None and (not isinstance(field, str) or not field):
+                raise InvalidArgumentError(f"{name} must be a non-empty str or None, got {field!r}")
+        self.episodes = episodes
+        self.text_fields = list(text_fields) if text_fields is not None else None
+        self.response_field = response_field
+        self.reward_field = reward_field
+
+    def __repr__(self) -> str:
+        return f"EpisodeBaseStore({self.episodes!r})"
+
+    # ----------------------------------------------------------------- batch
+
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        """Execute operations in order; writes are applied after the reads of the same batch.
+
+        As in LangGraph's in-memory store, reads in a batch see the store as it was before the
+        batch, and of several puts to one (namespace, key) the last wins. Every op is validated
+        before anything is read or written.
+
+        Raises:
+            InvalidNamespaceError: If a namespace is invalid or too long once joined.
+            InvalidArgumentError: If an op, key, value, filter or page bound is invalid.
+            InvalidRewardError: If a value's reward field is not a finite number or null.
+            EmbeddingError, StoreError: If the embedder or Chroma fails.
+        """
+        ops = list(ops)
+        writes: dict[tuple[str, str], _Write] = {}
+        for op in ops:
+            if not isinstance(op, (GetOp, SearchOp, PutOp, ListNamespacesOp)):
+                raise InvalidArgumentError(f"unknown store operation {type(op).__name__}")
+            validate_op_namespace(op)
+            if isinstance(op, PutOp):
+                write = self._prepare_put(op)
+                writes[(write.namespace, write.key)] = write
+            elif isinstance(op, SearchOp):
+                _check_filter(op.filter)
+                _check_page(op.limit, op.offset)
+            elif isinstance(op, ListNamespacesOp):
+                _check_page(op.limit, op.offset)
+        results: list[Result] = []
+        for op in ops:
+            if isinstance(op, GetOp):
+                results.append(self._get(op))
+            elif isinstance(op, SearchOp):
+                results.append(self._search(op))
+            elif isinstance(op, ListNamespacesOp):
+                results.append(self._list_namespaces(op))
+            else:
+                results.append(None)
+        self._apply(list(writes.values()))
+        return results
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        """Async `batch`: runs it in the default executor (Chroma's client is synchronous)."""
+        return await run_in_executor(None, self.batch, list(ops))
+
+    # ----------------------------------------------------------------- items
+
+    def _item(self, episode: Episode, score: float | None = None) -> SearchItem:
+        meta = episode.metadata
+        if isinstance(meta.get(VALUE_KEY), str):
+            value = json.loads(str(meta[VALUE_KEY]))
+        else:
+            value = {
+                "query": episode.query,
+                "response": episode.response,
+                "reward": episode.reward,
+                "metadata": dict(meta),
+            }
+        updated = meta.get(UPDATED_AT_KEY)
+        return SearchItem(
+            namespace=decode_namespace(episode.namespace) or (episode.namespace,),
+            key=episode.id,
+            value=value,
+            created_at=episode.created_at,
+            updated_at=datetime.fromisoformat(updated)
+            if isinstance(updated, str)
+            else episode.created_at,
+            score=score,
+        )
+
+    def _find(self, namespace: str, key: str) -> Episode | None:
+        try:
+            return self.episodes.get([key], namespace=namespace)[0]
+        except EpisodeNotFoundError:
+            return None
+
+    def _get(self, op: GetOp) -> Item | None:
+        _check_key(op.key)
+        if not op.namespace:
+            return None
+        episode = self._find(encode_namespace(op.namespace), op.key)
+        if episode is None:
+            return None
+        item = self._item(episode)
+        return Item(
+            value=item.value,
+            key=item.key,
+            namespace=item.namespace,
+            created_at=item.created_at,
+            updated_at=item.updated_at,
+        )
+
+    # ----------------------------------------------------------------- writes
+
+    def _query_text(self, value: Mapping[str, Any], index: list[str] | None) -> str:
+        paths = index or self.text_fields
+        if paths:
+            texts = [t for path in paths for t in get_text_at_path(value, path) if t.strip()]
+            if not texts:
+                raise InvalidArgumentError(
+                    f"the value has no text at the index paths {paths}; put text there or "
+                    "change the paths"
+                )
+            return "\n".join(texts)
+        query = value.get("query")
+        if isinstance(query, str) and query.strip():
+            return query
+        for field in value.values():
+            if isinstance(field, str) and field.strip():
+                return field
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+    def _prepare_put(self, op: PutOp) -> _Write:
+        """Validate a put and build its episode, without touching the store."""
+        key = _check_key(op.key)
+        namespace = encode_namespace(op.namespace)
+        if op.value is None:
+            return _Write(namespace, key, None)
+        if not isinstance(op.value, Mapping) or not all(isinstance(k, str) for k in op.value):
+            raise InvalidArgumentError(
+                f"value must be a dict with str keys (or None to delete), got {op.value!r}"
+            )
+        if (
+            op.index is not None
+            and op.index is not False
+            and (isinstance(op.index, str) or not all(isinstance(p, str) for p in op.index))
+        ):
+            raise InvalidArgumentError(
+                f"index must be False, None or a list of paths, got {op.index!r}"
+            )
+        value = dict(op.value)
+        try:
+            text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"value must be JSON-serialisable: {exc}") from exc
+        if json.loads(text) != value:
+            raise InvalidArgumentError(
+                "value does not survive a JSON round trip (tuples, non-str keys in nested dicts?); "
+                "use lists and str keys"
+            )
+        if len(text) > MAX_METADATA_STRING:
+            raise InvalidArgumentError(
+                f"value is {len(text)} characters as JSON; EpisodeBaseStore keeps values of at "
+                f"most {MAX_METADATA_STRING}. Store large data elsewhere and put a reference"
+            )
+        response = value.get(self.response_field) if self.response_field else None
+        reward = value.get(self.reward_field) if self.reward_field else None
+        try:
+            reward = validate_reward(reward)
+        except InvalidRewardError as exc:
+            raise InvalidRewardError(
+                f"value[{self.reward_field!r}] must be a finite number or null ({exc}); pass "
+                "reward_field=None to the store to keep it as plain data"
+            ) from exc
+        now = datetime.now(timezone.utc)
+        episode = Episode(
+            query=self._query_text(value, op.index or None),
+            response=response if isinstance(response, str) else "",
+            reward=reward,
+            metadata={
+                VALUE_KEY: text,
+                UPDATED_AT_KEY: now.isoformat(),
+                INDEXED_KEY: op.index is not False,
+            },
+            namespace=namespace,
+            id=key,
+            created_at=now,
+        )
+        return _Write(namespace, key, episode)
+
+    def _apply(self, writes: list[_Write]) -> None:
+        """Delete replaced/deleted items, then add the new ones (restoring the old on failure)."""
+        old = [e for w in writes if (e := self._find(w.namespace, w.key)) is not None]
+        created = {(e.namespace, e.id): e.created_at for e in old}
+        new = [
+            Episode(
+                query=w.episode.query,
+                response=w.episode.response,
+                reward=w.episode.reward,
+                metadata=w.episode.metadata,
+                namespace=w.namespace,
+                id=w.key,
+                created_at=created.get((w.namespace, w.key), w.episode.created_at),
+            )
+            for w in writes
+            if w.episode is not None
+        ]
+        for namespace in {e.namespace for e in old}:
+            self.episodes.delete([e.id for e in old if e.namespace == namespace], namespace)
+        try:
+            self.episodes.add(new)
+        except KDMemoryError:
+            if old:
+                logger.warning("put failed; restoring the %d item(s) it replaced", len(old))
+                try:
+                    self.episodes.add(old)
+                except KDMemoryError:
+                    logger.exception("could not restore the replaced items; they are lost")
+            raise
+
+    # ----------------------------------------------------------------- search
+
+    def _namespaces_under(self, prefix: tuple[str, ...]) -> list[str]:
+        found = []
+        for namespace in self.episodes.namespaces():
+            labels = decode_namespace(namespace)
+            if labels is not None and labels[: len(prefix)] == prefix:
+                found.append(namespace)
+        return found
+
+    def _search(self, op: SearchOp) -> list[SearchItem]:
+        filter_ = _check_filter(op.filter)
+        limit, offset = _check_page(op.limit, op.offset)
+        namespaces = self._namespaces_under(tuple(op.namespace_prefix))
+        if limit == 0 or not namespaces:
+            return []
+        if op.query is None:
+            return self._scan(namespaces, filter_, limit, offset)
+        if not isinstance(op.query, str) or not op.query.strip():
+            raise InvalidArgumentError(f"query must be a non-empty str or None, got {op.query!r}")
+        try:
+            vector = self.episodes.embeddings.embed_query(op.query)
+        except Exception as exc:
+            raise EmbeddingError(f"could not embed the search query: {exc}") from exc
+        need = offset + limit
+        hits: list[SearchItem] = []
+        for namespace in namespaces:
+            hits.extend(self._nearest(namespace, vector, filter_, need))
+        hits.sort(key=lambda item: -(item.score or -math.inf))
+        return hits[offset:need]
+
+    def _nearest(
+        self, namespace: str, vector: list[float], filter_: dict[str, Any], need: int
+    ) -> list[SearchItem]:
+        """The `need` most similar indexed items of one namespace that pass the filter."""
+        total = self.episodes.count(namespace)
+        k = need
+        while True:
+            pairs = self.episodes.search_by_vector(
+                vector, k=max(1, min(k, total)), namespace=namespace
+            )
+            kept = [
+                item
+                for episode, similarity in pairs
+                if episode.metadata.get(INDEXED_KEY, True)
+                and _matches((item := self._item(episode, similarity)).value, filter_)
+            ]
+            if len(kept) >= need or k >= total:
+                return kept[:need]
+            k *= 4
+
+    def _scan(
+        self, namespaces: list[str], filter_: dict[str, Any], limit: int, offset: int
+    ) -> list[SearchItem]:
+        """Items in namespace order, then storage order, skipping `offset` matches."""
+        out: list[SearchItem] = []
+        for namespace in namespaces:
+            start = 0
+            while len(out) < limit:
+                page = self.episodes.list_episodes(namespace, limit=_PAGE, offset=start)
+                for episode in page:
+                    item = self._item(episode)
+                    if not _matches(item.value, filter_):
+                        continue
+                    if offset:
+                        offset -= 1
+                    elif len(out) < limit:
+                        out.append(item)
+                if len(page) < _PAGE:
+                    break
+                start += _PAGE
+        return out
+
+    # ----------------------------------------------------------------- namespaces
+
+    def _list_namespaces(self, op: ListNamespacesOp) -> list[tuple[str, ...]]:
+        limit, offset = _check_page(op.limit, op.offset)
+        if op.max_depth is not None and (
+            isinstance(op.max_depth, bool) or not isinstance(op.max_depth, int) or op.max_depth < 1
+        ):
+            raise InvalidArgumentError(
+                f"max_depth must be an int >= 1 or None, got {op.max_depth!r}"
+            )
+        found: set[tuple[str, ...]] = set()
+        for namespace in self.episodes.namespaces():
+            labels = decode_namespace(namespace)
+            if labels is None or not all(_does_match(c, labels) for c in op.match_conditions or ()):
+                continue
+            if self.episodes.count(namespace):
+                found.add(labels[: op.max_depth] if op.max_depth else labels)
+        return sorted(found)[offset : offset + limit]
