@@ -1,0 +1,111 @@
+"""The teacher and the student: plain MLPs that map embeddings to reward-bin logits.
+
+Both networks return logits over `num_bins` ordinal reward bins; the softmax (with or without a
+temperature) belongs to the loss and to prediction, never to the model. LayerNorm, not BatchNorm,
+so that a batch of one works in training and in evaluation.
+
+    teacher: [query | response] -> 1024 -> 512 -> 256 -> 128 -> num_bins   (privileged)
+    student:  query             ->  256 -> 128 -> num_bins
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from langchain_kd_memory.config import StudentConfig, TeacherConfig
+from langchain_kd_memory.errors import EmbeddingDimensionError
+
+
+class RewardMLP(nn.Module):
+    """Linear -> LayerNorm -> GELU -> Dropout per hidden layer, then a linear head to logits."""
+
+    def __init__(
+        self, input_dim: int, hidden_sizes: tuple[int, ...], num_bins: int, dropout: float
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = input_dim
+        for hidden in hidden_sizes:
+            layers += [
+                nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout)
+            ]
+            width = hidden
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_bins)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, shape (batch, num_bins)."""
+        return self.head(self.body(x))
+
+
+def _check_input(name: str, x: torch.Tensor, dim: int) -> None:
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise EmbeddingDimensionError(
+            f"{name} must have shape (batch, {dim}), got {tuple(x.shape)}"
+        )
+
+
+class TeacherNetwork(nn.Module):
+    """The large network. Privileged: it sees the query and the response embeddings."""
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_bins: int = 64,
+        config: TeacherConfig | None = None,
+        privileged: bool = True,
+    ) -> None:
+        """Build the teacher.
+
+        Args:
+            embedding_dim: Dimension of one embedding (query or response).
+            num_bins: Number of reward bins (output logits).
+            config: Hidden sizes and dropout; `TeacherConfig()` if None.
+            privileged: Whether the input is query and response (else the query alone).
+        """
+        super().__init__()
+        config = config or TeacherConfig()
+        self.embedding_dim = embedding_dim
+        self.privileged = privileged
+        input_dim = 2 * embedding_dim if privileged else embedding_dim
+        self.mlp = RewardMLP(input_dim, config.hidden_sizes, num_bins, config.dropout)
+
+    def forward(self, query: torch.Tensor, response: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (batch, num_bins) from query embeddings and, if privileged, response ones."""
+        _check_input("query", query, self.embedding_dim)
+        if not self.privileged:
+            return self.mlp(query)
+        if response is None:
+            raise ValueError("a privileged teacher needs the response embeddings")
+        _check_input("response", response, self.embedding_dim)
+        return self.mlp(torch.cat([query, response], dim=1))
+
+
+class StudentNetwork(nn.Module):
+    """The small network used at run time: it sees the query embedding alone."""
+
+    def __init__(
+        self, embedding_dim: int, num_bins: int = 64, config: StudentConfig | None = None
+    ) -> None:
+        """Build the student.
+
+        Args:
+            embedding_dim: Dimension of the query embedding.
+            num_bins: Number of reward bins (output logits).
+            config: Hidden sizes and dropout; `StudentConfig()` if None.
+        """
+        super().__init__()
+        config = config or StudentConfig()
+        self.embedding_dim = embedding_dim
+        self.mlp = RewardMLP(embedding_dim, config.hidden_sizes, num_bins, config.dropout)
+
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, num_bins) from query embeddings."""
+        _check_input("query", query, self.embedding_dim)
+        return self.mlp(query)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from langchain_kd_memory.config import StudentConfig, TeacherConfig
+from langchain_kd_memory.errors import ConfigError, EmbeddingDimensionError
+from langchain_kd_memory.models import StudentNetwork, TeacherNetwork, count_parameters
+
+
+@pytest.mark.parametrize("dim", [8, 384])
+@pytest.mark.parametrize("num_bins", [2, 64])
+@pytest.mark.parametrize("hidden", [(16,), (1024, 512, 256, 128), (32, 64, 8)])
+@pytest.mark.parametrize("privileged", [True, False])
+def test_shapes_chain_and_a_batch_of_one_works(dim, num_bins, hidden, privileged):
+    torch.manual_seed(0)
+    teacher = TeacherNetwork(dim, num_bins, TeacherConfig(hidden, 0.2), privileged)
+    student = StudentNetwork(dim, num_bins, StudentConfig(hidden[-2:], 0.1))
+    for batch in (1, 5):
+        query, response = torch.randn(batch, dim), torch.randn(batch, dim)
+        for mode in (True, False):  # train and eval mode: LayerNorm works on one row
+            teacher.train(mode)
+            student.train(mode)
+            assert teacher(query, response).shape == (batch, num_bins)
+            assert student(query).shape == (batch, num_bins)
+
+
+def test_networks_return_logits_not_probabilities():
+    torch.manual_seed(0)
+    logits = StudentNetwork(16, 8, StudentConfig((32,), 0.0))(torch.randn(4, 16) * 10)
+    assert (logits < 0).any()
+    assert not torch.allclose(logits.sum(dim=1), torch.ones(4))
+
+
+def test_default_parameter_counts_and_compression():
+    # Student at 384-dim input: 384*256+256 + 2*256 + 256*128+128 + 2*128 + 128*64+64.
+    assert count_parameters(StudentNetwork(384)) == 140_480
+    for dim in (384, 768):
+        teacher = count_parameters(TeacherNetwork(dim, privileged=True))
+        student = count_parameters(StudentNetwork(dim))
+        assert student * 4 <= teacher
+    # The privileged teacher reads twice the input of the query-only one.
+    extra = count_parameters(TeacherNetwork(384)) - count_parameters(
+        TeacherNetwork(384, privileged=False)
+    )
+    assert extra == 384 * 1024
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    teacher = TeacherNetwork(12, 6, TeacherConfig((16, 8), 0.0))
+    teacher(torch.randn(3, 12), torch.randn(3, 12)).logsumexp(dim=1).sum().backward()
+    for name, parameter in teacher.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_dropout_is_active_in_training_only():
+    torch.manual_seed(0)
+    student = StudentNetwork(16, 8, StudentConfig((64, 64), 0.5))
+    x = torch.randn(2, 16)
+    student.eval()
+    assert torch.equal(student(x), student(x))
+    student.train()
+    assert not torch.equal(student(x), student(x))
+
+
+def test_wrong_inputs_are_refused():
+    teacher = TeacherNetwork(8, 4, TeacherConfig((8,), 0.0))
+    with pytest.raises(EmbeddingDimensionError, match=r"\(batch, 8\)"):
+        teacher(torch.randn(2, 9), torch.randn(2, 8))
+    with pytest.raises(EmbeddingDimensionError):
+        teacher(torch.randn(2, 8), torch.randn(2, 7))
+    with pytest.raises(EmbeddingDimensionError):
+        StudentNetwork(8, 4)(torch.randn(8))
+    with pytest.raises(ValueError, match="response"):
+        teacher(torch.randn(2, 8))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"hidden_sizes": ()}, {"hidden_sizes": (0,)}, {"dropout": 1.0}, {"dropout": -0.1}]
+)
+def test_invalid_network_configs(kwargs):
+    with pytest.raises(ConfigError):
+        TeacherConfig(**kwargs)
+    with pytest.raises(ConfigError):
+        StudentConfig(**kwargs)
