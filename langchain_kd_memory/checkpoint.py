@@ -1,0 +1,305 @@
+"""Versioned, atomic checkpoints: safetensors weights plus a JSON manifest. No pickle.
+
+A save under the prefix `models/kd` writes
+
+    models/kd_teacher.v{N}.safetensors   models/kd_student.v{N}.safetensors   models/kd_config.json
+
+The weights go first, each to a temporary file that is fsynced and renamed into place; the
+manifest, which names the weight files of version N and their SHA-256, is replaced last. A crash
+at any point therefore leaves the manifest pointing at the previous complete version. The last
+`keep` versions of the weights stay on disk, so that a reader that has just read the previous
+manifest still finds its files. One writer per prefix at a time.
+
+Loading checks the format, the embedder (name and dimension), that each weight file is a plain
+`.safetensors` name inside the checkpoint's directory, and its SHA-256, before parsing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from langchain_kd_memory.embeddings import EmbedderIdentity
+from langchain_kd_memory.errors import CheckpointError, EmbedderMismatchError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "langchain-kd-memory/checkpoint"
+FORMAT_VERSION = 1
+WEIGHT_SUFFIX = ".safetensors"
+ROLES = ("teacher", "student")
+DEFAULT_KEEP = 3
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded, verified checkpoint.
+
+    Attributes:
+        manifest: The JSON manifest (config, binning, embedder, dims, metrics, ...).
+        weights: State dicts by role ("teacher", "student").
+    """
+
+    manifest: dict[str, Any]
+    weights: dict[str, dict[str, torch.Tensor]]
+
+    @property
+    def version(self) -> int:
+        """The version number of this checkpoint."""
+        return int(self.manifest["version"])
+
+
+def _split_prefix(prefix: str | os.PathLike[str]) -> tuple[Path, str]:
+    path = Path(prefix)
+    if not path.name or path.name in (".", ".."):
+        raise CheckpointError(f"checkpoint prefix must end in a file-name stem, got {prefix!r}")
+    return path.parent, path.name
+
+
+def manifest_path(prefix: str | os.PathLike[str]) -> Path:
+    """Path of the manifest for `prefix` (`{prefix}_config.json`)."""
+    directory, base = _split_prefix(prefix)
+    return directory / f"{base}_config.json"
+
+
+def _weight_name(base: str, role: str, version: int) -> str:
+    return f"{base}_{role}.v{version}{WEIGHT_SUFFIX}"
+
+
+def _existing_versions(directory: Path, base: str) -> set[int]:
+    roles = "|".join(ROLES)
+    pattern = re.compile(rf"^{re.escape(base)}_(?:{roles})\.v(\d+){re.escape(WEIGHT_SUFFIX)}$")
+    if not directory.is_dir():
+        return set()
+    return {int(m.group(1)) for p in directory.iterdir() if (m := pattern.match(p.name))}
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open a directory; rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def save_checkpoint(
+    prefix: str | os.PathLike[str],
+    weights: Mapping[str, Mapping[str, torch.Tensor]],
+    *,
+    embedder: EmbedderIdentity,
+    config: Mapping[str, Any],
+    binning: Mapping[str, Any],
+    dims: Mapping[str, int],
+    metrics: Mapping[str, Any] | None = None,
+    keep: int = DEFAULT_KEEP,
+) -> dict[str, str]:
+    """Save a new version atomically and return the paths written.
+
+    Args:
+        prefix: Path prefix, e.g. "models/kd"; the directory is created if needed.
+        weights: State dicts for "teacher" and "student".
+        embedder: Identity of the embedder the model was trained with.
+        config: The training config (`DistillationConfig.to_dict()`).
+        binning: The reward binning (`RewardBinner.to_dict()`).
+        dims: Shapes needed to rebuild the networks (embedding_dim, num_bins).
+        metrics: Training metrics to keep with the model (JSON-serialisable).
+        keep: Versions of the weight files to keep on disk (>= 1).
+
+    Returns:
+        {"teacher": path, "student": path, "config": manifest path}.
+
+    Raises:
+        CheckpointError: A role is missing, the metadata is not JSON-serialisable, or the
+            files cannot be written.
+    """
+    if set(weights) != set(ROLES):
+        raise CheckpointError(f"weights must have exactly the roles {ROLES}, got {sorted(weights)}")
+    if keep < 1:
+        raise CheckpointError(f"keep must be >= 1, got {keep}")
+    directory, base = _split_prefix(prefix)
+    target = manifest_path(prefix)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        previous = _read_manifest(target) if target.exists() else None
+    except (OSError, CheckpointError) as exc:
+        logger.warning("ignoring unreadable previous checkpoint at %s: %s", target, exc)
+        previous = None
+    known = _existing_versions(directory, base)
+    if previous is not None and isinstance(previous.get("version"), int):
+        known.add(previous["version"])
+    version = max(known, default=0) + 1
+
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "version": version,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "embedder": {"name": embedder.name, "dimension": embedder.dimension},
+        "dims": dict(dims),
+        "config": dict(config),
+        "binning": dict(binning),
+        "metrics": dict(metrics or {}),
+        "files": {},
+    }
+    try:  # fail before writing anything
+        json.dumps(manifest, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint metadata is not JSON-serialisable: {exc}") from exc
+
+    paths: dict[str, str] = {}
+    try:
+        for role in ROLES:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in weights[role].items()}
+            data = save_safetensors(tensors, metadata={"role": role, "version": str(version)})
+            name = _weight_name(base, role, version)
+            _atomic_write(directory / name, data)
+            manifest["files"][role] = {"file": name, "sha256": hashlib.sha256(data).hexdigest()}
+            paths[role] = str(directory / name)
+        _atomic_write(target, json.dumps(manifest, indent=2, allow_nan=False).encode("utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"could not write checkpoint {target}: {exc}") from exc
+    paths["config"] = str(target)
+    _prune(directory, base, keep_from=version - keep + 1)
+    logger.info("saved checkpoint version %d at %s", version, target)
+    return paths
+
+
+def _prune(directory: Path, base: str, keep_from: int) -> None:
+    for old in sorted(v for v in _existing_versions(directory, base) if v < keep_from):
+        for role in ROLES:
+            try:
+                (directory / _weight_name(base, role, old)).unlink(missing_ok=True)
+            except OSError as exc:
+                logger.warning("could not remove old checkpoint version %d: %s", old, exc)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint manifest {path} is unreadable: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a langchain-kd-memory checkpoint manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {manifest.get('format_version')!r}; this library reads "
+            f"version {FORMAT_VERSION}: upgrade langchain-kd-memory or retrain"
+        )
+    for key in ("version", "embedder", "dims", "config", "binning", "files"):
+        if key not in manifest:
+            raise CheckpointError(f"checkpoint manifest {path} lacks {key!r}")
+    return manifest
+
+
+def _weight_file(directory: Path, name: object) -> Path:
+    """The path of a weight file named in a manifest, refusing anything but a local safetensors."""
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"invalid weight file name in manifest: {name!r}")
+    if not name.endswith(WEIGHT_SUFFIX):
+        raise CheckpointError(
+            f"refusing to load {name!r}: only {WEIGHT_SUFFIX} weights are loaded "
+            "(pickle-based .pt/.pth files can run code when loaded)"
+        )
+    if Path(name).name != name or "/" in name or "\\" in name or name.startswith("."):
+        raise CheckpointError(
+            f"refusing weight file {name!r}: a manifest may only name files in its own directory"
+        )
+    path = directory / name
+    if path.resolve().parent != directory.resolve():
+        raise CheckpointError(f"refusing weight file {name!r}: it resolves outside {directory}")
+    return path
+
+
+def _check_embedder(manifest: dict[str, Any], embedder: EmbedderIdentity, path: Path) -> None:
+    saved = manifest["embedder"]
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint manifest {path} has an invalid 'embedder' entry")
+    saved_identity = EmbedderIdentity(str(saved.get("name")), int(saved.get("dimension", -1)))
+    if saved_identity != embedder:
+        raise EmbedderMismatchError(
+            f"checkpoint {path} was trained on embeddings from {saved_identity}, but the "
+            f"embedder in use is {embedder}; pass the matching embeddings= or retrain"
+        )
+
+
+def load_checkpoint(
+    prefix: str | os.PathLike[str], *, embedder: EmbedderIdentity | None = None
+) -> Checkpoint | None:
+    """Load and verify the current version at `prefix`; None if there is no manifest there.
+
+    Args:
+        prefix: The prefix given to `save_checkpoint`.
+        embedder: If given, the checkpoint must have been trained with this embedder.
+
+    Raises:
+        CheckpointError: The manifest or a weight file is unreadable, missing, tampered with,
+            truncated, not safetensors, or outside the checkpoint's directory.
+        EmbedderMismatchError: The checkpoint was trained with another embedder or dimension.
+    """
+    path = manifest_path(prefix)
+    if not path.is_file():
+        return None
+    manifest = _read_manifest(path)
+    if embedder is not None:
+        _check_embedder(manifest, embedder, path)
+    files = manifest["files"]
+    if not isinstance(files, dict) or set(files) != set(ROLES):
+        raise CheckpointError(f"checkpoint manifest {path} must list the files {ROLES}")
+    weights: dict[str, dict[str, torch.Tensor]] = {}
+    for role in ROLES:
+        entry = files[role]
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"checkpoint manifest {path} has an invalid entry for {role}")
+        file = _weight_file(path.parent, entry.get("file"))
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            raise CheckpointError(f"{role} weights {file} are missing or unreadable: {exc}") from (
+                exc
+            )
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            raise CheckpointError(
+                f"{role} weights {file} do not match the SHA-256 in {path}: the file is "
+                "truncated, corrupted or was modified; restore it or retrain"
+            )
+        try:
+            weights[role] = load_safetensors(data)
+        except (SafetensorError, ValueError) as exc:
+            raise CheckpointError(f"{role} weights {file} are not valid safetensors: {exc}") from (
+                exc
+            )
+    return Checkpoint(manifest=manifest, weights=weights)
