@@ -461,11 +461,25 @@ class EpisodeStore:
                     f"episodes must be Episode objects, got {type(episode).__name__}"
                 )
             _check_namespace(episode.namespace)
+            texts = [episode.id, episode.query, episode.response]
             for key, value in episode.metadata.items():
+                if key.startswith(("#", "$")):
+                    raise InvalidEpisodeError(
+                        f"metadata key {key!r} of episode {episode.id!r} starts with "
+                        f"{key[0]!r}, which Chroma reserves"
+                    )
                 if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
                     raise InvalidEpisodeError(
                         f"metadata[{key!r}] of episode {episode.id!r} does not fit in 64 bits"
                     )
+                texts += [key, value] if isinstance(value, str) else [key]
+            for text in texts:
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise InvalidEpisodeError(
+                        f"episode {episode.id!r} holds text that is not valid Unicode ({exc})"
+                    ) from exc
             if (episode.namespace, episode.id) in seen:
                 raise DuplicateEpisodeError(
                     f"episode id {episode.id!r} appears twice in namespace "
@@ -697,6 +711,27 @@ class EpisodeStore:
                 with _chroma(f"count namespace {ns!r}"):
                     total += collection.count()
         return total
+
+    def count_rated(self, namespace: str | None = None) -> int:
+        """Number of rated episodes in `namespace`, or in the whole store when None."""
+        total = 0
+        for ns in self._resolve_namespaces(namespace):
+            collection = self._collection(ns)
+            if collection is not None:
+                with _chroma(f"count rated episodes of namespace {ns!r}"):
+                    total += len(collection.get(where={RATED_KEY: True}, include=[])["ids"])
+        return total
+
+    def query_embeddings(self, ids: Sequence[str], namespace: str | None = None) -> np.ndarray:
+        """The stored query embeddings of these episodes, shape (len(ids), dimension), in order.
+
+        Raises:
+            EpisodeNotFoundError: If an id is not stored.
+        """
+        wanted = _check_ids(ids)
+        found = self._fetch(wanted, namespace, ["embeddings"])
+        rows = [np.asarray(found[i][2]["embeddings"], dtype=np.float32) for i in wanted]
+        return np.stack(rows) if rows else np.zeros((0, self.dimension), dtype=np.float32)
 
     def list_episodes(
         self, namespace: str | None = None, *, limit: int | None = None, offset: int = 0

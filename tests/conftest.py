@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import socket
@@ -11,7 +12,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import chromadb
 import pytest
+from chromadb.api import ClientAPI
+from chromadb.config import Settings
 
 from langchain_kd_memory.embeddings import LocalEmbeddings, default_embeddings
 from langchain_kd_memory.storage import EpisodeStore
@@ -54,10 +58,26 @@ def counting_embeddings(embeddings: LocalEmbeddings) -> CountingEmbeddings:
     return CountingEmbeddings()
 
 
+@pytest.fixture(scope="session")
+def chroma_client(tmp_path_factory: pytest.TempPathFactory) -> ClientAPI:
+    """One embedded Chroma database in a temporary directory, shared by the session."""
+    return chromadb.PersistentClient(
+        str(tmp_path_factory.mktemp("chroma")), settings=Settings(anonymized_telemetry=False)
+    )
+
+
+_store_numbers = itertools.count()
+
+
 @pytest.fixture
-def tmp_store(tmp_path: Path, embeddings: LocalEmbeddings) -> EpisodeStore:
-    """An empty store in a temporary directory, with the real embedder."""
-    return EpisodeStore("test", embeddings=embeddings, persist_directory=str(tmp_path / "chroma"))
+def tmp_store(chroma_client: ClientAPI, embeddings: LocalEmbeddings) -> EpisodeStore:
+    """An empty store with the real embedder, in the session's temporary database.
+
+    Each test gets its own `collection_name` (so its own collections): opening a Chroma
+    database costs far more than creating collections in one.
+    """
+    name = f"test{next(_store_numbers):05d}"
+    return EpisodeStore(name, embeddings=embeddings, client=chroma_client)
 
 
 def _free_port() -> int:
@@ -77,9 +97,6 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     binary = _chroma_binary()
     if binary is None:
         pytest.skip("the `chroma` command (installed with chromadb) was not found")
-    import chromadb
-    from chromadb.config import Settings
-
     host, port = "127.0.0.1", _free_port()
     path = tmp_path_factory.mktemp("chroma_server")
     log = (path / "server.log").open("w")
