@@ -1,0 +1,755 @@
+"""`DistilledEpisodicMemory`: reward-aware episodic memory as a LangChain retriever.
+
+It ties an `EpisodeStore` (Chroma) to a `ModelDistillation` (the value model) and speaks
+LangChain's interfaces: it is a `BaseRetriever` (`invoke`, `ainvoke`, `batch`, LCEL, retriever
+tools), it has the four members of classic LangChain memory (`memory_variables`,
+`load_memory_variables`, `save_context`, `clear`), and `as_store()` gives a LangGraph
+`BaseStore` over the same episodes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import numpy as np
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+)
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    convert_to_messages,
+    get_buffer_string,
+)
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables.config import run_in_executor
+from pydantic import Field, PrivateAttr, field_validator
+
+from langchain_kd_memory.distillation import ModelDistillation
+from langchain_kd_memory.episodes import (
+    DEFAULT_NAMESPACE,
+    Episode,
+    RewardEstimate,
+    validate_namespace,
+)
+from langchain_kd_memory.errors import (
+    EmbedderMismatchError,
+    EmbeddingError,
+    InsufficientDataError,
+    InvalidArgumentError,
+    InvalidEpisodeError,
+    KDMemoryError,
+    NotTrainedError,
+)
+from langchain_kd_memory.storage import DEFAULT_PERSIST_DIRECTORY, EpisodeStore
+
+if TYPE_CHECKING:
+    from langchain_kd_memory.store import EpisodeBaseStore
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "value_model"
+"""Checkpoints live at `{model_dir}/value_model_*` (see `checkpoint.py` for the files)."""
+
+NEUTRAL_VALUE = 0.5
+"""The value of an episode whose reward is unknown and cannot be predicted."""
+
+RatingListener = Callable[[str], None]
+"""Called with the namespace each time an episode there gets a reward."""
+
+_TEXT_KEYS = ("input", "question", "query", "output", "answer", "result", "text", "content")
+
+
+# ----------------------------------------------------------------------------- text of runs
+
+
+def _messages(value: object) -> list[BaseMessage] | None:
+    """`value` as a list of messages if it is one (messages, role dicts, tuples), else None."""
+    if isinstance(value, BaseMessage):
+        return [value]
+    if isinstance(value, Sequence) and not isinstance(value, str) and value:
+        try:
+            return convert_to_messages(value)  # type: ignore[arg-type]
+        except (ValueError, TypeError, NotImplementedError):
+            return None
+    return None
+
+
+def _text(value: object, prefer: type[BaseMessage]) -> str:
+    """The text in a run's input or output, from the last message of type `prefer` if any."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, Mapping):
+        if "messages" in value:
+            return _text(value["messages"], prefer)
+        for key in _TEXT_KEYS:
+            if key in value:
+                return _text(value[key], prefer)
+        if len(value) == 1:
+            return _text(next(iter(value.values())), prefer)
+        return "\n".join(f"{key}: {_text(item, prefer)}" for key, item in value.items())
+    messages = _messages(value)
+    if messages is not None:
+        chosen = [m for m in messages if isinstance(m, prefer) and str(m.text).strip()]
+        return str((chosen or messages)[-1].text)
+    to_string = getattr(value, "to_string", None)  # PromptValue
+    if callable(to_string):
+        return str(to_string())
+    return "" if value is None else str(value)
+
+
+def extract_query(inputs: object) -> str:
+    """The user's query in a run's inputs.
+
+    Handles a string, a message or list of messages (the last human message wins), agent state
+    ``{"messages": [...]}``, and dicts with a key such as "input", "question" or "query" or a
+    single value.
+    """
+    return _text(inputs, HumanMessage)
+
+
+def extract_response(outputs: object) -> str:
+    """The answer in a run's outputs.
+
+    Handles a string, an `AIMessage`, agent state (the last AI message with text), and dicts
+    with a key such as "output", "answer" or "result" or a single value.
+    """
+    return _text(outputs, AIMessage)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class ConsolidationReport:
+    """What one consolidation did.
+
+    Attributes:
+        namespace: The namespace whose rated episodes were trained on.
+        episodes_used: How many rated episodes the model was trained on.
+        duration_s: Wall-clock seconds, reading the arrays and saving included.
+        metrics: The training results of `ModelDistillation.distill_from_memories`.
+        checkpoint_version: Version of the checkpoint saved, or None without `model_dir`.
+        checkpoint_path: Path of the checkpoint's manifest, or None without `model_dir`.
+    """
+
+    namespace: str
+    episodes_used: int
+    duration_s: float
+    metrics: dict[str, Any] = field(repr=False)
+    checkpoint_version: int | None = None
+    checkpoint_path: str | None = None
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+class DistilledEpisodicMemory(BaseRetriever):
+    """Episodic memory that learns which past episodes went well.
+
+    Every episode (query, response, reward) is embedded once and kept in Chroma. `consolidate`
+    trains the value model on the stored embeddings of rated episodes; afterwards `score`
+    predicts the reward of a new query from the query alone, and recall prefers episodes that
+    went well.
+
+    **Recall** (`invoke(query, k=, namespace=, filter=, reward_weight=)`): the query is embedded
+    once, the `fetch_k` most similar episodes are fetched, and they are re-ranked by
+
+        score = (1 - w) * similarity + w * value
+
+    where `w` is `reward_weight`, `similarity` is the cosine similarity of the queries, and
+    `value` is the episode's reward mapped to [0, 1]: the observed reward if it is rated, else
+    the student's predicted expected reward for the episode's query, else 0.5. Rewards are
+    mapped with the value model's fitted reward range (its bins); before the first
+    consolidation, with the range of the candidates' observed rewards. `w = 0` is pure
+    similarity search. Each `Document` carries the episode in `page_content` and `id`, `query`,
+    `response`, `reward`, `similarity`, `value`, `value_source` ("observed", "predicted" or
+    "neutral"), `score`, `namespace`, `created_at` and the user's metadata in `metadata`.
+
+    **Scoring** (`score(query)`): the student's `RewardEstimate`. Before the first
+    consolidation (or checkpoint load) it raises `NotTrainedError`, saying how many rated
+    episodes there are and how many training needs.
+
+    **Consolidation** (`consolidate()`): reads the stored embeddings of the most recent
+    `max_training_episodes` rated episodes (nothing is re-embedded), trains, and saves a
+    versioned checkpoint under `model_dir`. The trained model replaces the old one in one step
+    at the end; until then `score` and recall keep using the old one. One consolidation runs at
+    a time. A new memory loads the latest checkpoint from `model_dir`.
+
+    One value model per memory: it learns from the namespace given to `consolidate` (the
+    memory's `namespace` by default). All methods are safe to call from several threads.
+
+    Setup:
+        .. code-block:: python
+
+            from langchain_kd_memory import DistilledEpisodicMemory
+
+            memory = DistilledEpisodicMemory(persist_directory="./kd_memory")
+
+    Add:
+        .. code-block:: python
+
+            episode_id = memory.add_episode("How do I reset my password?",
+                                            "Use the 'forgot password' link.", reward=1.0)
+            memory.record_feedback(episode_id, 0.8)
+
+    Recall:
+        .. code-block:: python
+
+            for doc in memory.invoke("forgot my password", k=3):
+                print(doc.metadata["score"], doc.metadata["reward"], doc.page_content)
+
+    Learn and score:
+        .. code-block:: python
+
+            report = memory.consolidate()
+            memory.score("Can I get a refund?").expected
+    """
+
+    store: EpisodeStore
+    """Where the episodes live. Default: an embedded Chroma in `persist_directory`."""
+    distillation: ModelDistillation
+    """The value model. Default: a `ModelDistillation` using the store's embedder."""
+    embeddings: Embeddings | None = None
+    """Embedder for the default store (ignored when `store` is given); the local MiniLM if None."""
+    persist_directory: str | None = None
+    """Directory of the default store (ignored when `store` is given); ./.kd_memory if None."""
+    model_dir: str | None = None
+    """Directory of the value model's checkpoints. Default: `{persist_directory}/models` when the
+    memory builds its own store; None (no checkpoints) when a `store` is given without it."""
+    namespace: str = DEFAULT_NAMESPACE
+    """Namespace used when a call does not name one."""
+    k: int = Field(default=4, ge=1)
+    """Documents returned by recall."""
+    fetch_k: int = Field(default=20, ge=1)
+    """Candidates fetched by similarity before re-ranking (at least `k` are fetched)."""
+    reward_weight: float = Field(default=0.3, ge=0.0, le=1.0)
+    """Weight `w` of the value in the recall score (0 = similarity only)."""
+    min_episodes_to_train: int = Field(default=20, ge=2)
+    """Fewest rated episodes `consolidate` trains on."""
+    max_training_episodes: int = Field(default=10_000, ge=2)
+    """Consolidation trains on at most this many rated episodes, the most recent ones."""
+    memory_key: str = "history"
+    """Classic memory: the variable `load_memory_variables` returns."""
+    input_key: str | None = None
+    """Classic memory: the input holding the user's text (the only other input if None)."""
+    output_key: str | None = None
+    """Classic memory: the output holding the answer (the only output, or "output", if None)."""
+    return_messages: bool = False
+    """Classic memory: return recalled episodes as messages instead of one string."""
+
+    _consolidation_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _listeners_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _listeners: list[RatingListener] = PrivateAttr(default_factory=list)
+
+    def __init__(self, **data: Any) -> None:
+        """Create the memory; see the class attributes for the arguments.
+
+        Raises:
+            EmbedderMismatchError: If `store` and `distillation` use different embedders, or
+                the checkpoint in `model_dir` was trained with another one.
+            CheckpointError: If the checkpoint in `model_dir` is corrupted or unsafe.
+        """
+        if data.get("store") is None:
+            directory = data.get("persist_directory") or DEFAULT_PERSIST_DIRECTORY
+            data["store"] = EpisodeStore(
+                embeddings=data.get("embeddings"), persist_directory=directory
+            )
+            if data.get("model_dir") is None:
+                data["model_dir"] = str(Path(directory) / "models")
+        if data.get("distillation") is None:
+            data["distillation"] = ModelDistillation(embeddings=data["store"].embeddings)
+        super().__init__(**data)
+        if self.store.identity != self.distillation.embedder_identity:
+            raise EmbedderMismatchError(
+                f"the store embeds with {self.store.identity} but the value model with "
+                f"{self.distillation.embedder_identity}: give ModelDistillation(embeddings=...) "
+                "the store's embedder"
+            )
+        if self.model_dir is not None and not self.distillation.is_trained:
+            if self.distillation.load_models(self._checkpoint_prefix()):
+                logger.info("loaded the value model from %s", self.model_dir)
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        return validate_namespace(value)
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def is_trained(self) -> bool:
+        """Whether the value model has been trained or loaded (so `score` works)."""
+        return self.distillation.is_trained
+
+    def resolve_namespace(self, namespace: str | None) -> str:
+        """`namespace` validated, or the memory's own namespace when None."""
+        return self.namespace if namespace is None else validate_namespace(namespace)
+
+    def add_rating_listener(self, listener: RatingListener) -> None:
+        """Call `listener(namespace)` whenever an episode gets a reward.
+
+        Both episodes added with a reward and `record_feedback` count. `ConsolidationCallback`
+        uses it to count new ratings.
+        """
+        if not callable(listener):
+            raise InvalidArgumentError("listener must be callable")
+        with self._listeners_lock:
+            self._listeners.append(listener)
+
+    def remove_rating_listener(self, listener: RatingListener) -> None:
+        """Stop calling `listener` (no error if it was not registered)."""
+        with self._listeners_lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def _notify_rated(self, namespaces: Sequence[str]) -> None:
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for namespace in namespaces:
+            for listener in listeners:
+                try:
+                    listener(namespace)
+                except Exception:
+                    logger.exception("rating listener %r failed", listener)
+
+    def _checkpoint_prefix(self) -> str:
+        assert self.model_dir is not None
+        return str(Path(self.model_dir) / CHECKPOINT_NAME)
+
+    def _embed_query(self, query: str) -> np.ndarray:
+        try:
+            vector = self.store.embeddings.embed_query(query)
+        except KDMemoryError:
+            raise
+        except Exception as exc:
+            raise EmbeddingError(f"embedder {self.store.identity} failed: {exc}") from exc
+        return np.asarray(vector, dtype=np.float32)
+
+    # ------------------------------------------------------------------ episodes
+
+    def add_episode(
+        self,
+        query: str,
+        response: str = "",
+        reward: float | None = None,
+        metadata: Mapping[str, str | int | float | bool] | None = None,
+        namespace: str | None = None,
+        episode_id: str | UUID | None = None,
+    ) -> str:
+        """Store one episode (its query and response are embedded once, now).
+
+        Args:
+            query: What the agent was asked (not blank).
+            response: What it answered.
+            reward: A finite number, or None if not rated yet (rate it later with
+                `record_feedback`).
+            metadata: Scalar values only; usable in recall filters.
+            namespace: The episode's namespace; the memory's if None.
+            episode_id: The id (e.g. a run id); a new UUID if None.
+
+        Returns:
+            The episode id.
+
+        Raises:
+            InvalidEpisodeError: An invalid field.
+            DuplicateEpisodeError: The id already exists in the namespace.
+            EmbeddingError, StoreError: The embedder or Chroma failed.
+        """
+        fields: dict[str, Any] = {
+            "query": query,
+            "response": response,
+            "reward": reward,
+            "metadata": metadata,
+            "namespace": self.resolve_namespace(namespace),
+        }
+        if episode_id is not None:
+            fields["id"] = str(episode_id)
+        return self.add_episodes([Episode(**fields)])[0]
+
+    def add_episodes(self, episodes: Sequence[Episode | Mapping[str, Any]]) -> list[str]:
+        """Store many episodes in one batch (one embedder call for queries, one for responses).
+
+        Dicts take the fields of `Episode.from_dict`; a dict without a namespace goes to the
+        memory's namespace, an `Episode` keeps its own.
+
+        Returns:
+            The ids, in order.
+        """
+        if isinstance(episodes, (str, Mapping, Episode)) or not isinstance(episodes, Sequence):
+            raise InvalidEpisodeError(
+                f"episodes must be a list of Episode or dicts, got {type(episodes).__name__}"
+            )
+        batch = [
+            e if isinstance(e, Episode) else Episode.from_dict({"namespace": self.namespace, **e})
+            for e in episodes
+        ]
+        ids = self.store.add(batch)
+        self._notify_rated([e.namespace for e in batch if e.is_rated])
+        return ids
+
+    def record_feedback(
+        self, episode_id: str | UUID, reward: float, namespace: str | None = None
+    ) -> Episode:
+        """Set the reward of a stored episode (e.g. a thumbs up that arrives later).
+
+        Args:
+            episode_id: The episode's id; a run id (UUID) is accepted as is.
+            reward: A finite number.
+            namespace: The episode's namespace; the memory's if None.
+
+        Returns:
+            The updated episode.
+
+        Raises:
+            InvalidRewardError: `reward` is not a finite number.
+            EpisodeNotFoundError: No such episode in the namespace.
+        """
+        if reward is None:
+            raise InvalidArgumentError("reward is None; to rate an episode pass a finite number")
+        episode = self.store.update_reward(
+            str(episode_id), reward, namespace=self.resolve_namespace(namespace)
+        )
+        self._notify_rated([episode.namespace])
+        return episode
+
+    # ------------------------------------------------------------------ value model
+
+    def _not_trained(self) -> NotTrainedError:
+        rated = self.store.count_rated(self.namespace)
+        return NotTrainedError(
+            f"the value model is not trained yet: namespace {self.namespace!r} has {rated} rated "
+            f"episodes and training needs at least {self.min_episodes_to_train}; record rewards "
+            "(add_episode(..., reward=...) or record_feedback) and call consolidate(), or attach "
+            "a ConsolidationCallback"
+        )
+
+    def score(self, query: str) -> RewardEstimate:
+        """The student's estimate of the reward of `query` (before any response exists).
+
+        Raises:
+            NotTrainedError: Before the first consolidation (or checkpoint load); the message
+                says how many rated episodes exist and how many are needed.
+            InvalidEpisodeError: `query` is blank.
+        """
+        return self.score_batch([query])[0]
+
+    def score_batch(self, queries: Sequence[str]) -> list[RewardEstimate]:
+        """Student estimates for many queries (embedded in one call).
+
+        Raises:
+            NotTrainedError: Before the first consolidation (or checkpoint load).
+        """
+        if not self.is_trained:
+            raise self._not_trained()
+        return self.distillation.score_batch(queries)
+
+    def consolidate(
+        self,
+        namespace: str | None = None,
+        *,
+        max_training_episodes: int | None = None,
+        num_epochs: int | None = None,
+        batch_size: int | None = None,
+    ) -> ConsolidationReport:
+        """Train the value model on the stored embeddings of rated episodes and save it.
+
+        Waits if another consolidation of this memory is running. Nothing is embedded: the
+        vectors stored at `add_episode` are used.
+
+        Args:
+            namespace: Whose episodes to learn from; the memory's if None.
+            max_training_episodes: Train on at most this many, the most recent;
+                the memory's `max_training_episodes` if None.
+            num_epochs: Most epochs per network; the model's default if None.
+            batch_size: Mini-batch size; the model's default if None.
+
+        Returns:
+            A `ConsolidationReport`.
+
+        Raises:
+            InsufficientDataError: Fewer than `min_episodes_to_train` rated episodes.
+        """
+        ns = self.resolve_namespace(namespace)
+        limit = self.max_training_episodes if max_training_episodes is None else (
+            max_training_episodes
+        )
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
+            raise InvalidArgumentError(f"max_training_episodes must be an int >= 2, got {limit!r}")
+        with self._consolidation_lock:
+            start = time.perf_counter()
+            arrays = self.store.training_arrays(namespace=ns, limit=limit)
+            if len(arrays) < self.min_episodes_to_train:
+                raise InsufficientDataError(
+                    f"namespace {ns!r} has {len(arrays)} rated episodes; consolidation needs at "
+                    f"least {self.min_episodes_to_train} (min_episodes_to_train)"
+                )
+            metrics = self.distillation.distill_from_memories(
+                arrays, num_epochs=num_epochs, batch_size=batch_size
+            )
+            version, path = self._save_checkpoint()
+            report = ConsolidationReport(
+                namespace=ns,
+                episodes_used=len(arrays),
+                duration_s=time.perf_counter() - start,
+                metrics=metrics,
+                checkpoint_version=version,
+                checkpoint_path=path,
+            )
+        logger.info("consolidated %r: %s", ns, report)
+        return report
+
+    def _save_checkpoint(self) -> tuple[int | None, str | None]:
+        if self.model_dir is None:
+            return None, None
+        Path(self.model_dir).mkdir(parents=True, exist_ok=True)
+        manifest = self.distillation.save_models(self._checkpoint_prefix())["config"]
+        version = json.loads(Path(manifest).read_text(encoding="utf-8"))["version"]
+        return int(version), manifest
+
+    # ------------------------------------------------------------------ recall
+
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        namespace: str | None = None,
+        filter: Mapping[str, Any] | None = None,  # noqa: A002 - LangChain's name for it
+        reward_weight: float | None = None,
+    ) -> list[Document]:
+        """Recall: similar episodes re-ranked by similarity and value (see the class docs).
+
+        Args:
+            query: The text to recall episodes for.
+            run_manager: LangChain's callback manager for this run.
+            k: How many documents; the memory's `k` if None.
+            namespace: Where to search; the memory's namespace if None.
+            filter: A Chroma `where` filter on user metadata, e.g. ``{"topic": "billing"}``.
+            reward_weight: The weight `w` of the value; the memory's if None.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidArgumentError(f"query must be a non-empty str, got {query!r}")
+        k = self.k if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidArgumentError(f"k must be an int >= 1, got {k!r}")
+        weight = self.reward_weight if reward_weight is None else reward_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
+            0.0 <= weight <= 1.0
+        ):
+            raise InvalidArgumentError(f"reward_weight must lie in [0, 1], got {weight!r}")
+        ns = self.resolve_namespace(namespace)
+        candidates = self.store.search_by_vector(
+            self._embed_query(query), k=max(k, self.fetch_k), namespace=ns, where=filter
+        )
+        values = self._values([episode for episode, _ in candidates], ns, weight > 0)
+        ranked = sorted(
+            (
+                ((1.0 - weight) * similarity + weight * value, episode, similarity, value, source)
+                for (episode, similarity), (value, source) in zip(candidates, values, strict=True)
+            ),
+            key=lambda row: -row[0],
+        )
+        return [_document(*row) for row in ranked[:k]]
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """Async recall: the synchronous one in an executor (Chroma's client is synchronous)."""
+        return await run_in_executor(
+            None, self._get_relevant_documents, query, run_manager=run_manager.get_sync(),
+            **kwargs,
+        )
+
+    def _values(
+        self, episodes: list[Episode], namespace: str, predict: bool
+    ) -> list[tuple[float, str]]:
+        """(value in [0, 1], source) of each candidate; see the class docs."""
+        model = self.distillation
+        predicted: dict[int, float] = {}
+        if model.is_trained:
+            low, high = model.binner.low, model.binner.high
+            unrated = [i for i, e in enumerate(episodes) if not e.is_rated]
+            if predict and unrated:
+                vectors = self.store.query_embeddings(
+                    [episodes[i].id for i in unrated], namespace=namespace
+                )
+                estimates = model.predict_embeddings(vectors)
+                predicted = {i: est.expected for i, est in zip(unrated, estimates, strict=True)}
+        else:
+            observed = [e.reward for e in episodes if e.reward is not None]
+            low, high = (min(observed), max(observed)) if observed else (0.0, 0.0)
+        values: list[tuple[float, str]] = []
+        for i, episode in enumerate(episodes):
+            if episode.reward is not None:
+                raw, source = episode.reward, "observed"
+            elif i in predicted:
+                raw, source = predicted[i], "predicted"
+            else:
+                values.append((NEUTRAL_VALUE, "neutral"))
+                continue
+            value = NEUTRAL_VALUE if high <= low else (raw - low) / (high - low)
+            values.append((float(np.clip(value, 0.0, 1.0)), source))
+        return values
+
+    # ------------------------------------------------------------------ classic memory
+
+    @property
+    def memory_variables(self) -> list[str]:
+        """Classic memory: the variables `load_memory_variables` returns (`[memory_key]`)."""
+        return [self.memory_key]
+
+    def _input_text(self, inputs: Mapping[str, Any]) -> str:
+        if not isinstance(inputs, Mapping):
+            raise InvalidArgumentError(f"inputs must be a dict, got {type(inputs).__name__}")
+        key = self.input_key
+        if key is None:
+            keys = [k for k in inputs if k not in (self.memory_key, "stop")]
+            if len(keys) != 1:
+                raise InvalidArgumentError(
+                    f"cannot tell which input is the user's text among {sorted(keys)}: "
+                    "set input_key"
+                )
+            key = keys[0]
+        if key not in inputs:
+            raise InvalidArgumentError(f"input_key {key!r} is not in the inputs {sorted(inputs)}")
+        return extract_query(inputs[key])
+
+    def _output_text(self, outputs: Mapping[str, Any]) -> str:
+        if not isinstance(outputs, Mapping):
+            raise InvalidArgumentError(f"outputs must be a dict, got {type(outputs).__name__}")
+        key = self.output_key
+        if key is None:
+            if len(outputs) == 1:
+                key = next(iter(outputs))
+            elif "output" in outputs:
+                key = "output"
+            else:
+                raise InvalidArgumentError(
+                    f"cannot tell which output is the answer among {sorted(outputs)}: "
+                    "set output_key"
+                )
+        if key not in outputs:
+            raise InvalidArgumentError(
+                f"output_key {key!r} is not in the outputs {sorted(outputs)}"
+            )
+        return extract_response(outputs[key])
+
+    def load_memory_variables(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Classic memory: the episodes recalled for the input text.
+
+        Returns:
+            ``{memory_key: text}`` with a "Human: ..." and an "AI: ..." line per episode, or
+            ``{memory_key: [HumanMessage, AIMessage, ...]}`` when `return_messages`; empty
+            when the input is blank or nothing is stored.
+        """
+        query = self._input_text(inputs)
+        documents = self.invoke(query) if query.strip() else []
+        messages: list[BaseMessage] = []
+        for doc in documents:
+            messages.append(HumanMessage(doc.metadata["query"]))
+            if doc.metadata["response"]:
+                messages.append(AIMessage(doc.metadata["response"]))
+        return {self.memory_key: messages if self.return_messages else get_buffer_string(messages)}
+
+    def save_context(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+        """Classic memory: store the exchange as an unrated episode."""
+        self.add_episode(self._input_text(inputs), self._output_text(outputs))
+
+    def clear(self) -> None:
+        """Classic memory: delete every episode of this memory's namespace (only that one)."""
+        self.store.delete_namespace(self.namespace)
+
+    # ------------------------------------------------------------------ LangGraph
+
+    def as_store(self, **kwargs: Any) -> EpisodeBaseStore:
+        """A LangGraph `BaseStore` over this memory's episodes (see `EpisodeBaseStore`)."""
+        from langchain_kd_memory.store import EpisodeBaseStore
+
+        return EpisodeBaseStore(self.store, **kwargs)
+
+    # ------------------------------------------------------------------ async twins
+
+    async def aadd_episode(self, query: str, response: str = "", **kwargs: Any) -> str:
+        """Async `add_episode` (runs it in an executor)."""
+        return await run_in_executor(None, self.add_episode, query, response, **kwargs)
+
+    async def aadd_episodes(self, episodes: Sequence[Episode | Mapping[str, Any]]) -> list[str]:
+        """Async `add_episodes`."""
+        return await run_in_executor(None, self.add_episodes, episodes)
+
+    async def arecord_feedback(
+        self, episode_id: str | UUID, reward: float, namespace: str | None = None
+    ) -> Episode:
+        """Async `record_feedback`."""
+        return await run_in_executor(None, self.record_feedback, episode_id, reward, namespace)
+
+    async def ascore(self, query: str) -> RewardEstimate:
+        """Async `score`."""
+        return await run_in_executor(None, self.score, query)
+
+    async def ascore_batch(self, queries: Sequence[str]) -> list[RewardEstimate]:
+        """Async `score_batch`."""
+        return await run_in_executor(None, self.score_batch, queries)
+
+    async def aconsolidate(
+        self, namespace: str | None = None, **kwargs: Any
+    ) -> ConsolidationReport:
+        """Async `consolidate` (trains in an executor thread)."""
+        return await run_in_executor(None, self.consolidate, namespace, **kwargs)
+
+    async def aload_memory_variables(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Async `load_memory_variables`."""
+        return await run_in_executor(None, self.load_memory_variables, inputs)
+
+    async def asave_context(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+        """Async `save_context`."""
+        await run_in_executor(None, self.save_context, inputs, outputs)
+
+    async def aclear(self) -> None:
+        """Async `clear`."""
+        await run_in_executor(None, self.clear)
+
+
+def format_episode(query: str, response: str) -> str:
+    """The `page_content` of a recalled episode."""
+    return f"Query: {query}\nResponse: {response}" if response else f"Query: {query}"
+
+
+def _document(
+    score: float, episode: Episode, similarity: float, value: float, source: str
+) -> Document:
+    metadata: dict[str, Any] = {
+        **episode.metadata,
+        "id": episode.id,
+        "query": episode.query,
+        "response": episode.response,
+        "reward": episode.reward,
+        "similarity": similarity,
+        "value": value,
+        "value_source": source,
+        "score": score,
+        "namespace": episode.namespace,
+        "created_at": episode.created_at.isoformat(),
+    }
+    return Document(
+        id=episode.id, page_content=format_episode(episode.query, episode.response),
+        metadata=metadata,
+    )

@@ -1,0 +1,260 @@
+"""DistilledEpisodicMemory with real parts: Chroma in a temp dir, MiniLM, torch training."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from langchain_core.documents import Document
+from langchain_core.messages import AIMessage, HumanMessage
+
+from langchain_kd_memory.config import StudentConfig, TeacherConfig
+from langchain_kd_memory.distillation import ModelDistillation
+from langchain_kd_memory.embeddings import LocalEmbeddings, OpenAIEmbedder
+from langchain_kd_memory.episodes import Episode, RewardEstimate
+from langchain_kd_memory.errors import (
+    EmbedderMismatchError,
+    EpisodeNotFoundError,
+    InsufficientDataError,
+    InvalidArgumentError,
+    InvalidRewardError,
+    NotTrainedError,
+)
+from langchain_kd_memory.memory import ConsolidationReport, DistilledEpisodicMemory
+from langchain_kd_memory.storage import EpisodeStore
+
+GOOD_TOPICS = ["refund for my order", "invoice for my subscription", "billing charge on my card"]
+BAD_TOPICS = ["weather forecast for the weekend", "rain tomorrow in the city",
+              "snow in the mountains"]
+OPENINGS = ["Can you help with the", "I have a question about the", "Tell me about the",
+            "What should I know about the", "Please explain the", "I need info on the"]
+ENDINGS = ["", " please", " today", " quickly", " again", " for my family", " this week"]
+
+
+def topic_episodes(n: int, seed: int = 0) -> list[Episode]:
+    """Synthetic episodes whose topic decides the reward: billing ~0.9, weather ~0.1."""
+    rng = random.Random(seed)
+    episodes = []
+    for i in range(n):
+        good = i % 2 == 0
+        topic = rng.choice(GOOD_TOPICS if good else BAD_TOPICS)
+        query = f"{rng.choice(OPENINGS)} {topic}{rng.choice(ENDINGS)}?"
+        reward = (0.9 if good else 0.1) + rng.uniform(-0.05, 0.05)
+        episodes.append(Episode(query, f"Here is what I found about the {topic}.", reward=reward))
+    return episodes
+
+
+def make_memory(tmp_path: Path, embeddings: LocalEmbeddings, **kwargs) -> DistilledEpisodicMemory:
+    store = EpisodeStore("mem", embeddings=embeddings, persist_directory=str(tmp_path / "chroma"))
+    model = ModelDistillation(
+        seed=0, embeddings=embeddings, max_epochs=60, patience=5, num_threads=1,
+        teacher=TeacherConfig(hidden_sizes=(128, 64)), student=StudentConfig(hidden_sizes=(32,)),
+    )
+    return DistilledEpisodicMemory(
+        store=store, distillation=model, model_dir=str(tmp_path / "models"), **kwargs
+    )
+
+
+@pytest.fixture
+def memory(tmp_path: Path, embeddings: LocalEmbeddings) -> DistilledEpisodicMemory:
+    return make_memory(tmp_path, embeddings, min_episodes_to_train=10)
+
+
+def test_recall_returns_documents_with_metadata(memory: DistilledEpisodicMemory) -> None:
+    first = memory.add_episode(
+        "How do I reset my password?", "Use the reset link.", reward=1.0,
+        metadata={"topic": "account"},
+    )
+    memory.add_episode("What is the capital of France?", "Paris.")
+    docs = memory.invoke("I forgot my password")
+    assert len(docs) == 2 and all(isinstance(d, Document) for d in docs)
+    top = docs[0]
+    assert top.id == first and top.metadata["id"] == first
+    assert top.page_content == "Query: How do I reset my password?\nResponse: Use the reset link."
+    assert top.metadata["query"] == "How do I reset my password?"
+    assert top.metadata["response"] == "Use the reset link."
+    assert top.metadata["reward"] == 1.0 and top.metadata["topic"] == "account"
+    assert top.metadata["namespace"] == "default" and top.metadata["created_at"]
+    assert top.metadata["value_source"] == "observed"
+    assert docs[1].metadata["reward"] is None and docs[1].metadata["value_source"] == "neutral"
+    assert 0.0 < top.metadata["similarity"] <= 1.0 and 0.0 <= top.metadata["value"] <= 1.0
+    assert docs[0].metadata["score"] >= docs[1].metadata["score"]
+    assert memory.invoke("anything", namespace="empty-namespace") == []
+
+
+def test_reward_aware_ranking(memory: DistilledEpisodicMemory) -> None:
+    bad = memory.add_episode("How do I reset my password?", "No idea.", reward=0.0)
+    good = memory.add_episode("How can I reset my password?", "Use the reset link.", reward=1.0)
+    memory.add_episode("How do I bake bread?", "Flour, water, salt, yeast.", reward=0.5)
+    query = "How do I reset my password?"  # exactly the badly rewarded one
+    by_similarity = memory.invoke(query, reward_weight=0.0)
+    assert [d.id for d in by_similarity[:2]] == [bad, good]
+    assert [d.metadata["score"] for d in by_similarity] == [
+        d.metadata["similarity"] for d in by_similarity
+    ]
+    reward_aware = memory.invoke(query)  # default reward_weight 0.3
+    assert [d.id for d in reward_aware[:2]] == [good, bad]
+    top = reward_aware[0].metadata
+    assert top["value"] == 1.0  # best observed reward of the candidates
+    assert top["score"] == pytest.approx(0.7 * top["similarity"] + 0.3 * top["value"])
+
+
+def test_namespaces_are_isolated_and_per_call_arguments(memory: DistilledEpisodicMemory) -> None:
+    for i in range(6):
+        memory.add_episode(f"Question number {i} about cats", f"answer {i}",
+                           metadata={"parity": i % 2})
+    other = memory.add_episode("Question about cats", "dogs are better", namespace="user/42")
+    assert {d.metadata["namespace"] for d in memory.invoke("cats", k=10)} == {"default"}
+    assert [d.id for d in memory.invoke("cats", namespace="user/42")] == [other]
+    assert len(memory.invoke("cats")) == 4  # the memory's k
+    assert len(memory.invoke("cats", k=2)) == 2
+    odd = memory.invoke("cats", k=10, filter={"parity": 1})
+    assert len(odd) == 3 and all(d.metadata["parity"] == 1 for d in odd)
+    memory.clear()
+    assert memory.invoke("cats") == []
+    assert memory.store.count("user/42") == 1  # clear() only touches its own namespace
+
+
+def test_invalid_arguments(memory: DistilledEpisodicMemory) -> None:
+    memory.add_episode("a question", "an answer")
+    with pytest.raises(InvalidArgumentError):
+        memory.invoke("question", k=0)
+    with pytest.raises(InvalidArgumentError):
+        memory.invoke("question", reward_weight=1.5)
+    with pytest.raises(InvalidArgumentError):
+        memory.invoke("   ")
+    with pytest.raises(InvalidArgumentError):
+        memory.invoke("question", filter={"kd_reward": 1})
+    with pytest.raises(InvalidRewardError):
+        memory.add_episode("q", reward=float("nan"))
+    with pytest.raises(EpisodeNotFoundError):
+        memory.record_feedback("no-such-id", 1.0)
+    with pytest.raises(ValueError):
+        DistilledEpisodicMemory(store=memory.store, distillation=memory.distillation, k=0)
+
+
+def test_embedder_mismatch_is_refused(memory: DistilledEpisodicMemory) -> None:
+    openai = OpenAIEmbedder(model="text-embedding-3-small", api_key="unused")  # no request made
+    other = ModelDistillation(embeddings=openai, seed=0)
+    with pytest.raises(EmbedderMismatchError, match="text-embedding-3-small"):
+        DistilledEpisodicMemory(store=memory.store, distillation=other)
+
+
+def test_feedback_updates_reward_and_ranking(memory: DistilledEpisodicMemory) -> None:
+    episode_id = memory.add_episode("Where is my parcel?", "It left the depot.")
+    updated = memory.record_feedback(episode_id, 0.25)
+    assert updated.reward == 0.25 and updated.id == episode_id
+    assert memory.store.get([episode_id])[0].reward == 0.25
+    assert memory.invoke("parcel")[0].metadata["reward"] == 0.25
+
+
+def test_score_before_training_explains_what_is_missing(memory: DistilledEpisodicMemory) -> None:
+    memory.add_episodes(topic_episodes(3))
+    with pytest.raises(NotTrainedError, match="has 3 rated episodes .* at least 10"):
+        memory.score("billing question")
+    with pytest.raises(InsufficientDataError, match="3 rated episodes"):
+        memory.consolidate()
+    assert not memory.is_trained
+
+
+def test_consolidation_learns_from_stored_vectors_and_reloads(
+    tmp_path: Path, counting_embeddings: LocalEmbeddings
+) -> None:
+    memory = make_memory(tmp_path, counting_embeddings)
+    memory.add_episodes(topic_episodes(200))
+    unrated_good = memory.add_episode("Can you help with the refund for my order?", "Sure.")
+    unrated_bad = memory.add_episode("Can you help with the rain tomorrow in the city?", "Sure.")
+    counting_embeddings.calls = 0
+
+    report = memory.consolidate()
+
+    assert counting_embeddings.calls == 0  # trained on stored vectors only
+    assert isinstance(report, ConsolidationReport)
+    assert report.episodes_used == 200 and report.namespace == "default"
+    assert report.checkpoint_version == 1 and Path(report.checkpoint_path).exists()
+    assert report.duration_s > 0 and "student" in report.metrics
+
+    good = memory.score("I have a question about the invoice for my subscription")
+    bad = memory.score("Tell me about the snow in the mountains")
+    assert isinstance(good, RewardEstimate)
+    assert good.expected > bad.expected + 0.3
+    scores = memory.score_batch(["refund please", "weather forecast"])
+    assert len(scores) == 2 and scores[0].expected > scores[1].expected
+
+    # Unrated episodes are valued by the student's prediction for their stored query vector.
+    recalled = memory.invoke("Can you help with the refund or the rain?", k=202)
+    docs = {d.id: d for d in recalled if d.id in (unrated_good, unrated_bad)}
+    assert {d.metadata["value_source"] for d in docs.values()} == {"predicted"}
+    assert docs[unrated_good].metadata["value"] > docs[unrated_bad].metadata["value"]
+
+    reloaded = make_memory(tmp_path, counting_embeddings)
+    assert reloaded.is_trained
+    assert reloaded.score("Tell me about the snow in the mountains").expected == pytest.approx(
+        bad.expected, abs=1e-6
+    )
+    # Bounded cost: the most recent episodes only.
+    assert memory.consolidate(max_training_episodes=50).episodes_used == 50
+
+
+def test_scoring_keeps_working_during_consolidation(tmp_path: Path,
+                                                    embeddings: LocalEmbeddings) -> None:
+    memory = make_memory(tmp_path, embeddings, min_episodes_to_train=10)
+    memory.add_episodes(topic_episodes(60))
+    memory.consolidate(num_epochs=2)
+    before = memory.distillation.student
+    errors: list[BaseException] = []
+    estimates: list[RewardEstimate] = []
+
+    def train() -> None:
+        try:
+            memory.consolidate()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    while worker.is_alive() or not estimates:
+        estimates.append(memory.score("refund for my order"))
+        memory.add_episode("Tell me about the refund for my order", "ok", reward=0.9)
+    worker.join()
+    assert not errors
+    assert memory.distillation.student is not before  # swapped in once training finished
+    assert all(np.isfinite(e.expected) for e in estimates)
+
+
+def test_classic_memory_members(memory: DistilledEpisodicMemory) -> None:
+    assert memory.memory_variables == ["history"]
+    assert memory.load_memory_variables({"input": "hello"}) == {"history": ""}
+    memory.save_context({"input": "My name is Ada."}, {"output": "Nice to meet you, Ada."})
+    memory.save_context({"input": "I like tea."}, {"output": "Noted."})
+    history = memory.load_memory_variables({"input": "What is my name?"})["history"]
+    assert "Human: My name is Ada.\nAI: Nice to meet you, Ada." in history
+    assert history.index("Ada") < history.index("tea")  # most relevant first
+
+    chat = DistilledEpisodicMemory(
+        store=memory.store, distillation=memory.distillation, return_messages=True,
+        memory_key="chat_history", input_key="question", k=1,
+    )
+    messages = chat.load_memory_variables({"question": "my name?", "context": "x"})["chat_history"]
+    assert messages == [HumanMessage("My name is Ada."), AIMessage("Nice to meet you, Ada.")]
+    with pytest.raises(InvalidArgumentError, match="input_key"):
+        memory.load_memory_variables({"a": "x", "b": "y"})
+
+    memory.clear()
+    assert memory.load_memory_variables({"input": "What is my name?"}) == {"history": ""}
+
+
+async def test_async_twins(memory: DistilledEpisodicMemory) -> None:
+    episode_id = await memory.aadd_episode("Async question about trains", "Trains run late.")
+    await memory.arecord_feedback(episode_id, 0.5)
+    docs = await memory.ainvoke("trains", k=1, namespace="default")
+    assert docs[0].id == episode_id and docs[0].metadata["reward"] == 0.5
+    await memory.asave_context({"input": "async hello"}, {"output": "hi"})
+    assert "async hello" in (await memory.aload_memory_variables({"input": "hello"}))["history"]
+    with pytest.raises(NotTrainedError):
+        await memory.ascore("trains")
+    await memory.aclear()
+    assert memory.store.count("default") == 0
