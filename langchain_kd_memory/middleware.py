@@ -1,0 +1,367 @@
+"""`EpisodicMemoryMiddleware`: reward-aware episodic memory for LangChain v1 `create_agent`.
+
+Before each model call it recalls the past episodes most relevant to the latest user message,
+re-ranked by how well they went, and adds them (with the value model's estimate of the new
+request's reward, once trained) to the system prompt. After each completed run it records the
+run as a new episode. Memory is an aid, never a dependency: any failure inside (embedder or
+Chroma down, a raising reward function) is logged and counted in `status`, and the agent goes
+on without memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse
+from langchain_core.documents import Document
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage
+from langchain_core.runnables.config import run_in_executor
+from langgraph.config import get_config
+from langgraph.runtime import Runtime
+
+from langchain_kd_memory.episodes import RewardEstimate, validate_namespace, validate_reward
+from langchain_kd_memory.errors import InvalidArgumentError
+from langchain_kd_memory.memory import DistilledEpisodicMemory
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROMPT_TEMPLATE = (
+    "Past episodes similar to the current request, best first (reward = how well the answer "
+    "went; score = relevance blended with reward). Reuse what worked, avoid what did not.\n"
+    "{episodes}{estimate}"
+)
+"""Default text added to the system prompt; `{episodes}` and `{estimate}` are filled in."""
+
+ModelHandler = Callable[[ModelRequest[Any]], ModelResponse[Any]]
+AsyncModelHandler = Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]]
+RewardFn = Callable[[Mapping[str, Any]], "float | None"]
+
+
+@dataclasses.dataclass
+class MemoryMiddlewareStatus:
+    """What the middleware did so far (a snapshot; see `EpisodicMemoryMiddleware.status`).
+
+    Attributes:
+        recalls: Model calls that got recalled episodes (possibly none matched).
+        recall_failures: Recalls that failed (the model was called without memory).
+        scores: Value-model estimates added to the prompt.
+        score_failures: Estimates that failed.
+        recorded: Episodes recorded after a run.
+        record_failures: Runs whose episode could not be recorded.
+        reward_failures: Runs whose `reward_fn` raised (recorded without a reward).
+        last_error: The latest failure, as "what: ErrorType: message".
+        last_episode_id: The id of the latest recorded episode.
+    """
+
+    recalls: int = 0
+    recall_failures: int = 0
+    scores: int = 0
+    score_failures: int = 0
+    recorded: int = 0
+    record_failures: int = 0
+    reward_failures: int = 0
+    last_error: str | None = None
+    last_episode_id: str | None = None
+
+
+def _latest(messages: Sequence[AnyMessage], kind: type[AnyMessage]) -> AnyMessage | None:
+    return next((m for m in reversed(messages) if isinstance(m, kind)), None)
+
+
+def _text(message: AnyMessage | None) -> str:
+    return message.text.strip() if message is not None else ""
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
+    """Recall reward-ranked past episodes before the model, record each run after the agent.
+
+    Setup:
+        .. code-block:: python
+
+            from langchain.agents import create_agent
+            from langchain_kd_memory import DistilledEpisodicMemory, EpisodicMemoryMiddleware
+
+            memory = DistilledEpisodicMemory(persist_directory="./kd_memory")
+            agent = create_agent(
+                model, tools, middleware=[EpisodicMemoryMiddleware(memory, k=3)],
+                store=memory.as_store(),
+            )
+            agent.invoke({"messages": [{"role": "user", "content": "Reset my password"}]},
+                         config={"configurable": {"namespace": "user-42"}})
+
+    Namespace of a run (for recall and recording), first found: the runtime context's
+    `namespace_key` (attribute or dict key, from ``create_agent(context_schema=...)``), then
+    ``config["configurable"][namespace_key]``, then `namespace`, then the memory's namespace.
+    ``config["configurable"]["episode_id"]`` chooses the recorded episode's id (for later
+    `memory.record_feedback`); otherwise it is a new UUID, also kept in `status`.
+
+    The recorded episode is the run's last human message (query) and last AI message
+    (response), with ``reward_fn(state)`` as reward when given (None = rate it later). If a
+    `ConsolidationCallback` already records runs, pass ``record=False`` to avoid duplicates.
+    """
+
+    def __init__(
+        self,
+        memory: DistilledEpisodicMemory,
+        *,
+        k: int = 3,
+        reward_weight: float | None = None,
+        min_score: float | None = None,
+        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        max_chars: int = 500,
+        include_estimate: bool = True,
+        record: bool = True,
+        reward_fn: RewardFn | None = None,
+        namespace: str | None = None,
+        namespace_key: str = "namespace",
+    ) -> None:
+        """Configure the middleware.
+
+        Args:
+            memory: The episodic memory to recall from and record into.
+            k: How many episodes to recall per model call.
+            reward_weight: Weight of reward vs similarity in recall (0..1); the memory's if None.
+            min_score: Leave out recalled episodes whose blended score is below this.
+            prompt_template: Text added to the system prompt, with `{episodes}` and
+                `{estimate}` placeholders.
+            max_chars: Longest query or response text shown per episode (longer is clipped).
+            include_estimate: Add the value model's expected reward ± std for the request
+                (only once the model is trained).
+            record: Record one episode per completed run.
+            reward_fn: ``reward_fn(final_state) -> float | None``: the reward of a run.
+            namespace: Default namespace of runs; the memory's if None.
+            namespace_key: Key of the namespace in the runtime context or configurable.
+
+        Raises:
+            InvalidArgumentError: If an argument is invalid.
+        """
+        super().__init__()
+        if not isinstance(memory, DistilledEpisodicMemory):
+            raise InvalidArgumentError(
+                f"memory must be a DistilledEpisodicMemory, got {type(memory).__name__}"
+            )
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidArgumentError(f"k must be an int >= 1, got {k!r}")
+        if reward_weight is not None and (
+            isinstance(reward_weight, bool)
+            or not isinstance(reward_weight, (int, float))
+            or not 0.0 <= reward_weight <= 1.0
+        ):
+            raise InvalidArgumentError(f"reward_weight must lie in [0, 1], got {reward_weight!r}")
+        if min_score is not None and (
+            isinstance(min_score, bool) or not isinstance(min_score, (int, float))
+        ):
+            raise InvalidArgumentError(f"min_score must be a number or None, got {min_score!r}")
+        if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 10:
+            raise InvalidArgumentError(f"max_chars must be an int >= 10, got {max_chars!r}")
+        if not isinstance(prompt_template, str) or "{episodes}" not in prompt_template:
+            raise InvalidArgumentError("prompt_template must be a str containing '{episodes}'")
+        try:
+            prompt_template.format(episodes="", estimate="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise InvalidArgumentError(
+                f"prompt_template may use only {{episodes}} and {{estimate}}: {exc!r}"
+            ) from exc
+        if reward_fn is not None and not callable(reward_fn):
+            raise InvalidArgumentError(f"reward_fn must be callable, got {reward_fn!r}")
+        if not isinstance(namespace_key, str) or not namespace_key:
+            raise InvalidArgumentError(
+                f"namespace_key must be a non-empty str, got {namespace_key!r}"
+            )
+        self.memory = memory
+        self.k = k
+        self.reward_weight = reward_weight
+        self.min_score = min_score
+        self.prompt_template = prompt_template
+        self.max_chars = max_chars
+        self.include_estimate = include_estimate
+        self.record = record
+        self.reward_fn = reward_fn
+        self.namespace = None if namespace is None else validate_namespace(namespace)
+        self.namespace_key = namespace_key
+        self._status = MemoryMiddlewareStatus()
+        self._lock = threading.Lock()
+
+    @property
+    def status(self) -> MemoryMiddlewareStatus:
+        """A snapshot of the counters and the latest error."""
+        with self._lock:
+            return dataclasses.replace(self._status)
+
+    # ----------------------------------------------------------------- bookkeeping
+
+    def _count(self, counter: str, episode_id: str | None = None) -> None:
+        with self._lock:
+            setattr(self._status, counter, getattr(self._status, counter) + 1)
+            if episode_id is not None:
+                self._status.last_episode_id = episode_id
+
+    @contextmanager
+    def _guard(self, what: str, counter: str) -> Iterator[None]:
+        """Log and count any failure inside the block instead of raising it into the agent."""
+        try:
+            yield
+        except Exception as exc:
+            logger.warning("episodic memory: %s failed, continuing without it: %s", what, exc)
+            with self._lock:
+                setattr(self._status, counter, getattr(self._status, counter) + 1)
+                self._status.last_error = f"{what}: {type(exc).__name__}: {exc}"
+
+    # ----------------------------------------------------------------- run context
+
+    def _namespace(self, runtime: Runtime[Any] | None) -> str | None:
+        context = getattr(runtime, "context", None)
+        found = (
+            context.get(self.namespace_key)
+            if isinstance(context, Mapping)
+            else getattr(context, self.namespace_key, None)
+        )
+        if found is None:
+            found = self._configurable().get(self.namespace_key)
+        return validate_namespace(found) if found is not None else self.namespace
+
+    @staticmethod
+    def _configurable() -> Mapping[str, Any]:
+        try:
+            configurable = get_config().get("configurable") or {}
+        except RuntimeError:  # outside a runnable context
+            return {}
+        return configurable if isinstance(configurable, Mapping) else {}
+
+    # ----------------------------------------------------------------- recall
+
+    def _recall_kwargs(self, request: ModelRequest[Any]) -> dict[str, Any] | None:
+        """Arguments of the recall for this request, or None if it has no user text."""
+        query = _text(_latest(request.messages, HumanMessage))
+        if not query:
+            return None
+        return {
+            "input": query,
+            "k": self.k,
+            "namespace": self._namespace(request.runtime),
+            "reward_weight": self.reward_weight,
+        }
+
+    def _render(self, documents: list[Document], estimate: RewardEstimate | None) -> str | None:
+        """The text to add to the system prompt, or None if there is nothing to add."""
+        kept = [
+            d
+            for d in documents
+            if self.min_score is None or float(d.metadata.get("score", 0.0)) >= self.min_score
+        ]
+        if not kept and estimate is None:
+            return None
+        lines = []
+        for rank, doc in enumerate(kept, start=1):
+            meta = doc.metadata
+            reward = meta.get("reward")
+            lines.append(
+                f"{rank}. Query: {_clip(str(meta.get('query', '')), self.max_chars)}\n"
+                f"   Response: {_clip(str(meta.get('response', '')), self.max_chars)}\n"
+                f"   reward: {'not rated' if reward is None else f'{reward:.3g}'}"
+                f" | score: {float(meta.get('score', 0.0)):.2f}"
+            )
+        episodes = "\n".join(lines) if lines else "(none)"
+        text = (
+            ""
+            if estimate is None
+            else (
+                f"\nExpected reward of the current request (learned value model): "
+                f"{estimate.expected:.3g} ± {estimate.std:.2g}"
+            )
+        )
+        return self.prompt_template.format(episodes=episodes, estimate=text)
+
+    @staticmethod
+    def _inject(request: ModelRequest[Any], block: str | None) -> ModelRequest[Any]:
+        if block is None:
+            return request
+        system = request.system_message
+        if system is None:
+            return request.override(system_message=SystemMessage(content=block))
+        if isinstance(system.content, str):
+            content: Any = f"{system.content}\n\n{block}" if system.content else block
+        else:
+            content = [*system.content, {"type": "text", "text": block}]
+        return request.override(system_message=system.model_copy(update={"content": content}))
+
+    def _wants_estimate(self) -> bool:
+        return self.include_estimate and self.memory.is_trained
+
+    def _memory_block(self, request: ModelRequest[Any]) -> str | None:
+        """Recall (and score) for the request; the text to add to the prompt, or None."""
+        documents: list[Document] = []
+        estimate = None
+        kwargs = None
+        with self._guard("recall", "recall_failures"):
+            kwargs = self._recall_kwargs(request)
+            if kwargs is not None:
+                documents = self.memory.invoke(**kwargs)
+                self._count("recalls")
+        if kwargs is not None and self._wants_estimate():
+            with self._guard("score", "score_failures"):
+                estimate = self.memory.score(kwargs["input"])
+                self._count("scores")
+        return self._render(documents, estimate)
+
+    def wrap_model_call(
+        self, request: ModelRequest[Any], handler: ModelHandler
+    ) -> ModelResponse[Any] | AIMessage:
+        """Add recalled episodes (and the value estimate) to the system prompt, then call."""
+        return handler(self._inject(request, self._memory_block(request)))
+
+    async def awrap_model_call(
+        self, request: ModelRequest[Any], handler: AsyncModelHandler
+    ) -> ModelResponse[Any] | AIMessage:
+        """Async `wrap_model_call`: recall runs in an executor (Chroma's client is synchronous)."""
+        block = await run_in_executor(None, self._memory_block, request)
+        return await handler(self._inject(request, block))
+
+    # ----------------------------------------------------------------- record
+
+    def _episode(self, state: Mapping[str, Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """The `add_episode` arguments for a finished run, or None if there is nothing to record."""
+        messages = state.get("messages") or []
+        query = _text(_latest(messages, HumanMessage)) if self.record else ""
+        if not query:
+            return None
+        reward = None
+        if self.reward_fn is not None:
+            with self._guard("reward_fn", "reward_failures"):
+                reward = validate_reward(self.reward_fn(state))
+        metadata: dict[str, str | int | float | bool] = {"source": "agent"}
+        info = getattr(runtime, "execution_info", None)
+        if getattr(info, "thread_id", None):
+            metadata["thread_id"] = str(info.thread_id)  # type: ignore[union-attr]
+        return {
+            "query": query,
+            "response": _text(_latest(messages, AIMessage)),
+            "reward": reward,
+            "metadata": metadata,
+            "namespace": self._namespace(runtime),
+            "episode_id": str(self._configurable().get("episode_id") or uuid.uuid4()),
+        }
+
+    def after_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """Record the finished run as an episode."""
+        with self._guard("record", "record_failures"):
+            fields = self._episode(state, runtime)
+            if fields is not None:
+                self._count("recorded", self.memory.add_episode(**fields))
+        return None
+
+    async def aafter_agent(
+        self, state: AgentState[Any], runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """Async `after_agent`: recording runs in an executor."""
+        return await run_in_executor(None, self.after_agent, state, runtime)
