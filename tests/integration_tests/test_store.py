@@ -23,6 +23,7 @@ from langchain_kd_memory.errors import (
     InvalidNamespaceError,
     InvalidRewardError,
 )
+from langchain_kd_memory.memory import DistilledEpisodicMemory
 from langchain_kd_memory.storage import EpisodeStore
 from langchain_kd_memory.store import EpisodeBaseStore, decode_namespace, encode_namespace
 
@@ -342,7 +343,11 @@ def test_langgraph_node_reads_and_writes_through_runtime_store(store: EpisodeBas
     assert store.get(("graph",), "gardening") is not None
 
 
-def test_create_agent_tool_uses_the_store(store: EpisodeBaseStore):
+def test_create_agent_tool_uses_the_memory_as_store(tmp_store: EpisodeStore):
+    memory = DistilledEpisodicMemory(store=tmp_store)
+    store = memory.as_store()
+    assert isinstance(store, EpisodeBaseStore) and store.episodes is tmp_store
+
     @tool
     def save_preference(preference: str, runtime: ToolRuntime) -> str:
         """Save a user preference."""
@@ -366,3 +371,6 @@ def test_create_agent_tool_uses_the_store(store: EpisodeBaseStore):
     assert out["messages"][-1].content == "Saved your preference."
     item = store.get(("prefs",), "p1")
     assert item is not None and item.value == {"query": "dark mode"}
+    # what the agent stored is an episode the memory recalls
+    [doc] = memory.invoke("dark theme", namespace="prefs", k=1)
+    assert doc.metadata["id"] == "p1"
