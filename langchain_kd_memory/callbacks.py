@@ -1,0 +1,295 @@
+"""`ConsolidationCallback`: turn every finished agent run into an episode, and learn from them.
+
+Attach it to any LangChain runnable (an LCEL chain, a `create_agent` agent, a LangGraph graph)
+through `config={"callbacks": [callback]}`. Each finished top-level run becomes one episode
+whose id is the run id, so feedback that arrives later can find it:
+
+.. code-block:: python
+
+    memory = DistilledEpisodicMemory(persist_directory="./kd_memory")
+    callback = ConsolidationCallback(memory, every_n_episodes=50, reward_fn=my_reward)
+    run_id = uuid.uuid4()
+    answer = agent.invoke(inputs, config={"callbacks": [callback], "run_id": run_id})
+    memory.record_feedback(run_id, reward=1.0)   # thumbs up, later
+    callback.flush()                             # at the end of a script
+
+Every `every_n_episodes` new ratings (rewards given by `reward_fn` and feedback recorded through
+the memory both count) start a consolidation on one background thread. The agent never waits for
+it and never sees its errors: they are logged and kept in `callback.status`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+
+from langchain_kd_memory.errors import InsufficientDataError, InvalidArgumentError
+from langchain_kd_memory.memory import (
+    ConsolidationReport,
+    DistilledEpisodicMemory,
+    extract_query,
+    extract_response,
+)
+
+logger = logging.getLogger(__name__)
+
+RewardFn = Callable[[Any, Any], "float | None"]
+"""`reward_fn(inputs, outputs) -> reward or None`: rates a finished run (None = not rated)."""
+
+
+@dataclass
+class ConsolidationStatus:
+    """What a `ConsolidationCallback` has done so far (a snapshot).
+
+    Attributes:
+        episodes_recorded: Episodes recorded from finished top-level runs.
+        ratings_since_consolidation: Ratings counted towards the next consolidation.
+        consolidations_run: Consolidations that finished successfully.
+        errors: Errors caught (reward_fn, recording, consolidation).
+        last_error: The most recent error caught, or None.
+        last_report: The report of the most recent successful consolidation, or None.
+        training_in_progress: Whether a consolidation is running now.
+    """
+
+    episodes_recorded: int = 0
+    ratings_since_consolidation: int = 0
+    consolidations_run: int = 0
+    errors: int = 0
+    last_error: BaseException | None = None
+    last_report: ConsolidationReport | None = None
+    training_in_progress: bool = False
+
+
+class ConsolidationCallback(BaseCallbackHandler):
+    """Records one episode per finished top-level run and consolidates every N ratings.
+
+    - On a top-level `on_chain_start` (no parent run) it remembers the inputs by run id; at the
+      matching `on_chain_end` it adds one episode (query and response extracted from inputs and
+      outputs, reward from `reward_fn`, id = `str(run_id)`). Nested chain, model and tool runs
+      are not episodes; a top-level run that fails is dropped.
+    - Each rating in `namespace` (a reward from `reward_fn` or any later
+      `memory.record_feedback`) counts; every `every_n_episodes` of them start
+      `memory.consolidate(namespace)`. With `background=True` it runs on one worker thread:
+      never two at once, and triggers that arrive while it trains are merged into one more run.
+    - Nothing raises into the agent (`raise_error = False`): errors are logged and kept in
+      `status`. Synchronous and asynchronous runs are both supported (LangChain runs synchronous
+      handlers of async runs in an executor).
+
+    Example:
+        .. code-block:: python
+
+            callback = ConsolidationCallback(memory, every_n_episodes=20,
+                                             reward_fn=lambda inputs, outputs: 1.0)
+            chain.invoke({"question": "hi"}, config={"callbacks": [callback]})
+            callback.wait()
+            print(callback.status)
+    """
+
+    raise_error: bool = False
+
+    def __init__(
+        self,
+        memory: DistilledEpisodicMemory,
+        every_n_episodes: int = 50,
+        reward_fn: RewardFn | None = None,
+        background: bool = True,
+        namespace: str | None = None,
+    ) -> None:
+        """Create the callback and subscribe it to the memory's ratings.
+
+        Args:
+            memory: Where episodes are recorded and consolidated.
+            every_n_episodes: Ratings between two consolidations (>= 1).
+            reward_fn: `reward_fn(inputs, outputs) -> float | None` rates each run; None
+                leaves runs unrated until feedback arrives.
+            background: Consolidate on a worker thread (True) or inline in the thread that
+                made the N-th rating (False).
+            namespace: Namespace of the episodes; the memory's namespace if None.
+        """
+        if not isinstance(memory, DistilledEpisodicMemory):
+            raise InvalidArgumentError(
+                f"memory must be a DistilledEpisodicMemory, got {type(memory).__name__}"
+            )
+        if isinstance(every_n_episodes, bool) or not isinstance(every_n_episodes, int) or (
+            every_n_episodes < 1
+        ):
+            raise InvalidArgumentError(
+                f"every_n_episodes must be an int >= 1, got {every_n_episodes!r}"
+            )
+        if reward_fn is not None and not callable(reward_fn):
+            raise InvalidArgumentError("reward_fn must be callable or None")
+        self.memory = memory
+        self.every_n_episodes = every_n_episodes
+        self.reward_fn = reward_fn
+        self.background = background
+        self.namespace = memory.resolve_namespace(namespace)
+        self._inputs: dict[UUID, Any] = {}
+        self._status = ConsolidationStatus()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._worker: threading.Thread | None = None
+        self._pending = False
+        memory.add_rating_listener(self._on_rating)
+
+    @property
+    def status(self) -> ConsolidationStatus:
+        """A snapshot of what the callback has done."""
+        with self._lock:
+            return replace(self._status)
+
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Remember the inputs of a top-level run."""
+        if parent_run_id is None:
+            with self._lock:
+                self._inputs[run_id] = inputs
+
+    def on_chain_error(
+        self,
+        error: BaseException,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Forget a top-level run that failed: it is not an episode."""
+        if parent_run_id is None:
+            with self._lock:
+                self._inputs.pop(run_id, None)
+
+    def on_chain_end(
+        self,
+        outputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Record a finished top-level run as an episode."""
+        if parent_run_id is not None:
+            return
+        with self._lock:
+            if run_id not in self._inputs:
+                return  # started before this callback was attached
+            inputs = self._inputs.pop(run_id)
+        try:
+            self._record(inputs, outputs, run_id)
+        except Exception as exc:  # never raise into the agent
+            self._fail("recording run %s failed", run_id, exc)
+
+    def _record(self, inputs: Any, outputs: Any, run_id: UUID) -> None:
+        query = extract_query(inputs)
+        if not query.strip():
+            logger.warning("run %s has no query text; it is not recorded", run_id)
+            return
+        reward = None
+        if self.reward_fn is not None:
+            try:
+                reward = self.reward_fn(inputs, outputs)
+            except Exception as exc:
+                self._fail("reward_fn failed on run %s; recording it unrated", run_id, exc)
+        self.memory.add_episode(
+            query,
+            extract_response(outputs),
+            reward=reward,
+            namespace=self.namespace,
+            episode_id=str(run_id),
+        )
+        with self._lock:
+            self._status.episodes_recorded += 1
+
+    def _fail(self, message: str, subject: object, exc: BaseException) -> None:
+        logger.warning(message + ": %r", subject, exc, exc_info=exc)
+        with self._lock:
+            self._status.errors += 1
+            self._status.last_error = exc
+
+    def _on_rating(self, namespace: str) -> None:
+        """Count a rating in our namespace; start a consolidation every N of them."""
+        if namespace != self.namespace:
+            return
+        with self._lock:
+            self._status.ratings_since_consolidation += 1
+            if self._status.ratings_since_consolidation < self.every_n_episodes:
+                return
+            self._status.ratings_since_consolidation = 0
+        self._start()
+
+    def _start(self) -> None:
+        """Start a consolidation now (merged with one that is running, if any)."""
+        with self._lock:
+            if self._status.training_in_progress:
+                self._pending = True
+                return
+            self._status.training_in_progress = True
+            if self.background:
+                self._worker = threading.Thread(
+                    target=self._consolidate_until_done, name="kd-memory-consolidation",
+                    daemon=True,
+                )
+                self._worker.start()
+                return
+        self._consolidate_until_done()
+
+    def _consolidate_until_done(self) -> None:
+        while True:
+            try:
+                report = self.memory.consolidate(self.namespace)
+            except InsufficientDataError as exc:
+                logger.info("consolidation skipped: %s", exc)
+                with self._lock:
+                    self._status.last_error = exc
+            except Exception as exc:
+                self._fail("consolidation of namespace %r failed", self.namespace, exc)
+            else:
+                with self._lock:
+                    self._status.consolidations_run += 1
+                    self._status.last_report = report
+            with self._lock:
+                if not self._pending:
+                    self._status.training_in_progress = False
+                    self._idle.notify_all()
+                    return
+                self._pending = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no consolidation is running or pending.
+
+        Args:
+            timeout: Seconds to wait at most; None waits as long as it takes.
+
+        Returns:
+            True if idle, False if the timeout expired first.
+        """
+        with self._idle:
+            return self._idle.wait_for(
+                lambda: not self._status.training_in_progress, timeout=timeout
+            )
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Consolidate the ratings counted since the last consolidation, then `wait`.
+
+        Call it at the end of a script so that the last ratings are learnt from.
+
+        Returns:
+            True if idle, False if the timeout expired first.
+        """
+        with self._lock:
+            outstanding = self._status.ratings_since_consolidation
+            self._status.ratings_since_consolidation = 0
+        if outstanding:
+            self._start()
+        return self.wait(timeout)

@@ -1,0 +1,259 @@
+"""ConsolidationCallback on real LCEL chains and `create_agent` agents with fake chat models."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.language_models.fake_chat_models import (
+    FakeListChatModel,
+    GenericFakeChatModel,
+)
+from langchain_core.messages import AIMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.tools import tool
+from pydantic import PrivateAttr
+
+from langchain_kd_memory.callbacks import ConsolidationCallback
+from langchain_kd_memory.config import StudentConfig, TeacherConfig
+from langchain_kd_memory.distillation import ModelDistillation
+from langchain_kd_memory.embeddings import LocalEmbeddings
+from langchain_kd_memory.errors import InvalidArgumentError, NotTrainedError
+from langchain_kd_memory.memory import ConsolidationReport, DistilledEpisodicMemory
+from langchain_kd_memory.storage import EpisodeStore
+
+QUESTIONS = [
+    "Can I get a refund for my order?", "What is the weather forecast for the weekend?",
+    "How do I get a refund on my invoice?", "Will it rain tomorrow in the city?",
+    "Please refund the double charge on my card", "Is snow expected in the mountains?",
+]
+
+
+def topic_reward(inputs: Any, outputs: Any) -> float:
+    return 0.9 if "refund" in inputs["question"] else 0.1
+
+
+class TrackedMemory(DistilledEpisodicMemory):
+    """The real memory, noting which threads consolidate and how many do so at once."""
+
+    _track: dict[str, Any] = PrivateAttr(
+        default_factory=lambda: {"threads": [], "active": 0, "max_active": 0}
+    )
+    _track_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @property
+    def track(self) -> dict[str, Any]:
+        return self._track
+
+    def consolidate(self, namespace: str | None = None, **kwargs: Any) -> ConsolidationReport:
+        track, lock = self._track, self._track_lock
+        with lock:
+            track["threads"].append(threading.current_thread().name)
+            track["active"] += 1
+            track["max_active"] = max(track["max_active"], track["active"])
+        try:
+            return super().consolidate(namespace, **kwargs)
+        finally:
+            with lock:
+                track["active"] -= 1
+
+
+@pytest.fixture
+def memory(tmp_path: Path, embeddings: LocalEmbeddings) -> TrackedMemory:
+    model = ModelDistillation(
+        seed=0, embeddings=embeddings, max_epochs=40, patience=5, num_threads=1, learning_rate=1e-2,
+        teacher=TeacherConfig(hidden_sizes=(64,)), student=StudentConfig(hidden_sizes=(32,)),
+    )
+    store = EpisodeStore("callbacks", embeddings=embeddings, persist_directory=str(tmp_path / "db"))
+    return TrackedMemory(store=store, distillation=model, min_episodes_to_train=10)
+
+
+@pytest.fixture
+def chain() -> Runnable:
+    prompt = ChatPromptTemplate.from_messages([("system", "Be brief."), ("human", "{question}")])
+    model = FakeListChatModel(responses=["Sure, done.", "I cannot tell.", "Here you go."])
+    return prompt | model | StrOutputParser()
+
+
+def run_chain(chain: Runnable, callback: ConsolidationCallback, n: int, offset: int = 0) -> None:
+    for i in range(offset, offset + n):
+        chain.invoke({"question": QUESTIONS[i % len(QUESTIONS)]},
+                     config={"callbacks": [callback]})
+
+
+def test_one_episode_per_top_level_run_with_run_id(
+    memory: TrackedMemory, chain: Runnable
+) -> None:
+    callback = ConsolidationCallback(memory, every_n_episodes=50)
+    run_ids = [uuid.uuid4() for _ in range(3)]
+    for i, run_id in enumerate(run_ids):
+        chain.invoke({"question": QUESTIONS[i]}, config={"callbacks": [callback], "run_id": run_id})
+    # Each run has nested prompt, model and parser runs: none of them is an episode.
+    assert callback.status.episodes_recorded == 3 and memory.store.count() == 3
+    episodes = memory.store.get([str(r) for r in run_ids])
+    assert [e.query for e in episodes] == QUESTIONS[:3]
+    assert [e.response for e in episodes] == ["Sure, done.", "I cannot tell.", "Here you go."]
+    assert all(e.reward is None for e in episodes)
+
+    memory.record_feedback(run_ids[1], 0.75)  # feedback by run id, later
+    assert memory.store.get([str(run_ids[1])])[0].reward == 0.75
+    assert callback.status.ratings_since_consolidation == 1
+
+
+def test_failed_runs_are_not_episodes(memory: TrackedMemory) -> None:
+    def explode(_: Any) -> str:
+        raise RuntimeError("tool broke")
+
+    callback = ConsolidationCallback(memory, every_n_episodes=5)
+    with pytest.raises(RuntimeError, match="tool broke"):  # the agent's own error is untouched
+        RunnableLambda(explode).invoke({"question": "q"}, config={"callbacks": [callback]})
+    assert memory.store.count() == 0 and callback.status.episodes_recorded == 0
+    assert callback.status.last_error is None
+
+
+def test_consolidates_every_n_ratings_in_the_background(
+    memory: TrackedMemory, chain: Runnable
+) -> None:
+    callback = ConsolidationCallback(memory, every_n_episodes=12, reward_fn=topic_reward)
+    run_chain(chain, callback, 11)
+    assert callback.wait(timeout=60)
+    assert callback.status.consolidations_run == 0
+    with pytest.raises(NotTrainedError, match="11 rated episodes"):
+        memory.score("refund")
+
+    run_chain(chain, callback, 1, offset=11)
+    assert callback.wait(timeout=120)
+    status = callback.status
+    assert status.consolidations_run == 1 and status.last_error is None
+    assert status.last_report is not None and status.last_report.episodes_used == 12
+    assert memory.track["threads"] == ["kd-memory-consolidation"]  # not the agent's thread
+    refund, weather = memory.score("refund my order"), memory.score("weather forecast")
+    assert refund.expected > weather.expected + 0.2
+
+    # Feedback counts as ratings too: flip the rewards of the refund runs and retrain.
+    refunds = [e for e in memory.store.list_episodes() if "refund" in e.query]
+    for episode in refunds:
+        memory.record_feedback(episode.id, 0.0)
+    run_chain(chain, callback, 12 - len(refunds))
+    assert callback.wait(timeout=120)
+    assert callback.status.consolidations_run == 2
+    assert memory.score("refund my order").expected < refund.expected - 0.2
+
+
+def test_triggers_during_training_are_coalesced(memory: TrackedMemory) -> None:
+    callback = ConsolidationCallback(memory, every_n_episodes=1)
+    memory.add_episodes([
+        {"query": q, "response": "ok", "reward": 0.9 if "refund" in q else 0.1}
+        for q in QUESTIONS * 2
+    ])
+    threads = [threading.Thread(target=lambda i=i: memory.add_episode(
+        f"extra question {i}", reward=0.5)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert callback.wait(timeout=120)
+    status = callback.status
+    assert memory.track["max_active"] == 1  # never two at once
+    assert 1 <= status.consolidations_run == len(memory.track["threads"]) < 20
+    assert not status.training_in_progress and status.last_error is None
+
+
+def test_raising_reward_fn_does_not_break_the_agent(
+    memory: TrackedMemory, chain: Runnable
+) -> None:
+    def broken(inputs: Any, outputs: Any) -> float:
+        raise ValueError("reward service down")
+
+    callback = ConsolidationCallback(memory, reward_fn=broken)
+    answer = chain.invoke({"question": "Hello?"}, config={"callbacks": [callback]})
+    assert answer == "Sure, done."
+    status = callback.status
+    assert isinstance(status.last_error, ValueError) and status.errors == 1
+    assert status.episodes_recorded == 1  # recorded, unrated
+    assert memory.store.list_episodes()[0].reward is None
+
+
+def test_consolidation_errors_are_recorded_not_raised(
+    memory: TrackedMemory, chain: Runnable
+) -> None:
+    callback = ConsolidationCallback(memory, every_n_episodes=2, reward_fn=topic_reward,
+                                     background=False)
+    run_chain(chain, callback, 2)  # 2 rated episodes < min_episodes_to_train: training refuses
+    status = callback.status
+    assert status.consolidations_run == 0 and "needs at least 10" in str(status.last_error)
+    assert status.episodes_recorded == 2
+
+
+def test_inline_consolidation_without_background(
+    memory: TrackedMemory, chain: Runnable
+) -> None:
+    callback = ConsolidationCallback(memory, every_n_episodes=10, reward_fn=topic_reward,
+                                     background=False)
+    run_chain(chain, callback, 10)
+    assert callback.status.consolidations_run == 1 and memory.is_trained
+    assert memory.track["threads"] == [threading.current_thread().name]
+
+
+class ToolCallingFakeModel(GenericFakeChatModel):
+    """GenericFakeChatModel that accepts tools (its scripted messages may call them)."""
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> ToolCallingFakeModel:
+        return self
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def agent_model() -> ToolCallingFakeModel:
+    return ToolCallingFakeModel(messages=iter([
+        AIMessage("", tool_calls=[{"name": "add", "args": {"a": 2, "b": 3}, "id": "call-1"}]),
+        AIMessage("2 + 3 = 5"),
+    ]))
+
+
+def test_create_agent_run_is_one_episode(memory: TrackedMemory) -> None:
+    callback = ConsolidationCallback(memory, reward_fn=lambda inputs, outputs: 1.0)
+    agent = create_agent(agent_model(), tools=[add])
+    run_id = uuid.uuid4()
+    result = agent.invoke(
+        {"messages": [{"role": "user", "content": "What is 2 + 3?"}]},
+        config={"callbacks": [callback], "run_id": run_id},
+    )
+    assert result["messages"][-1].content == "2 + 3 = 5"
+    # Model calls, the tool call and graph nodes are nested runs: one episode only.
+    assert callback.status.episodes_recorded == 1
+    episode = memory.store.get([str(run_id)])[0]
+    assert (episode.query, episode.response, episode.reward) == ("What is 2 + 3?", "2 + 3 = 5", 1.0)
+
+
+async def test_async_runs(memory: TrackedMemory, chain: Runnable) -> None:
+    callback = ConsolidationCallback(memory, every_n_episodes=50, reward_fn=topic_reward)
+    run_id = uuid.uuid4()
+    answer = await chain.ainvoke({"question": QUESTIONS[0]},
+                                 config={"callbacks": [callback], "run_id": run_id})
+    assert answer == "Sure, done."
+    agent = create_agent(agent_model(), tools=[add])
+    await agent.ainvoke({"messages": [("user", "What is 2 + 3?")]},
+                        config={"callbacks": [callback]})
+    assert callback.status.episodes_recorded == 2
+    assert memory.store.get([str(run_id)])[0].reward == 0.9
+    assert {e.query for e in memory.store.list_episodes()} == {QUESTIONS[0], "What is 2 + 3?"}
+
+
+def test_invalid_arguments(memory: TrackedMemory) -> None:
+    with pytest.raises(InvalidArgumentError):
+        ConsolidationCallback(memory, every_n_episodes=0)
+    with pytest.raises(InvalidArgumentError):
+        ConsolidationCallback(memory, reward_fn="not callable")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError):
+        ConsolidationCallback("not a memory")  # type: ignore[arg-type]
