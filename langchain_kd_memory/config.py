@@ -76,12 +76,17 @@ class DistillationConfig:
         validation_fraction: Share of rated episodes held out for early stopping.
         patience: Epochs without improvement of the validation loss before stopping.
         max_epochs: Default for `num_epochs` (an upper bound: early stopping may end sooner).
-        batch_size: Default mini-batch size.
+        batch_size: Default mini-batch size; None picks one from the number of training
+            episodes (n / 16, between 8 and 256: at least ~16 steps per epoch on small data,
+            few large steps on large data, where each optimizer step costs as much as a
+            forward and backward pass of 64 rows on CPU).
         min_episodes: Fewest rated episodes that training accepts.
         warm_start: Start from the previous weights when retraining with the same shapes.
         seed: Random seed for the split, the initial weights and the shuffling; None = random.
         device: "auto" (CUDA if available, else CPU), "cpu" or "cuda".
-        num_threads: Upper bound on CPU threads torch uses while training.
+        num_threads: Upper bound on CPU threads torch uses while training. 1 by default:
+            training runs beside the agent, and on a busy 2-core machine two threads were
+            about 5x slower than one.
         teacher: Shape of the teacher.
         student: Shape of the student.
     """
@@ -101,12 +106,12 @@ class DistillationConfig:
     validation_fraction: float = 0.15
     patience: int = 3
     max_epochs: int = 30
-    batch_size: int = 64
+    batch_size: int | None = None
     min_episodes: int = 8
     warm_start: bool = False
     seed: int | None = None
     device: str = "auto"
-    num_threads: int = 2
+    num_threads: int = 1
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
 
@@ -122,8 +127,8 @@ class DistillationConfig:
                 raise ConfigError(f"{name} must be a number, got {value!r}")
             if not math.isfinite(value):
                 raise ConfigError(f"{name} must be finite, got {value}")
-        for name in ("num_bins", "cross_fit_folds", "patience", "max_epochs", "batch_size",
-                     "min_episodes", "num_threads"):
+        for name in ("num_bins", "cross_fit_folds", "patience", "max_epochs", "min_episodes",
+                     "num_threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{name} must be an int, got {value!r}")
@@ -169,11 +174,16 @@ class DistillationConfig:
             raise ConfigError(
                 f"validation_fraction must lie in [0, 0.5), got {self.validation_fraction}"
             )
-        if self.patience < 1 or self.max_epochs < 1 or self.batch_size < 1:
+        if self.patience < 1 or self.max_epochs < 1:
             raise ConfigError(
-                f"patience, max_epochs and batch_size must be >= 1, got {self.patience}, "
-                f"{self.max_epochs} and {self.batch_size}"
+                f"patience and max_epochs must be >= 1, got {self.patience} and {self.max_epochs}"
             )
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool)
+            or not isinstance(self.batch_size, int)
+            or self.batch_size < 1
+        ):
+            raise ConfigError(f"batch_size must be a positive int or None, got {self.batch_size!r}")
         if self.min_episodes < 2:
             raise ConfigError(f"min_episodes must be >= 2, got {self.min_episodes}")
         if self.seed is not None and (

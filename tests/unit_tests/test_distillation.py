@@ -1,0 +1,363 @@
+import numpy as np
+import pytest
+import torch
+from langchain_core.embeddings import DeterministicFakeEmbedding
+
+from langchain_kd_memory.config import DistillationConfig, StudentConfig, TeacherConfig
+from langchain_kd_memory.distillation import (
+    ModelDistillation,
+    distillation_loss,
+    soft_cross_entropy,
+)
+from langchain_kd_memory.episodes import Episode, RewardEstimate, TrainingArrays
+from langchain_kd_memory.errors import (
+    ConfigError,
+    EmbedderMismatchError,
+    EmbeddingDimensionError,
+    InsufficientDataError,
+    InvalidArgumentError,
+    InvalidEpisodeError,
+    InvalidRewardError,
+    NotTrainedError,
+)
+
+DIM = 384
+SMALL = {"teacher": TeacherConfig((128, 64), 0.1), "student": StudentConfig((32,), 0.1)}
+"""Small networks keep the tests fast; the default shapes are tested in test_models.py."""
+
+
+def clusters(n: int, seed: int = 0, dim: int = DIM, constant: float | None = None):
+    """Queries around four centres; the reward is set by the centre (1, 4, 7, 10) plus noise."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(123).normal(size=(4, dim))
+    labels = rng.integers(0, 4, n)
+    queries = centres[labels] + rng.normal(size=(n, dim))
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    responses = rng.normal(size=(n, dim))
+    rewards = 1 + 3 * labels + rng.normal(0, 0.5, n) if constant is None else np.full(n, constant)
+    return TrainingArrays(queries, responses, rewards)
+
+
+def model(**options) -> ModelDistillation:
+    return ModelDistillation(seed=options.pop("seed", 0), **{**SMALL, **options})
+
+
+def expected(estimates: list[RewardEstimate]) -> np.ndarray:
+    return np.array([e.expected for e in estimates])
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[ModelDistillation, dict]:
+    kd = model()
+    return kd, kd.distill_from_memories(clusters(240), num_epochs=8)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"alpha": 0.5, "beta": 0.3},
+        {"alpha": 1.2, "beta": -0.2},
+        {"temperature": 0.0},
+        {"temperature": -1.0},
+        {"num_bins": 1},
+        {"device": "tpu"},
+        {"cross_fit_folds": 1},
+        {"reward_low": 1.0},
+        {"reward_low": 5.0, "reward_high": 1.0},
+        {"validation_fraction": 0.5},
+        {"no_such_option": 1},
+    ],
+)
+def test_invalid_settings_raise_config_error(kwargs):
+    with pytest.raises(ConfigError):
+        ModelDistillation(**kwargs)
+
+
+def test_config_round_trips_through_a_dict():
+    config = DistillationConfig(cross_fit_folds=3, teacher=TeacherConfig((8, 4), 0.0))
+    again = DistillationConfig.from_dict(config.to_dict())
+    assert again == config and again.teacher.hidden_sizes == (8, 4)
+    assert ModelDistillation.from_config(config).config == config
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_distillation_loss_is_zero_with_zero_gradient_when_student_equals_teacher():
+    logits = torch.randn(5, 64, requires_grad=True)
+    loss = distillation_loss(logits, logits.detach().clone(), temperature=4.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    assert torch.all(torch.isfinite(logits.grad)) and logits.grad.abs().max() < 1e-6
+
+
+def test_losses_are_finite_and_positive_for_extreme_logits():
+    student = torch.tensor([[1e4, -1e4, 0.0]], requires_grad=True)
+    teacher = torch.tensor([[-1e4, 1e4, 0.0]])
+    kd = distillation_loss(student, teacher, temperature=1.0)
+    ce = soft_cross_entropy(student, torch.tensor([[0.0, 0.5, 0.5]]))
+    (kd + ce).backward()
+    assert torch.isfinite(kd) and kd > 0 and torch.isfinite(ce) and ce > 0
+    assert torch.all(torch.isfinite(student.grad))
+
+
+def test_temperature_scaling_keeps_the_loss_comparable():
+    student, teacher = torch.randn(8, 16), torch.randn(8, 16)
+    low = distillation_loss(student, teacher, 1.0)
+    high = distillation_loss(student, teacher, 8.0)
+    assert 0 < high < low * 2  # T^2 compensates for the softer distributions
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_training_beats_predicting_the_mean_on_held_out_data(trained):
+    kd, results = trained
+    held_out = clusters(200, seed=1)
+    student = expected(kd.predict_embeddings(held_out.query_embeddings))
+    student_mae = np.abs(student - held_out.rewards).mean()
+    mean_mae = np.abs(clusters(240).rewards.mean() - held_out.rewards).mean()
+    assert student_mae < 0.6 * mean_mae
+    assert results["validation"]["student_mae"] < results["validation"]["mean_mae"]
+
+
+def test_results_describe_the_training(trained):
+    kd, results = trained
+    assert results["num_train"] + results["num_val"] == 240 and results["num_val"] == 36
+    for role in ("teacher", "student"):
+        history = results[role]
+        assert 1 <= history["epochs_run"] <= 8
+        assert len(history["train_losses"]) == len(history["val_losses"]) == history["epochs_run"]
+        assert all(np.isfinite(history["train_losses"]))
+        assert history["best_val_loss"] == min(history["val_losses"])
+        assert history["val_losses"][history["best_epoch"] - 1] == history["best_val_loss"]
+    params = results["teacher"]["params"], results["student"]["params"]
+    assert results["compression_ratio"] == params[0] / params[1]
+    assert results["seed"] == 0 and results["batch_size"] == 204 // 16  # automatic
+    assert kd.is_trained and kd.metrics["num_train"] == results["num_train"]
+
+
+def test_same_seed_same_model_other_seed_other_model():
+    data = clusters(60)
+    runs = [model(seed=s).distill_from_memories(data, num_epochs=2) for s in (7, 7, 8)]
+    assert runs[0]["student"]["train_losses"] == runs[1]["student"]["train_losses"]
+    assert runs[0]["student"]["train_losses"] != runs[2]["student"]["train_losses"]
+    kds = [model(seed=s) for s in (7, 7)]
+    for kd in kds:
+        kd.distill_from_memories(data, num_epochs=2)
+    np.testing.assert_array_equal(
+        expected(kds[0].predict_embeddings(data.query_embeddings)),
+        expected(kds[1].predict_embeddings(data.query_embeddings)),
+    )
+
+
+def test_training_does_not_change_the_callers_random_state():
+    torch.manual_seed(3)
+    before = torch.rand(1)
+    torch.manual_seed(3)
+    model().distill_from_memories(clusters(20), num_epochs=1)
+    assert torch.equal(torch.rand(1), before)
+
+
+@pytest.mark.parametrize("n, batch_size", [(11, 1), (76, 64)])  # every batch / the last one of 1
+def test_batches_of_one_train_and_predict(n, batch_size):
+    kd = model(validation_fraction=0.15)
+    results = kd.distill_from_memories(clusters(n), num_epochs=2, batch_size=batch_size)
+    assert (results["num_train"] - 1) % batch_size == 0
+    assert results["batch_size"] == batch_size
+    one = kd.predict_embeddings(clusters(1).query_embeddings[0])  # a (dim,) vector
+    assert len(one) == 1 and np.isfinite(one[0].expected)
+
+
+def test_all_equal_rewards_predict_that_reward():
+    kd = model()
+    kd.distill_from_memories(clusters(40, constant=5.0), num_epochs=3)
+    for estimate in kd.predict_embeddings(clusters(5, seed=2).query_embeddings):
+        assert estimate.expected == pytest.approx(5.0, abs=0.05)
+        assert np.isfinite(estimate.std) and estimate.distribution.sum() == pytest.approx(1.0)
+
+
+def test_declared_reward_range_defines_the_bins():
+    kd = model(reward_low=-5.0, reward_high=15.0, num_bins=20)
+    kd.distill_from_memories(clusters(40), num_epochs=1)
+    np.testing.assert_allclose(kd.binner.centers, np.arange(-5, 15) + 0.5)
+    with pytest.raises(InvalidRewardError, match="declared range"):
+        model(reward_low=2.0, reward_high=3.0).distill_from_memories(clusters(40))
+
+
+def test_without_validation_every_row_trains():
+    results = model().distill_from_memories(clusters(30), num_epochs=2, validation_fraction=0.0)
+    assert results["num_val"] == 0 and results["num_train"] == 30
+    assert results["validation"]["student_mae"] is None
+
+
+def test_cross_fitting_and_regression_term_train():
+    kd = model(cross_fit_folds=3, regression_weight=1.0)
+    results = kd.distill_from_memories(clusters(120), num_epochs=6)
+    assert results["cross_fit_folds"] == 3
+    assert results["validation"]["student_mae"] < results["validation"]["mean_mae"]
+
+
+def test_warm_start_continues_from_the_previous_weights():
+    kd = model(warm_start=True, reward_low=-5.0, reward_high=15.0)
+    first = kd.distill_from_memories(clusters(120), num_epochs=6)
+    second = kd.distill_from_memories(clusters(120, seed=5), num_epochs=1)
+    assert not first["warm_started"] and second["warm_started"]
+    assert second["student"]["train_losses"][0] < first["student"]["train_losses"][0]
+
+
+def test_warm_start_needs_the_same_bins():
+    kd = model(warm_start=True)  # the range comes from the data
+    kd.distill_from_memories(clusters(30, constant=5.0), num_epochs=1)
+    assert kd.distill_from_memories(clusters(30, constant=5.2), num_epochs=1)["warm_started"]
+    assert not kd.distill_from_memories(clusters(30, constant=9.0), num_epochs=1)["warm_started"]
+
+
+def test_query_only_teacher_ignores_the_response():
+    kd = model(privileged=False)
+    kd.distill_from_memories(clusters(40), num_epochs=2)
+    data = clusters(3, seed=4)
+    with_response = kd.predict_embeddings(data.query_embeddings, data.response_embeddings,
+                                          model="teacher")
+    without = kd.predict_embeddings(data.query_embeddings, model="teacher")
+    np.testing.assert_allclose(expected(with_response), expected(without))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_too_few_rated_episodes():
+    episodes = [Episode(query=f"q{i}", reward=1.0) for i in range(7)] + [Episode(query="x")] * 5
+    with pytest.raises(InsufficientDataError, match="7 rated episodes .5 unrated"):
+        model().distill_from_memories(episodes)
+    with pytest.raises(InsufficientDataError):
+        model().distill_from_memories(clusters(7))
+
+
+@pytest.mark.parametrize(
+    "memories, error",
+    [
+        ("not a list", InvalidArgumentError),
+        ([{"response": "no query", "reward": 1.0}] * 8, InvalidEpisodeError),
+        ([{"query": "q", "reward": float("nan")}] * 8, InvalidEpisodeError),
+        ([42] * 8, InvalidEpisodeError),
+    ],
+)
+def test_invalid_memories(memories, error):
+    with pytest.raises(error):
+        model().distill_from_memories(memories)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"num_epochs": 0}, {"batch_size": 0}, {"batch_size": 2.5},
+               {"validation_fraction": 0.7}]
+)
+def test_invalid_training_arguments(kwargs):
+    with pytest.raises(InvalidArgumentError):
+        model().distill_from_memories(clusters(20), **kwargs)
+
+
+def test_arrays_of_another_dimension_than_the_embedder_are_refused():
+    with pytest.raises(EmbeddingDimensionError, match="embeddings="):
+        model().distill_from_memories(clusters(20, dim=16))
+    kd = model(embeddings=DeterministicFakeEmbedding(size=16))
+    kd.distill_from_memories(clusters(20, dim=16), num_epochs=1)
+    assert kd.embedder_identity.dimension == 16
+
+
+def test_untrained_model_says_how_to_train():
+    kd = model()
+    assert not kd.is_trained
+    for call in (
+        lambda: kd.predict_embeddings(np.zeros(DIM)),
+        lambda: kd.score_batch(["hello"]),
+        lambda: kd.save_models("unused"),
+        lambda: kd.metrics,
+    ):
+        with pytest.raises(NotTrainedError, match="distill_from_memories"):
+            call()
+
+
+def test_prediction_inputs_are_checked(trained):
+    kd, _ = trained
+    with pytest.raises(EmbeddingDimensionError):
+        kd.predict_embeddings(np.zeros((2, DIM + 1)))
+    with pytest.raises(InvalidArgumentError, match="NaN"):
+        kd.predict_embeddings(np.full(DIM, np.nan))
+    with pytest.raises(InvalidArgumentError):
+        kd.predict_embeddings(np.zeros(DIM), model="oracle")
+    with pytest.raises(InvalidArgumentError):
+        kd.predict_embeddings(np.zeros((2, DIM)), np.zeros((3, DIM)), model="teacher")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_save_and_load_give_identical_predictions(trained, tmp_path):
+    kd, _ = trained
+    paths = kd.save_models(str(tmp_path / "kd"))
+    assert set(paths) == {"teacher", "student", "config"}
+    fresh = ModelDistillation(temperature=2.0, alpha=0.5, beta=0.5)
+    assert fresh.load_models(str(tmp_path / "kd"))
+    assert fresh.config == kd.config and fresh.binner == kd.binner
+    data = clusters(20, seed=9)
+    for which in ("student", "teacher"):
+        before = kd.predict_embeddings(data.query_embeddings, data.response_embeddings, model=which)
+        after = fresh.predict_embeddings(
+            data.query_embeddings, data.response_embeddings, model=which
+        )
+        for a, b in zip(before, after, strict=True):
+            np.testing.assert_array_equal(a.distribution, b.distribution)
+    assert fresh.metrics["num_train"] == kd.metrics["num_train"]
+
+
+def test_load_missing_checkpoint_returns_false(tmp_path):
+    kd = model()
+    assert kd.load_models(str(tmp_path / "nothing")) is False
+    assert not kd.is_trained
+
+
+def test_checkpoint_from_another_embedder_is_refused(trained, tmp_path):
+    kd, _ = trained
+    kd.save_models(str(tmp_path / "kd"))
+    other = ModelDistillation(embeddings=DeterministicFakeEmbedding(size=DIM))
+    with pytest.raises(EmbedderMismatchError, match="MiniLM.*DeterministicFakeEmbedding"):
+        other.load_models(str(tmp_path / "kd"))
+    assert not other.is_trained
+
+
+# ----------------------------------------------------------------------------- text input
+
+
+def test_seed_style_dicts_with_the_real_embedder(embeddings):
+    good = ["How do I reset my password?", "Reset my account password please",
+            "I forgot my password, how to change it", "password reset link not working"]
+    bad = ["Tell me a joke about quantum physics", "Write a poem about the sea",
+           "What is the meaning of life?", "Compose a sonnet about autumn"]
+    memories = [{"query": q, "response": "Done.", "reward": 9.0, "extra": 1} for q in good]
+    memories += [{"query": q, "response": "", "reward": 2.0} for q in bad]
+    memories += [{"query": "unrated", "response": "x"}]
+    kd = ModelDistillation(seed=0, embeddings=embeddings, **SMALL)
+    results = kd.distill_from_memories(memories * 3, num_epochs=15, validation_fraction=0.0)
+    assert results["num_skipped"] == 3 and results["num_train"] == 24
+
+    estimate = kd.get_student_prediction("How can I reset my password?")
+    assert isinstance(estimate, RewardEstimate) and estimate.distribution.shape == (64,)
+    scores = kd.score_batch(["My password needs a reset", "Write a poem about the moon"])
+    assert scores[0].expected > scores[1].expected
+    assert kd.score_batch([]) == []
+
+    comparison = kd.compare_teacher_student("Reset my password", "Done.")
+    assert comparison["compression_ratio"] == pytest.approx(
+        comparison["teacher_params"] / comparison["student_params"]
+    )
+    similarity = comparison["similarity"]
+    assert isinstance(similarity["prediction_match"], bool)
+    assert similarity["kl_divergence"] >= 0 and similarity["expected_difference"] >= 0
+    teacher = kd.get_teacher_prediction("Reset my password", "Done.")
+    assert teacher.expected == comparison["teacher"].expected
+    with pytest.raises(InvalidEpisodeError):
+        kd.get_student_prediction("   ")
