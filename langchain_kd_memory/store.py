@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -187,7 +188,9 @@ class EpisodeBaseStore(BaseStore):
 
     Semantic search (``search(prefix, query=...)``) ranks the items of every namespace under the
     prefix by the cosine similarity of their embedded query text; `SearchItem.score` is that
-    similarity. Without a query, items come namespace by namespace (sorted), oldest write first.
+    similarity. Without a query (or with a blank one), items come namespace by namespace
+    (sorted), oldest write first. Writes are serialised within a process; two processes writing
+    the same key at once may see a `DuplicateEpisodeError`.
     Items put with ``index=False`` are stored, listed and returned by `get`, but never by a
     semantic search. TTLs are not supported (`supports_ttl` is False).
 
@@ -210,7 +213,7 @@ class EpisodeBaseStore(BaseStore):
                 print(item.score, item.value)
     """
 
-    __slots__ = ("episodes", "text_fields", "response_field", "reward_field")
+    __slots__ = ("episodes", "text_fields", "response_field", "reward_field", "_write_lock")
 
     def __init__(
         self,
@@ -252,6 +255,7 @@ class EpisodeBaseStore(BaseStore):
         self.text_fields = list(text_fields) if text_fields is not None else None
         self.response_field = response_field
         self.reward_field = reward_field
+        self._write_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"EpisodeBaseStore({self.episodes!r})"
@@ -295,7 +299,9 @@ class EpisodeBaseStore(BaseStore):
                 results.append(self._list_namespaces(op))
             else:
                 results.append(None)
-        self._apply(list(writes.values()))
+        if writes:
+            with self._write_lock:
+                self._apply(list(writes.values()))
         return results
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
@@ -306,9 +312,9 @@ class EpisodeBaseStore(BaseStore):
 
     def _item(self, episode: Episode, score: float | None = None) -> SearchItem:
         meta = episode.metadata
-        if isinstance(meta.get(VALUE_KEY), str):
+        try:
             value = json.loads(str(meta[VALUE_KEY]))
-        else:
+        except (KeyError, ValueError):  # an episode not written through this adapter
             value = {
                 "query": episode.query,
                 "response": episode.response,
@@ -473,10 +479,10 @@ class EpisodeBaseStore(BaseStore):
         namespaces = self._namespaces_under(tuple(op.namespace_prefix))
         if limit == 0 or not namespaces:
             return []
-        if op.query is None:
+        if op.query is not None and not isinstance(op.query, str):
+            raise InvalidArgumentError(f"query must be a str or None, got {op.query!r}")
+        if not op.query or not op.query.strip():  # as in LangGraph's stores: no query, a listing
             return self._scan(namespaces, filter_, limit, offset)
-        if not isinstance(op.query, str) or not op.query.strip():
-            raise InvalidArgumentError(f"query must be a non-empty str or None, got {op.query!r}")
         try:
             vector = self.episodes.embeddings.embed_query(op.query)
         except Exception as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -166,6 +167,7 @@ def test_listing_search_filter_limit_offset(store: EpisodeBaseStore):
     listed = store.search(("items",))
     assert [r.key for r in listed] == ["k0", "k1", "k2", "k3", "k4"]
     assert all(r.score is None for r in listed)
+    assert store.search(("items",), query=" ") == listed  # blank query: a listing
     assert [r.key for r in store.search(("items",), limit=2, offset=1)] == ["k1", "k2"]
     assert [r.key for r in store.search(("items",), filter={"n": {"$gte": 3}})] == ["k3", "k4"]
     assert [r.key for r in store.search(("items",), filter={"meta": {"color": "red"}})] == [
@@ -278,7 +280,7 @@ def test_batch_reads_see_the_store_before_its_writes(
         (lambda s: s.search(("ns",), filter={"n": {"$regex": "a"}}), InvalidArgumentError),
         (lambda s: s.search(("ns",), filter={"n": {"$gt": "a"}}), InvalidArgumentError),
         (lambda s: s.search(("ns",), limit=-1), InvalidArgumentError),
-        (lambda s: s.search(("ns",), query="  "), InvalidArgumentError),
+        (lambda s: s.search(("ns",), query=42), InvalidArgumentError),
         (lambda s: s.list_namespaces(max_depth=0), InvalidArgumentError),
         (lambda s: s.batch([object()]), InvalidArgumentError),
     ],
@@ -374,3 +376,11 @@ def test_create_agent_tool_uses_the_memory_as_store(tmp_store: EpisodeStore):
     # what the agent stored is an episode the memory recalls
     [doc] = memory.invoke("dark theme", namespace="prefs", k=1)
     assert doc.metadata["id"] == "p1"
+
+
+def test_concurrent_puts_of_one_key_keep_one_item(store: EpisodeBaseStore, tmp_store: EpisodeStore):
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda i: store.put(("ns",), "same", {"query": f"v{i}", "i": i}), range(8)))
+    assert tmp_store.count("ns") == 1
+    item = store.get(("ns",), "same")
+    assert item is not None and item.value["query"] == f"v{item.value['i']}"
