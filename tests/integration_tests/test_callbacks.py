@@ -257,3 +257,16 @@ def test_invalid_arguments(memory: TrackedMemory) -> None:
         ConsolidationCallback(memory, reward_fn="not callable")  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError):
         ConsolidationCallback("not a memory")  # type: ignore[arg-type]
+
+
+def test_flush_consolidates_outstanding_ratings(memory: TrackedMemory) -> None:
+    callback = ConsolidationCallback(memory, every_n_episodes=100)
+    memory.add_episodes([
+        {"query": q, "response": "ok", "reward": 0.9 if "refund" in q else 0.1}
+        for q in QUESTIONS * 2
+    ])
+    assert callback.status.ratings_since_consolidation == 12
+    assert callback.flush(timeout=120)
+    status = callback.status
+    assert status.consolidations_run == 1 and status.ratings_since_consolidation == 0
+    assert callback.flush(timeout=1) and callback.status.consolidations_run == 1  # nothing new
