@@ -547,7 +547,7 @@ class DistilledEpisodicMemory(BaseRetriever):
         run_manager: CallbackManagerForRetrieverRun,
         k: int | None = None,
         namespace: str | None = None,
-        filter: Mapping[str, Any] | None = None,  # noqa: A002 - LangChain's name for it
+        filter: Mapping[str, Any] | None = None,
         reward_weight: float | None = None,
     ) -> list[Document]:
         """Recall: similar episodes re-ranked by similarity and value (see the class docs).
