@@ -9,10 +9,12 @@ tools), it has the four members of classic LangChain memory (`memory_variables`,
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,7 +255,7 @@ class DistilledEpisodicMemory(BaseRetriever):
 
     _consolidation_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _listeners_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _listeners: list[RatingListener] = PrivateAttr(default_factory=list)
+    _listeners: list[Callable[[], RatingListener | None]] = PrivateAttr(default_factory=list)
 
     def __init__(self, **data: Any) -> None:
         """Create the memory; see the class attributes for the arguments.
@@ -303,22 +305,26 @@ class DistilledEpisodicMemory(BaseRetriever):
         """Call `listener(namespace)` whenever an episode gets a reward.
 
         Both episodes added with a reward and `record_feedback` count. `ConsolidationCallback`
-        uses it to count new ratings.
+        uses it to count new ratings. A bound method is held weakly: once its object is no
+        longer used anywhere else (e.g. a callback created for one request), it stops listening.
         """
         if not callable(listener):
             raise InvalidArgumentError("listener must be callable")
+        ref: Callable[[], RatingListener | None] = (
+            weakref.WeakMethod(listener) if inspect.ismethod(listener) else lambda: listener
+        )
         with self._listeners_lock:
-            self._listeners.append(listener)
+            self._listeners.append(ref)
 
     def remove_rating_listener(self, listener: RatingListener) -> None:
         """Stop calling `listener` (no error if it was not registered)."""
         with self._listeners_lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
+            self._listeners = [ref for ref in self._listeners if ref() not in (None, listener)]
 
     def _notify_rated(self, namespaces: Sequence[str]) -> None:
         with self._listeners_lock:
-            listeners = list(self._listeners)
+            self._listeners = [ref for ref in self._listeners if ref() is not None]
+            listeners = [listener for ref in self._listeners if (listener := ref()) is not None]
         for namespace in namespaces:
             for listener in listeners:
                 try:

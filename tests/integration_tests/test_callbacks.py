@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +272,15 @@ def test_flush_consolidates_outstanding_ratings(memory: TrackedMemory) -> None:
     status = callback.status
     assert status.consolidations_run == 1 and status.ratings_since_consolidation == 0
     assert callback.flush(timeout=1) and callback.status.consolidations_run == 1  # nothing new
+
+
+def test_memory_does_not_keep_dropped_callbacks_alive(memory: TrackedMemory) -> None:
+    kept = ConsolidationCallback(memory, every_n_episodes=100)
+    dropped = weakref.ref(ConsolidationCallback(memory, every_n_episodes=100))
+    gc.collect()
+    assert dropped() is None  # e.g. one callback per request does not pile up listeners
+    memory.add_episode("a rated question", reward=1.0)
+    assert kept.status.ratings_since_consolidation == 1
+    memory.remove_rating_listener(kept._on_rating)
+    memory.add_episode("another rated question", reward=1.0)
+    assert kept.status.ratings_since_consolidation == 1
