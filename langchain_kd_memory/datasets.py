@@ -26,7 +26,8 @@ def _check_int(value: object, name: str, minimum: int) -> None:
 
 
 def _turn_text(turn: Sequence[Mapping[str, Any]]) -> str:
-    return " ".join(str(message["text"]).strip() for message in turn).strip()
+    """The messages of one turn on one line, whitespace collapsed."""
+    return " ".join(" ".join(str(message["text"]).split()) for message in turn).strip()
 
 
 def _speaker_lines(turns: Sequence[Sequence[Mapping[str, Any]]], speakers: dict[str, str]) -> str:

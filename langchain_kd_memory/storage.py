@@ -13,8 +13,9 @@ Layout:
       and the metadata holds the user's keys as given plus reserved ``kd_`` keys: the response
       text, the reward (absent when not rated) and a ``kd_rated`` flag, the creation time (ISO
       string and POSIX timestamp), and the response embedding (base64 of little-endian float32,
-      exact). An empty response is stored with an all-zero response embedding: nothing is
-      embedded for it.
+      returned bit for bit; measured: float16 would save ~20% of disk and no time). Query
+      vectors come back from Chroma's cosine index within float32 rounding (about 1 ulp). An
+      empty response is stored with an all-zero response embedding: nothing is embedded for it.
     * Collections use cosine space and no Chroma embedding function (``embedding_function=None``):
       the store always passes vectors it computed, so Chroma's default embedder (which would
       download a model) never runs; if anything asked Chroma to embed, it would raise instead.
@@ -204,7 +205,8 @@ class EpisodeStore:
             arrays = store.training_arrays()   # query/response embeddings + rewards, rated only
 
     Concurrency: writes from several threads of one process are serialised by a lock, so none is
-    lost. Duplicate-id checks are not atomic across processes sharing one Chroma server.
+    lost. Duplicate-id checks are not atomic across processes sharing one Chroma server, and a
+    namespace deleted through another store object is only noticed by this one once reopened.
     """
 
     def __init__(
