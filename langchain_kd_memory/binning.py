@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -105,10 +106,12 @@ class RewardBinner:
         """Reward span of one bin."""
         return (self.high - self.low) / self.num_bins
 
-    @property
+    @cached_property
     def centers(self) -> np.ndarray:
-        """The reward at the centre of each bin, shape (num_bins,)."""
-        return self.low + (np.arange(self.num_bins) + 0.5) * self.bin_width
+        """The reward at the centre of each bin, shape (num_bins,), read-only (computed once)."""
+        centers = self.low + (np.arange(self.num_bins) + 0.5) * self.bin_width
+        centers.setflags(write=False)
+        return centers
 
     def to_unit(self, rewards: object) -> np.ndarray:
         """Rewards clipped to the range and scaled to [0, 1] (float32)."""

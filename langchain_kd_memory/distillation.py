@@ -140,8 +140,11 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def _predict_logits(
     model: nn.Module, inputs: tuple[torch.Tensor, ...], rows: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Logits of `model(*inputs)` at `rows` (all if None), in eval mode, without gradients."""
-    model.eval()
+    """Logits of `model(*inputs)` at `rows` (all if None), without gradients.
+
+    The model must already be in eval mode (`_fit` leaves it so; loading sets it): switching
+    modes on every call would cost more than a batch-of-one forward pass.
+    """
     rows = torch.arange(len(inputs[0]), device=inputs[0].device) if rows is None else rows
     with torch.no_grad():
         return torch.cat(
