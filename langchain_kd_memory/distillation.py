@@ -37,7 +37,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -254,6 +254,7 @@ class _Trained:
     binner: RewardBinner
     embedding_dim: int
     identity: EmbedderIdentity
+    config: DistillationConfig
     metrics: dict[str, Any]
 
 
@@ -516,9 +517,8 @@ class ModelDistillation:
             results.update(num_skipped=skipped, seconds=time.perf_counter() - start)
             self._state = state
         logger.info(
-            "trained on %d episodes in %.1fs: student val MAE %.4f (mean baseline %.4f)",
-            results["num_train"], results["seconds"], results["validation"]["student_mae"],
-            results["validation"]["mean_mae"],
+            "trained on %d episodes in %.1fs; validation MAE: %s",
+            results["num_train"], results["seconds"], results["validation"],
         )
         return results
 
@@ -526,8 +526,13 @@ class ModelDistillation:
         state = self._state
         if not self.config.warm_start or state is None:
             return None
-        if state.binner != binner or state.embedding_dim != dim:
-            logger.info("warm start skipped: the reward range or the embedding dimension changed")
+        same_shapes = (
+            state.config.teacher == self.config.teacher
+            and state.config.student == self.config.student
+            and state.config.privileged == self.config.privileged
+        )
+        if state.binner != binner or state.embedding_dim != dim or not same_shapes:
+            logger.info("warm start skipped: the reward bins, dimension or network shapes changed")
             return None
         return state
 
@@ -631,7 +636,8 @@ class ModelDistillation:
             "warm_started": warm is not None,
         }
         state = _Trained(
-            teacher.cpu(), student.cpu(), binner, data.dimension, self.embedder_identity, results
+            teacher.cpu(), student.cpu(), binner, data.dimension, self.embedder_identity,
+            replace(cfg), results,
         )
         return state, results
 
@@ -663,6 +669,24 @@ class ModelDistillation:
             raise InvalidArgumentError(f"{name} contain NaN or infinite values")
         return torch.from_numpy(array)
 
+    def _predict(
+        self, state: _Trained, query_embeddings: object, response_embeddings: object, model: str
+    ) -> list[RewardEstimate]:
+        query = self._as_matrix(state, query_embeddings, "query_embeddings")
+        if model == "student":
+            return self._estimates(state, _predict_logits(state.student, (query,)))
+        if model != "teacher":
+            raise InvalidArgumentError(f"model must be 'student' or 'teacher', got {model!r}")
+        response = (
+            torch.zeros_like(query) if response_embeddings is None
+            else self._as_matrix(state, response_embeddings, "response_embeddings")
+        )
+        if response.shape != query.shape:
+            raise InvalidArgumentError(
+                f"{len(response)} response embeddings for {len(query)} queries"
+            )
+        return self._estimates(state, _predict_logits(state.teacher, (query, response)))
+
     def predict_embeddings(
         self, query_embeddings: np.ndarray, response_embeddings: np.ndarray | None = None,
         *, model: str = "student",
@@ -671,29 +695,14 @@ class ModelDistillation:
 
         Args:
             query_embeddings: Array of shape (n, dim), or (dim,) for one query.
-            response_embeddings: For `model="teacher"` when privileged; zeros if None.
+            response_embeddings: For `model="teacher"` when privileged; zeros (what an empty
+                response is stored as) if None.
             model: "student" (the default, query only) or "teacher".
 
         Returns:
             One `RewardEstimate` per row.
         """
-        state = self._require()
-        query = self._as_matrix(state, query_embeddings, "query_embeddings")
-        if model == "student":
-            logits = _predict_logits(state.student, (query,))
-        elif model == "teacher":
-            response = (
-                torch.zeros_like(query) if response_embeddings is None
-                else self._as_matrix(state, response_embeddings, "response_embeddings")
-            )
-            if response.shape != query.shape:
-                raise InvalidArgumentError(
-                    f"{len(response)} response embeddings for {len(query)} queries"
-                )
-            logits = _predict_logits(state.teacher, (query, response))
-        else:
-            raise InvalidArgumentError(f"model must be 'student' or 'teacher', got {model!r}")
-        return self._estimates(state, logits)
+        return self._predict(self._require(), query_embeddings, response_embeddings, model)
 
     def score_batch(self, queries: Sequence[str]) -> list[RewardEstimate]:
         """Student estimates for many queries, embedded in one call."""
@@ -701,41 +710,44 @@ class ModelDistillation:
             raise InvalidArgumentError("queries must be a list of strings")
         for query in queries:
             validate_query(query)
-        self._require()
+        state = self._require()
         if not queries:
             return []
-        return self.predict_embeddings(self._embed(list(queries)), model="student")
+        return self._predict(state, self._embed(list(queries)), None, "student")
 
     def get_student_prediction(self, query: str) -> RewardEstimate:
         """The student's estimate of the reward of `query` (query alone, before any response)."""
         return self.score_batch([query])[0]
 
-    def get_teacher_prediction(self, query: str, response: str = "") -> RewardEstimate:
-        """The teacher's estimate; a privileged teacher also reads `response` ("" = unknown)."""
+    def _embed_episode(self, query: str, response: str) -> np.ndarray:
         validate_query(query)
         if not isinstance(response, str):
             raise InvalidEpisodeError(f"response must be a str, got {type(response).__name__}")
-        self._require()
-        vectors = self._embed([query, response])
-        return self.predict_embeddings(vectors[:1], vectors[1:], model="teacher")[0]
+        return self._embed([query, response])
+
+    def get_teacher_prediction(self, query: str, response: str = "") -> RewardEstimate:
+        """The teacher's estimate; a privileged teacher also reads `response` ("" = unknown)."""
+        state = self._require()
+        vectors = self._embed_episode(query, response)
+        return self._predict(state, vectors[:1], vectors[1:], "teacher")[0]
 
     def compare_teacher_student(self, query: str, response: str = "") -> dict[str, Any]:
-        """Compare the two networks on one query.
+        """Compare the two networks on one query (and, for a privileged teacher, its response).
 
         Returns:
             {"compression_ratio", "teacher_params", "student_params",
              "similarity": {"prediction_match", "kl_divergence", "expected_difference"},
-             "teacher": RewardEstimate, "student": RewardEstimate}; the KL divergence is
-            KL(teacher || student) of the two predicted distributions.
+             "teacher": RewardEstimate, "student": RewardEstimate}; `prediction_match` is
+            whether both predict the same bin, `kl_divergence` is KL(teacher || student).
         """
-        teacher = self.get_teacher_prediction(query, response)
-        student = self.get_student_prediction(query)
         state = self._require()
+        vectors = self._embed_episode(query, response)
+        teacher = self._predict(state, vectors[:1], vectors[1:], "teacher")[0]
+        student = self._predict(state, vectors[:1], None, "student")[0]
         p, q = teacher.distribution, student.distribution
         kl = float(np.sum(p * (np.log(np.maximum(p, 1e-12)) - np.log(np.maximum(q, 1e-12)))))
-        teacher_params, student_params = count_parameters(state.teacher), count_parameters(
-            state.student
-        )
+        teacher_params = count_parameters(state.teacher)
+        student_params = count_parameters(state.student)
         return {
             "compression_ratio": teacher_params / student_params,
             "teacher_params": teacher_params,
@@ -762,7 +774,7 @@ class ModelDistillation:
             prefix,
             {"teacher": state.teacher.state_dict(), "student": state.student.state_dict()},
             embedder=state.identity,
-            config=self.config.to_dict(),
+            config=state.config.to_dict(),
             binning=state.binner.to_dict(),
             dims={"embedding_dim": state.embedding_dim, "num_bins": state.binner.num_bins},
             metrics=state.metrics,
@@ -797,7 +809,7 @@ class ModelDistillation:
         with self._train_lock:
             self.config = config
             self._state = _Trained(
-                teacher.eval(), student.eval(), binner, dim, self.embedder_identity,
+                teacher.eval(), student.eval(), binner, dim, self.embedder_identity, config,
                 dict(manifest.get("metrics", {})),
             )
         return True

@@ -214,6 +214,10 @@ def test_warm_start_needs_the_same_bins():
     kd.distill_from_memories(clusters(30, constant=5.0), num_epochs=1)
     assert kd.distill_from_memories(clusters(30, constant=5.2), num_epochs=1)["warm_started"]
     assert not kd.distill_from_memories(clusters(30, constant=9.0), num_epochs=1)["warm_started"]
+    kd.config = DistillationConfig(
+        warm_start=True, seed=0, teacher=SMALL["teacher"], student=StudentConfig((8,))
+    )
+    assert not kd.distill_from_memories(clusters(30, constant=9.0), num_epochs=1)["warm_started"]
 
 
 def test_query_only_teacher_ignores_the_response():
