@@ -1,0 +1,158 @@
+"""Shared benchmark helpers: chitchat embeddings (cached), splits, metrics, timing, markdown.
+
+Embedding is the slow part (two MiniLM passes over ~3k conversations), so vectors are computed
+once and kept as `.npz` under `bench_data/` (git-ignored), keyed by a hash of the embedder
+identity and the texts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from langchain_kd_memory.datasets import load_chitchat
+from langchain_kd_memory.embeddings import default_embeddings, embedder_identity
+from langchain_kd_memory.episodes import TrainingArrays
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = ROOT / "bench_data"
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+
+
+def embed_cached(texts: Sequence[str], *, cache_dir: Path = CACHE_DIR) -> np.ndarray:
+    """Embed `texts` with the default MiniLM, reading/writing a cache keyed by their hash.
+
+    Returns:
+        float32 array of shape (len(texts), 384).
+    """
+    embedder = default_embeddings()
+    identity = embedder_identity(embedder)
+    digest = hashlib.sha256(f"{identity.name}|{identity.dimension}".encode())
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\x00")
+    path = cache_dir / f"emb_{digest.hexdigest()[:20]}.npz"
+    if path.exists():
+        return np.load(path)["vectors"]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    vectors = np.asarray(embedder.embed_documents(list(texts)), dtype=np.float32)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, vectors=vectors)
+    os.replace(tmp, path)
+    return vectors
+
+
+def chitchat_arrays(limit: int | None = None) -> TrainingArrays:
+    """Query/response embeddings and rewards of `datasets.load_chitchat(limit)`'s episodes."""
+    episodes = load_chitchat(limit)
+    return TrainingArrays(
+        embed_cached([e.query for e in episodes]),
+        embed_cached([e.response for e in episodes]),
+        np.asarray([e.reward for e in episodes], dtype=np.float32),
+        tuple(e.id for e in episodes),
+    )
+
+
+def split_indices(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """A fixed random (train, test) split of `range(n)`."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def spearman(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Spearman rank correlation; 0.0 for a constant prediction (no ranking at all)."""
+    if np.ptp(y_pred) == 0:
+        return 0.0
+    return float(spearmanr(y_true, y_pred).statistic)
+
+
+def mae(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean absolute error."""
+    return float(np.mean(np.abs(np.asarray(y_true) - np.asarray(y_pred))))
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean, standard deviation and standard error of a metric over seeds."""
+
+    mean: float
+    std: float
+    se: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Summary:
+        """Summarise `values` (std is the sample std; 0 for a single value)."""
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return cls(statistics.fmean(values), std, std / len(values) ** 0.5, len(values))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3f} ± {self.std:.3f} (se {self.se:.3f})"
+
+
+def time_per_call(fn: Callable[[], object], *, min_seconds: float = 0.3, repeats: int = 5) -> float:
+    """Median seconds per call of `fn` over `repeats` timed loops of at least `min_seconds`."""
+    fn()
+    loops = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        if time.perf_counter() - start >= min_seconds / repeats or loops >= 1 << 20:
+            break
+        loops *= 2
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        samples.append((time.perf_counter() - start) / loops)
+    return statistics.median(samples)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_facts() -> str:
+    """One line: date, cores, CPU, Python, torch and its thread count."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{dt.date.today().isoformat()}, {os.cpu_count()} cores ({cpu}), CPU only, "
+        f"Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads)"
+    )
+
+
+def update_section(heading: str, body: str, path: Path = BENCHMARKS_MD) -> None:
+    """Replace the `## heading` section of `path` with `body` (append it if missing)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = f"## {heading}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.write_text(text)
