@@ -1,5 +1,9 @@
 """langchain-kd-memory: reward-aware episodic memory for LangChain agents."""
 
+from langchain_kd_memory.binning import RewardBinner
+from langchain_kd_memory.callbacks import ConsolidationCallback, ConsolidationStatus
+from langchain_kd_memory.config import DistillationConfig, StudentConfig, TeacherConfig
+from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.embeddings import (
     EmbedderIdentity,
     LocalEmbeddings,
@@ -25,19 +29,29 @@ from langchain_kd_memory.errors import (
     NotTrainedError,
     StoreError,
 )
+from langchain_kd_memory.memory import ConsolidationReport, DistilledEpisodicMemory
+from langchain_kd_memory.middleware import EpisodicMemoryMiddleware, MemoryMiddlewareStatus
 from langchain_kd_memory.storage import EpisodeStore
+from langchain_kd_memory.store import EpisodeBaseStore
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "ConsolidationCallback",
+    "ConsolidationReport",
+    "ConsolidationStatus",
+    "DistillationConfig",
+    "DistilledEpisodicMemory",
     "DuplicateEpisodeError",
     "EmbedderIdentity",
     "EmbedderMismatchError",
     "EmbeddingDimensionError",
     "EmbeddingError",
     "Episode",
+    "EpisodeBaseStore",
     "EpisodeNotFoundError",
     "EpisodeStore",
+    "EpisodicMemoryMiddleware",
     "InsufficientDataError",
     "InvalidArgumentError",
     "InvalidEpisodeError",
@@ -45,10 +59,15 @@ __all__ = [
     "InvalidRewardError",
     "KDMemoryError",
     "LocalEmbeddings",
+    "MemoryMiddlewareStatus",
+    "ModelDistillation",
     "NotTrainedError",
     "OpenAIEmbedder",
+    "RewardBinner",
     "RewardEstimate",
     "StoreError",
+    "StudentConfig",
+    "TeacherConfig",
     "TrainingArrays",
     "default_embeddings",
     "embedder_identity",
