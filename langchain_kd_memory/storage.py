@@ -172,6 +172,23 @@ def _check_where(where: object) -> dict[str, Any] | None:
     return dict(where)
 
 
+def http_client(host: str, port: int = 8000) -> ClientAPI:
+    """A client for a Chroma server (``chroma run``), with telemetry off; pass it as `client=`.
+
+    Raises:
+        InvalidArgumentError: If `host` is blank or `port` is not in 1..65535.
+        StoreError: If the server cannot be reached.
+    """
+    if not isinstance(host, str) or not host.strip():
+        raise InvalidArgumentError(f"host must be a non-empty str, got {host!r}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InvalidArgumentError(f"port must be an int in 1..65535, got {port!r}")
+    with _chroma(f"connect to the Chroma server at {host}:{port}"):
+        return chromadb.HttpClient(
+            host=host, port=port, settings=Settings(anonymized_telemetry=False)
+        )
+
+
 class EpisodeStore:
     """Episodes (query, response, reward, metadata) kept in Chroma, one collection per namespace.
 
