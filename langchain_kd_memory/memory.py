@@ -488,6 +488,7 @@ class DistilledEpisodicMemory(BaseRetriever):
         max_training_episodes: int | None = None,
         num_epochs: int | None = None,
         batch_size: int | None = None,
+        quiet: bool = True,
     ) -> ConsolidationReport:
         """Train the value model on the stored embeddings of rated episodes and save it.
 
@@ -500,6 +501,7 @@ class DistilledEpisodicMemory(BaseRetriever):
                 the memory's `max_training_episodes` if None.
             num_epochs: Most epochs per network; the model's default if None.
             batch_size: Mini-batch size; the model's default if None.
+            quiet: Hide the training progress bars.
 
         Returns:
             A `ConsolidationReport`.
@@ -522,7 +524,7 @@ class DistilledEpisodicMemory(BaseRetriever):
                     f"least {self.min_episodes_to_train} (min_episodes_to_train)"
                 )
             metrics = self.distillation.distill_from_memories(
-                arrays, num_epochs=num_epochs, batch_size=batch_size
+                arrays, num_epochs=num_epochs, batch_size=batch_size, quiet=quiet
             )
             version, path = self._save_checkpoint()
             report = ConsolidationReport(
