@@ -33,6 +33,7 @@ from common import (  # noqa: E402
     machine_facts,
     mae,
     markdown_table,
+    paired_bootstrap_se,
     spearman,
     split_indices,
     time_per_call,
@@ -77,6 +78,15 @@ SETTINGS = [
     Setting("KD, defaults", "A", {"privileged": False}, "both see [query|response]", True),
     Setting("KD, patience 6", "A", {"privileged": False, "patience": 6},
             "attempt: later early stopping", True),
+    Setting("KD, lr 3e-4", "A", {"privileged": False, "learning_rate": 3e-4},
+            "attempt: smaller learning rate", True),
+    Setting("KD, regression term", "A", {"privileged": False, "regression_weight": 1.0},
+            "attempt: + squared error of the expected reward", True),
+    Setting("KD, soft-target width 4", "A", {"privileged": False, "soft_target_width": 4.0},
+            "attempt: wider Gaussian targets (4 bins)", True),
+    Setting("KD, patience 6 + regression term", "A",
+            {"privileged": False, "patience": 6, "regression_weight": 1.0},
+            "attempt: the two changes that steadied task A, together", True),
     Setting("privileged KD, defaults", "B", {}, "teacher saw query+response", True),
     Setting("labels alone", "B", NO_TEACHER, "alpha=0, beta=1"),
     Setting("non-privileged KD", "B", {"privileged": False}, "teacher saw the query only", True),
@@ -90,6 +100,8 @@ SETTINGS = [
     Setting("privileged KD, strong regularisation", "B",
             {"weight_decay": 0.1, "student": {"hidden_sizes": [256, 128], "dropout": 0.3}},
             "attempt: weight decay 0.1, student dropout 0.3"),
+    Setting("privileged KD, patience 6 + regression term", "B",
+            {"patience": 6, "regression_weight": 1.0}, "attempt: task A's best pair"),
 ]
 QUICK_SETTINGS = {"KD, defaults", "privileged KD, defaults", "labels alone"}
 
@@ -105,6 +117,18 @@ def baselines(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> P
     for k in (10, 50):
         knn = KNeighborsRegressor(n_neighbors=k, metric="cosine", algorithm="brute")
         out[f"kNN k={k} (cosine)"] = knn.fit(x_train, y_train).predict(x_test)
+    return out
+
+
+def cv_ridge_spearman(data: TrainingArrays, folds: int = 5) -> list[float]:
+    """Diagnostic beside the fixed split: ridge's Spearman on each fold of a K-fold CV."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(data))
+    out = []
+    for test in np.array_split(order, folds):
+        train = np.setdiff1d(order, test)
+        ridge = RidgeCV(alphas=np.logspace(-2, 4, 13))
+        ridge.fit(data.query_embeddings[train], data.rewards[train])
+        out.append(spearman(data.rewards[test], ridge.predict(data.query_embeddings[test])))
     return out
 
 
@@ -149,10 +173,12 @@ class Row:
     spearman: list[float] = field(default_factory=list)
     mae: list[float] = field(default_factory=list)
     median_mae: list[float] = field(default_factory=list)
+    predictions: list[np.ndarray] = field(default_factory=list)
     params: int | None = None
 
     def add(self, y: np.ndarray, pred: np.ndarray, median: np.ndarray | None = None) -> None:
         """Score one seed's predictions (and the median of its distributions, if given)."""
+        self.predictions.append(pred)
         self.spearman.append(spearman(y, pred))
         self.mae.append(mae(y, pred))
         if median is not None:
@@ -162,6 +188,7 @@ class Row:
 def forward_times(model: ModelDistillation, dim: int, privileged: bool) -> dict[str, float]:
     """Seconds per query of the student's and the teacher's forward pass, batch 1 and 256."""
     out = {}
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     for batch in (1, 256):
         q = torch.randn(batch, dim)
@@ -170,6 +197,7 @@ def forward_times(model: ModelDistillation, dim: int, privileged: bool) -> dict[
             out[f"teacher, batch {batch}"] = time_per_call(
                 lambda q=q: model.teacher(q, q) if privileged else model.teacher(q)
             ) / batch
+    torch.set_num_threads(threads)
     return out
 
 
@@ -200,6 +228,7 @@ class Benchmark:
         self.rows: dict[tuple[str, str], Row] = {}
         self.train_seconds: dict[str, list[float]] = {}
         self.timing: dict[str, dict[str, float]] = {}
+        self.cv_folds = {task: cv_ridge_spearman(task_view(data, task)) for task in ("A", "B")}
 
     def row(self, task: str, name: str, note: str = "") -> Row:
         """The row of (task, name), created on first use."""
@@ -265,6 +294,15 @@ def targets(bench: Benchmark) -> list[list[str]]:
         rows = [r for r in bench.rows.values() if r.task == task and r.note == "baseline"]
         return max(rows, key=lambda r: mean(r.spearman))
 
+    def compare(label: str, row: Row, other: Row) -> list[Any]:
+        """Mean Spearman gap; the bar is one seed standard error of `row`'s own seeds."""
+        gap = mean(row.spearman) - mean(other.spearman)
+        se = Summary.of(row.spearman).se
+        test_se = paired_bootstrap_se(
+            bench.y, np.mean(row.predictions, axis=0), np.mean(other.predictions, axis=0)
+        )
+        return [label, f"{gap:+.3f} (seed se {se:.3f}; test-set se {test_se:.3f})", gap >= -se]
+
     out = []
     student_a, teacher_a = get("A", "student: KD, defaults"), get("A", "teacher: KD, defaults")
     ratio = mean(student_a.spearman) / mean(teacher_a.spearman)
@@ -273,24 +311,18 @@ def targets(bench: Benchmark) -> list[list[str]]:
     out.append(["A: student params <= 1/4 of teacher", f"{params:.3f}", params <= 0.25])
     for task, student in (("A", student_a), ("B", get("B", "student: privileged KD, defaults"))):
         base = best_baseline(task)
-        gap = mean(student.spearman) - mean(base.spearman)
-        se = Summary.of(student.spearman).se
-        out.append([f"{task}: student vs best baseline ({base.model}), Spearman",
-                    f"{gap:+.3f} (1 se = {se:.3f})", gap >= -se])
+        out.append(compare(f"{task}: student vs best baseline ({base.model}), Spearman",
+                           student, base))
     labels = get("B", "student: labels alone")
     for kd in ("privileged KD, defaults", "non-privileged KD"):
-        if ("B", f"student: {kd}") not in bench.rows:
-            continue
-        gap = mean(get("B", f"student: {kd}").spearman) - mean(labels.spearman)
-        se = Summary.of(labels.spearman).se
-        out.append([f"B: {kd} vs labels alone, Spearman", f"{gap:+.3f} (1 se = {se:.3f})",
-                    gap >= -se])
+        if ("B", f"student: {kd}") in bench.rows:
+            out.append(compare(f"B: {kd} student vs labels alone, Spearman",
+                               get("B", f"student: {kd}"), labels))
     mean_mae = mean(get("A", "predict-the-mean").mae)
     for r in (r for r in bench.rows.values() if r.note != "baseline"):
-        for what, values in (("expected", r.mae), ("median", r.median_mae)):
-            gap = mean(values) - mean_mae
-            out.append([f"{r.task}: {r.model} beats the mean in MAE ({what})",
-                        f"{gap:+.3f}", gap < 0])
+        gaps = [mean(r.mae) - mean_mae, mean(r.median_mae) - mean_mae]
+        out.append([f"{r.task}: {r.model} beats the mean in MAE (expected / median)",
+                    f"{gaps[0]:+.3f} / {gaps[1]:+.3f}", min(gaps) < 0])
     return [[a, b, "met" if ok else "**missed**"] for a, b, ok in out]
 
 
@@ -304,7 +336,11 @@ def report(bench: Benchmark, seeds: list[int], consolidation: list[list[str]],
              f"baselines are deterministic. Sampling noise of the test set alone: a Spearman "
              f"near 0 has a standard error of about 1/sqrt({n_test}) = "
              f"{1 / np.sqrt(n_test):.3f}. Engine runs use {BASE_CONFIG}; MAE is of the "
-             f"expected reward, \"MAE (median)\" of the median of the predicted distribution.", ""]
+             f"expected reward, \"MAE (median)\" of the median of the predicted distribution. "
+             f"Diagnostic beside the fixed split, ridge in 5-fold CV over all "
+             f"{len(bench.train) + n_test} episodes, Spearman per fold: "
+             + "; ".join(f"task {task} {', '.join(f'{v:.3f}' for v in values)}"
+                         for task, values in bench.cv_folds.items()) + ".", ""]
     for task, title in (("A", "Task A: score an episode (query + response)"),
                         ("B", "Task B: score a new query (query alone)")):
         table = [[r.model, summary_cell(r.spearman), summary_cell(r.mae),
@@ -341,7 +377,8 @@ def main() -> None:
     args = parser.parse_args()
     seeds = list(range(args.seeds or (2 if args.quick else 5)))
     out = args.out or (None if args.quick else BENCHMARKS_MD)
-    header = (f"Command: `python benchmarks/bench_quality.py {' '.join(sys.argv[1:])}`  \n"
+    command = " ".join(["python benchmarks/bench_quality.py", *sys.argv[1:]])
+    header = (f"Command: `{command}`  \n"
               f"Machine: {machine_facts()}  \n"
               f"Load average at start: {os.getloadavg()[0]:.1f} (the machine is shared)\n")
     started = time.perf_counter()

@@ -78,6 +78,22 @@ def spearman(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(spearmanr(y_true, y_pred).statistic)
 
 
+def paired_bootstrap_se(
+    y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n: int = 500, seed: int = 0
+) -> float:
+    """Standard error, from resampling the test rows, of spearman(a) - spearman(b).
+
+    It measures how much a gap between two models could move with another test set of the same
+    size: the noise that seeds do not show.
+    """
+    rng = np.random.default_rng(seed)
+    gaps = []
+    for _ in range(n):
+        rows = rng.integers(0, len(y_true), len(y_true))
+        gaps.append(spearman(y_true[rows], pred_a[rows]) - spearman(y_true[rows], pred_b[rows]))
+    return float(np.std(gaps, ddof=1))
+
+
 def mae(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Mean absolute error."""
     return float(np.mean(np.abs(np.asarray(y_true) - np.asarray(y_pred))))
@@ -146,13 +162,23 @@ def machine_facts() -> str:
     )
 
 
+KEEP_MARKER = "<!-- hand-written notes: kept when the benchmark rewrites this section -->"
+
+
 def update_section(heading: str, body: str, path: Path = BENCHMARKS_MD) -> None:
-    """Replace the `## heading` section of `path` with `body` (append it if missing)."""
+    """Replace the `## heading` section of `path` with `body` (append it if missing).
+
+    Whatever follows a `KEEP_MARKER` line inside the old section (analysis written by hand)
+    is kept after the new body.
+    """
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"## {heading}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
+    match = pattern.search(text)
+    old = match.group(0) if match else ""
+    kept = "\n" + old[old.index(KEEP_MARKER):].rstrip() + "\n" if KEEP_MARKER in old else ""
+    section = f"## {heading}\n\n{body.strip()}\n{kept}"
+    if match:
+        text = text[: match.start()] + section + "\n" + text[match.end():]
     else:
         text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    path.write_text(text.rstrip() + "\n")
