@@ -1,0 +1,369 @@
+"""The `kd-memory` command, run in-process through `main(argv)` and once as the installed script.
+
+Real parts: embedded Chroma in temporary directories, the real MiniLM, tiny real training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from langchain_kd_memory.cli import main
+from langchain_kd_memory.embeddings import LocalEmbeddings
+
+GOOD = ["reset my password", "update my billing address", "export my data", "change my email"]
+BAD = ["get a refund after a year", "delete someone else's account", "bypass two-factor login",
+       "cancel an order already shipped"]
+COMMANDS = ["ingest", "consolidate", "score", "compare", "recall", "stats", "export", "plot"]
+
+
+def synthetic_rows(n: int = 60, seed: int = 0) -> list[dict[str, Any]]:
+    """Rated support episodes whose reward depends on the topic: ~0.8 good, ~0.2 bad."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        good = i % 2 == 0
+        topic = rng.choice(GOOD if good else BAD)
+        rows.append({
+            "id": f"ep{i}",
+            "query": f"How do I {topic}? (ticket {i})",
+            "response": f"Here is how to {topic}: step {i % 5}.",
+            "reward": round((0.8 if good else 0.2) + rng.uniform(-0.15, 0.15), 3),
+            "metadata": {"topic": topic, "ticket": i},
+        })
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """main(argv) -> (exit code, stdout, stderr)."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+    code, out, err = run(capsys, "--json", *argv)
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tmp_path_factory: pytest.TempPathFactory, embeddings: LocalEmbeddings
+) -> tuple[str, dict[str, Any]]:
+    """A store with 60 rated synthetic episodes and a consolidated model: (persist dir, report)."""
+    root = tmp_path_factory.mktemp("cli_trained")
+    source = write_jsonl(root / "episodes.jsonl", synthetic_rows())
+    persist = str(root / "db")
+    assert main(["--quiet", "--persist-dir", persist, "ingest", str(source)]) == 0
+    report = io.StringIO()
+    with contextlib.redirect_stdout(report):
+        code = main(["--json", "--persist-dir", persist, "consolidate", "--epochs", "6",
+                     "--seed", "0"])
+    assert code == 0
+    return persist, json.loads(report.getvalue())
+
+
+# ----------------------------------------------------------------------------- help, usage
+
+
+def test_every_command_has_help_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for command in COMMANDS:
+        assert command in out
+    for command in COMMANDS:
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0
+        assert "examples:" in out and f"kd-memory {command}" in out
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert run(capsys)[0] == 2  # no command
+    code, _, err = run(capsys, "recall", "x", "-k", "0")
+    assert code == 2 and "-k" in err
+    code, _, err = run(capsys, "--chroma-port", "8000", "stats")
+    assert code == 2 and "--chroma-host" in err
+    code, _, err = run(capsys, "--persist-dir", str(tmp_path / "nothing"), "stats")
+    assert code == 2 and "no memory at" in err
+    assert not (tmp_path / "nothing").exists()  # a read-only command creates nothing
+    code, _, err = run(capsys, "ingest", str(tmp_path / "missing.jsonl"))
+    assert code == 2 and "cannot read" in err
+
+
+def test_errors_are_one_line_without_traceback_unless_verbose(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    persist = str(tmp_path / "db")
+    source = write_jsonl(tmp_path / "few.jsonl", synthetic_rows(4))
+    assert run(capsys, "--persist-dir", persist, "ingest", str(source))[0] == 0
+    code, out, err = run(capsys, "--persist-dir", persist, "score", "hello")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("kd-memory: error: ")
+    assert "4 rated episodes" in err and "kd-memory consolidate" in err
+    code, _, err = run(capsys, "-v", "--persist-dir", persist, "consolidate")
+    assert code == 1 and "Traceback" in err and "InsufficientDataError" in err
+
+
+def test_unreachable_server_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "--chroma-host", "127.0.0.1", "--chroma-port", "1", "stats")
+    assert code == 1
+    assert "127.0.0.1:1" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- ingest
+
+
+def test_ingest_reports_every_bad_line_and_stores_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    good = synthetic_rows(3)
+    source = tmp_path / "mixed.jsonl"
+    source.write_bytes(
+        b"\n".join([
+            json.dumps(good[0]).encode(),                     # 1 ok
+            b'{"query": "unterminated',                       # 2 invalid JSON
+            json.dumps(good[1]).encode(),                     # 3 ok
+            json.dumps({"response": "no query"}).encode(),    # 4 no query
+            json.dumps({"query": "q", "reward": "high"}).encode(),  # 5 reward not a number
+            b"[1, 2]",                                        # 6 not an object
+            b"   ",                                           # 7 blank: ignored
+            json.dumps({**good[2], "id": "ep0"}).encode(),    # 8 repeats the id of line 1
+            b'{"query": "caf\xe9"}',                          # 9 not UTF-8
+            json.dumps({"query": "q", "colour": "red"}).encode(),  # 10 unknown field
+        ]) + b"\n"
+    )
+    persist = tmp_path / "db"
+    code, out, err = run(capsys, "--persist-dir", str(persist), "ingest", str(source))
+    assert code == 2 and out == ""
+    bad = {int(line.split(":")[1]) for line in err.splitlines() if line.startswith(str(source))}
+    assert bad == {2, 4, 5, 6, 8, 9, 10}
+    assert f"{source}:2: invalid JSON" in err
+    assert f"{source}:5: reward must be a finite number" in err
+    assert f"{source}:8: id 'ep0' repeats line 1" in err
+    assert "7 invalid line(s)" in err and "nothing was ingested" in err
+    assert not persist.exists()  # not even a database was created
+
+    result = run_json(capsys, "--persist-dir", str(persist), "ingest", str(source),
+                      "--skip-invalid")
+    assert result["ingested"] == 2 and result["invalid_lines_skipped"] == [2, 4, 5, 6, 8, 9, 10]
+    stats = run_json(capsys, "--persist-dir", str(persist), "stats")
+    assert stats["namespaces"]["default"]["episodes"] == 2
+
+
+def test_reingest_reports_stored_ids_and_can_skip_them(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    rows = synthetic_rows(4)
+    persist = str(tmp_path / "db")
+    first = write_jsonl(tmp_path / "first.jsonl", rows[:3])
+    assert run(capsys, "--persist-dir", persist, "ingest", str(first))[0] == 0
+
+    code, out, err = run(capsys, "--persist-dir", persist, "ingest", str(first))
+    assert code == 2 and out == ""
+    assert f"{first}:2: id 'ep1' is already stored in namespace 'default'" in err
+    assert "--skip-existing" in err
+
+    more = write_jsonl(tmp_path / "more.jsonl", rows)  # three stored, one new
+    assert run(capsys, "--persist-dir", persist, "ingest", str(more))[0] == 2
+    result = run_json(capsys, "--persist-dir", persist, "ingest", str(more), "--skip-existing")
+    assert result["ingested"] == 1 and result["already_stored_skipped"] == 3
+    stats = run_json(capsys, "--persist-dir", persist, "stats")
+    assert stats["namespaces"]["default"]["episodes"] == 4
+
+
+def test_export_then_ingest_round_trips(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    rows = [
+        {"id": "a", "query": "How do I reset my password?", "response": "Use the link.",
+         "reward": 0.9, "metadata": {"topic": "account", "n": 3, "ok": True, "x": 1.5}},
+        {"id": "b", "query": "Refund after a year?", "response": "", "reward": None,
+         "namespace": "user/42", "created_at": "2024-05-01T12:30:00+00:00"},
+        {"query": "No id given", "response": "fine", "reward": -2, "namespace": "user/42"},
+    ]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    assert run(capsys, "--persist-dir", str(tmp_path / "db1"), "ingest", str(source))[0] == 0
+    code, _, err = run(capsys, "--persist-dir", str(tmp_path / "db1"), "export", "--out",
+                       str(first))
+    assert code == 0 and "exported 3 episodes from 2 namespace(s)" in err
+    assert run(capsys, "--persist-dir", str(tmp_path / "db2"), "ingest", str(first))[0] == 0
+    assert run(capsys, "--persist-dir", str(tmp_path / "db2"), "export", "--out",
+               str(second))[0] == 0
+
+    exported = sorted(first.read_text().splitlines())
+    assert exported == sorted(second.read_text().splitlines())
+    episodes = {e["query"]: e for e in map(json.loads, exported)}
+    assert episodes["How do I reset my password?"]["metadata"] == rows[0]["metadata"]
+    assert episodes["Refund after a year?"]["reward"] is None
+    assert episodes["Refund after a year?"]["namespace"] == "user/42"
+    assert episodes["Refund after a year?"]["created_at"] == "2024-05-01T12:30:00+00:00"
+    assert set(episodes["How do I reset my password?"]) == {
+        "id", "query", "response", "reward", "metadata", "namespace", "created_at"
+    }  # no embeddings
+
+    code, out, _ = run(capsys, "--persist-dir", str(tmp_path / "db1"), "--namespace", "user/42",
+                       "export")
+    assert code == 0 and len(out.splitlines()) == 2
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def test_consolidate_reports_and_saves_a_checkpoint(trained: tuple[str, dict[str, Any]]) -> None:
+    _, report = trained
+    assert report["episodes_used"] == 60
+    assert report["num_train"] + report["num_val"] == 60 and report["num_val"] > 0
+    assert report["checkpoint_version"] == 1 and Path(report["checkpoint_path"]).is_file()
+    val = report["validation_mae"]
+    assert val["student_mae"] < val["mean_mae"]  # the topic signal is learnable
+    assert 1 <= report["student"]["best_epoch"] <= report["student"]["epochs_run"] <= 6
+
+
+def test_score_prints_estimate_quantiles_and_histogram(
+    capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]]
+) -> None:
+    persist, _ = trained
+    good = run_json(capsys, "--persist-dir", persist, "score", "How do I reset my password?")
+    bad = run_json(capsys, "--persist-dir", persist, "score", "How do I bypass two-factor login?")
+    assert good["expected"] > bad["expected"]
+    assert len(good["distribution"]) == 64 and abs(sum(good["distribution"]) - 1) < 1e-6
+    quantiles = [good["quantiles"][q] for q in ("0.1", "0.5", "0.9")]
+    assert quantiles == sorted(quantiles) and good["std"] > 0
+
+    code, out, _ = run(capsys, "--persist-dir", persist, "score", "How do I export my data?")
+    assert code == 0
+    assert "±" in out and "10%:" in out and "90%:" in out
+    rows = [line for line in out.splitlines() if line.rstrip().endswith("%") and ".." in line]
+    assert len(rows) == 16
+    assert abs(sum(float(line.split()[-1].rstrip("%")) for line in rows) - 100) < 1
+
+    code, _, err = run(capsys, "--persist-dir", persist, "score", "   ")
+    assert code == 2 and "query" in err
+
+
+def test_compare_shows_both_networks(
+    capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]]
+) -> None:
+    persist, _ = trained
+    query = "How do I reset my password?"
+    plain = run_json(capsys, "--persist-dir", persist, "compare", query)
+    assert plain["teacher_params"] > plain["student_params"]
+    assert plain["compression_ratio"] == pytest.approx(
+        plain["teacher_params"] / plain["student_params"]
+    )
+    assert set(plain["similarity"]) >= {"prediction_match", "kl_divergence"}
+    answered = run_json(capsys, "--persist-dir", persist, "compare", query, "--response",
+                        "Here is how to bypass two-factor login: step 1.")
+    assert answered["student"]["expected"] == pytest.approx(plain["student"]["expected"])
+    assert answered["teacher"]["expected"] != pytest.approx(plain["teacher"]["expected"])
+    code, out, _ = run(capsys, "--persist-dir", persist, "compare", query)
+    assert code == 0 and "compression ratio" in out and "teacher" in out
+
+
+def test_recall_ranks_by_score(
+    capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]]
+) -> None:
+    persist, _ = trained
+    docs = run_json(capsys, "--persist-dir", persist, "recall", "forgot my password", "-k", "3")
+    assert len(docs) == 3
+    assert [d["score"] for d in docs] == sorted((d["score"] for d in docs), reverse=True)
+    assert all("password" in d["query"] and d["reward"] is not None for d in docs)
+    similar = run_json(capsys, "--persist-dir", persist, "recall", "forgot my password", "-k",
+                       "3", "--reward-weight", "0")
+    assert [d["score"] for d in similar] == pytest.approx([d["similarity"] for d in similar])
+    code, out, _ = run(capsys, "--persist-dir", persist, "recall", "forgot my password", "-k", "2")
+    assert code == 0 and "->" in out and len([ln for ln in out.splitlines() if "->" in ln]) == 2
+
+
+def test_stats_describes_store_and_model(
+    capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]]
+) -> None:
+    persist, _ = trained
+    rewards = [row["reward"] for row in synthetic_rows()]
+    stats = run_json(capsys, "--persist-dir", persist, "stats")
+    row = stats["namespaces"]["default"]
+    assert (row["episodes"], row["rated"]) == (60, 60)
+    assert row["reward"]["min"] == pytest.approx(min(rewards), abs=1e-6)
+    assert row["reward"]["max"] == pytest.approx(max(rewards), abs=1e-6)
+    assert row["reward"]["mean"] == pytest.approx(np.mean(rewards), abs=1e-5)
+    assert stats["model"]["trained"] and stats["model"]["checkpoint_version"] == 1
+    assert stats["model"]["trained_on"] == 60
+    assert stats["embedder"] == {"name": "sentence-transformers/all-MiniLM-L6-v2",
+                                 "dimension": 384}
+    code, out, _ = run(capsys, "--persist-dir", persist, "stats")
+    assert code == 0 and "checkpoint v1" in out and "all-MiniLM-L6-v2" in out
+
+
+def test_plot_writes_three_pngs(
+    capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    from matplotlib.image import imread
+
+    persist, _ = trained
+    out_dir = tmp_path / "plots"
+    code, out, err = run(capsys, "--persist-dir", persist, "plot", "--out", str(out_dir),
+                         "--epochs", "3", "--query", "How do I reset my password?")
+    assert code == 0, err
+    paths = [Path(line) for line in out.splitlines()]
+    assert [p.name for p in paths] == ["calibration.png", "training_curves.png",
+                                       "distribution.png"]
+    for path in paths:
+        image = imread(path)
+        height, width = image.shape[:2]
+        assert 300 <= height <= 1500 and 600 <= width <= 2000
+        assert float(image[..., :3].std()) > 0.05  # something is drawn
+    code, _, err = run(capsys, "--persist-dir", persist, "plot", "--out", str(out_dir),
+                       "--holdout", "0.9")
+    assert code == 2 and "holdout" in err
+
+
+# ----------------------------------------------------------------------------- installed script
+
+
+def test_console_script_runs(trained: tuple[str, dict[str, Any]]) -> None:
+    script = Path(sys.executable).parent / "kd-memory"
+    if not script.exists():
+        pytest.skip("the kd-memory script is not installed in this environment")
+    persist, _ = trained
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    shown = subprocess.run([str(script), "--help"], capture_output=True, text=True, env=env,
+                           timeout=120)
+    assert shown.returncode == 0 and "consolidate" in shown.stdout
+    stats = subprocess.run([str(script), "--persist-dir", persist, "stats"], capture_output=True,
+                           text=True, env=env, timeout=120)
+    assert stats.returncode == 0, stats.stderr
+    assert "default" in stats.stdout and "checkpoint v1" in stats.stdout
+
+
+# ----------------------------------------------------------------------------- Chroma server
+
+
+@pytest.mark.server
+def test_server_mode_keeps_checkpoints_in_model_dir(
+    capsys: pytest.CaptureFixture[str], chroma_server: tuple[str, int], tmp_path: Path
+) -> None:
+    host, port = chroma_server
+    server = ["--chroma-host", host, "--chroma-port", str(port), "--collection", "cliserver",
+              "--model-dir", str(tmp_path / "models")]
+    source = write_jsonl(tmp_path / "eps.jsonl", synthetic_rows(24))
+    assert run(capsys, *server, "ingest", str(source))[0] == 0
+    report = run_json(capsys, *server, "consolidate", "--epochs", "2", "--seed", "0")
+    assert Path(report["checkpoint_path"]).parent == tmp_path / "models"
+    stats = run_json(capsys, *server, "stats")
+    assert stats["namespaces"]["default"]["episodes"] == 24 and stats["model"]["trained"]
+    assert stats["store"] == f"Chroma server {host}:{port}"
