@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from langchain_kd_memory.errors import (
+    InvalidArgumentError,
     InvalidEpisodeError,
     InvalidNamespaceError,
     InvalidRewardError,
@@ -27,6 +28,8 @@ DEFAULT_NAMESPACE = "default"
 MAX_NAMESPACE_LENGTH = 128
 MAX_METADATA_KEYS = 64
 MAX_METADATA_STRING = 4096
+MAX_TEXT_LENGTH = 100_000
+"""Longest query or response, in characters (the embedders read a few hundred tokens at most)."""
 RESERVED_METADATA_PREFIX = "kd_"
 """Metadata keys with this prefix belong to the library (reward, response, ...)."""
 
@@ -64,6 +67,9 @@ def validate_namespace(namespace: object) -> str:
         raise InvalidNamespaceError(
             f"namespace is {len(namespace)} characters; the limit is {MAX_NAMESPACE_LENGTH}"
         )
+    problem = _unicode_problem(namespace)
+    if problem:
+        raise InvalidNamespaceError(f"namespace {problem}")
     return namespace
 
 
@@ -73,7 +79,61 @@ def validate_query(query: object, field_name: str = "query") -> str:
         raise InvalidEpisodeError(f"{field_name} must be a str, got {type(query).__name__}")
     if not query.strip():
         raise InvalidEpisodeError(f"{field_name} must not be empty or whitespace")
+    check_text(query, field_name)
     return query
+
+
+def _unicode_problem(text: str) -> str | None:
+    """Why `text` cannot be stored as UTF-8 (an unpaired surrogate), or None if it can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"is not valid Unicode text ({exc}); decode its bytes with errors='replace'"
+    return None
+
+
+def check_text(text: str, field_name: str) -> None:
+    """Raise `InvalidEpisodeError` if `text` is not UTF-8 encodable or over `MAX_TEXT_LENGTH`."""
+    problem = _unicode_problem(text)
+    if problem:
+        raise InvalidEpisodeError(f"{field_name} {problem}")
+    if len(text) > MAX_TEXT_LENGTH:
+        raise InvalidEpisodeError(
+            f"{field_name} is {len(text):,} characters; the limit is {MAX_TEXT_LENGTH:,}: "
+            "shorten it (embedders read only the first few hundred tokens) and keep the full "
+            "text elsewhere, e.g. a URL in metadata"
+        )
+
+
+def validate_reward_range(reward_range: object) -> tuple[float, float] | None:
+    """Return `(low, high)` as floats, or None; raise `InvalidArgumentError` if unusable."""
+    if reward_range is None:
+        return None
+    valid = (
+        isinstance(reward_range, (tuple, list))
+        and len(reward_range) == 2
+        and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in reward_range
+        )
+        and reward_range[0] < reward_range[1]
+    )
+    if not valid:
+        raise InvalidArgumentError(
+            f"reward_range must be (low, high) with finite numbers low < high, e.g. (0, 1) or "
+            f"(1, 10); got {reward_range!r}"
+        )
+    return float(reward_range[0]), float(reward_range[1])  # type: ignore[index]
+
+
+def check_reward_in_range(reward: float, reward_range: tuple[float, float] | None) -> None:
+    """Raise `InvalidRewardError` if `reward` lies outside the declared `reward_range`."""
+    if reward_range is not None and not reward_range[0] <= reward <= reward_range[1]:
+        low, high = reward_range
+        raise InvalidRewardError(
+            f"reward {reward} lies outside the declared reward_range [{low}, {high}]: rescale "
+            "it into the range (e.g. a 1-5 rating into 0-1) or declare a wider reward_range"
+        )
 
 
 def validate_metadata(metadata: object) -> dict[str, MetadataValue]:
@@ -90,6 +150,10 @@ def validate_metadata(metadata: object) -> dict[str, MetadataValue]:
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:
             raise InvalidEpisodeError(f"metadata keys must be non-empty str, got {key!r}")
+        for text, what in ((key, f"metadata key {key!r}"), (value, f"metadata[{key!r}]")):
+            problem = _unicode_problem(text) if isinstance(text, str) else None
+            if problem:
+                raise InvalidEpisodeError(f"{what} {problem}")
         if key.startswith(RESERVED_METADATA_PREFIX):
             raise InvalidEpisodeError(
                 f"metadata key {key!r} uses the reserved prefix {RESERVED_METADATA_PREFIX!r}"
@@ -144,11 +208,15 @@ class Episode:
             raise InvalidEpisodeError(
                 f"response must be a str, got {type(self.response).__name__}"
             )
+        check_text(self.response, "response")
         object.__setattr__(self, "reward", validate_reward(self.reward))
         object.__setattr__(self, "metadata", validate_metadata(self.metadata))
         validate_namespace(self.namespace)
         if not isinstance(self.id, str) or not self.id.strip():
             raise InvalidEpisodeError(f"id must be a non-empty str, got {self.id!r}")
+        problem = _unicode_problem(self.id)
+        if problem:
+            raise InvalidEpisodeError(f"id {problem}")
         if not isinstance(self.created_at, datetime):
             raise InvalidEpisodeError(
                 f"created_at must be a datetime, got {type(self.created_at).__name__}"

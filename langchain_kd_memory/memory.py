@@ -9,6 +9,7 @@ tools), it has the four members of classic LangChain memory (`memory_variables`,
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -46,8 +47,11 @@ from langchain_kd_memory.episodes import (
     Episode,
     RewardEstimate,
     validate_namespace,
+    validate_reward_range,
 )
 from langchain_kd_memory.errors import (
+    CheckpointError,
+    ConfigError,
     EmbedderMismatchError,
     EmbeddingError,
     InsufficientDataError,
@@ -56,7 +60,11 @@ from langchain_kd_memory.errors import (
     KDMemoryError,
     NotTrainedError,
 )
-from langchain_kd_memory.storage import DEFAULT_PERSIST_DIRECTORY, EpisodeStore
+from langchain_kd_memory.storage import (
+    DEFAULT_PERSIST_DIRECTORY,
+    EpisodeStore,
+    check_search_query,
+)
 
 if TYPE_CHECKING:
     from langchain_kd_memory.store import EpisodeBaseStore
@@ -229,6 +237,10 @@ class DistilledEpisodicMemory(BaseRetriever):
     """Embedder for the default store (ignored when `store` is given); the local MiniLM if None."""
     persist_directory: str | None = None
     """Directory of the default store (ignored when `store` is given); ./.kd_memory if None."""
+    reward_range: tuple[float, float] | None = None
+    """Lowest and highest possible reward, e.g. (0, 1): rewards outside are refused, and the
+    value model's bins span this range. Passed to the default store; with a given `store`, it
+    must equal the store's `reward_range` (None takes the store's)."""
     model_dir: str | None = None
     """Directory of the value model's checkpoints. Default: `{persist_directory}/models` when the
     memory builds its own store; None (no checkpoints) when a `store` is given without it."""
@@ -264,14 +276,23 @@ class DistilledEpisodicMemory(BaseRetriever):
             EmbedderMismatchError: If `store` and `distillation` use different embedders, or
                 the checkpoint in `model_dir` was trained with another one.
             CheckpointError: If the checkpoint in `model_dir` is corrupted or unsafe.
+            ConfigError: If `reward_range` disagrees with the store's or the model's.
         """
+        reward_range = validate_reward_range(data.get("reward_range"))
         if data.get("store") is None:
             directory = data.get("persist_directory") or DEFAULT_PERSIST_DIRECTORY
             data["store"] = EpisodeStore(
-                embeddings=data.get("embeddings"), persist_directory=directory
+                embeddings=data.get("embeddings"), persist_directory=directory,
+                reward_range=reward_range,
             )
             if data.get("model_dir") is None:
                 data["model_dir"] = str(Path(directory) / "models")
+        elif reward_range is not None and reward_range != data["store"].reward_range:
+            raise ConfigError(
+                f"reward_range {reward_range} differs from the store's "
+                f"{data['store'].reward_range}: pass reward_range to the EpisodeStore only"
+            )
+        data["reward_range"] = data["store"].reward_range
         if data.get("distillation") is None:
             data["distillation"] = ModelDistillation(embeddings=data["store"].embeddings)
         super().__init__(**data)
@@ -281,9 +302,27 @@ class DistilledEpisodicMemory(BaseRetriever):
                 f"{self.distillation.embedder_identity}: give ModelDistillation(embeddings=...) "
                 "the store's embedder"
             )
+        self._bins_from_reward_range()
         if self.model_dir is not None and not self.distillation.is_trained:
             if self.distillation.load_models(self._checkpoint_prefix()):
                 logger.info("loaded the value model from %s", self.model_dir)
+                self._bins_from_reward_range(loaded=True)
+
+    def _bins_from_reward_range(self, loaded: bool = False) -> None:
+        """Make the value model's bins span the declared reward range, if there is one."""
+        if self.reward_range is None:
+            return
+        low, high = self.reward_range
+        config = self.distillation.config
+        declared = (config.reward_low, config.reward_high)
+        if not loaded and declared != (None, None) and declared != (low, high):
+            raise ConfigError(
+                f"the value model declares reward_low={config.reward_low}, reward_high="
+                f"{config.reward_high} but the store's reward_range is {self.reward_range}: "
+                "declare the range once, on the store"
+            )
+        # A loaded checkpoint keeps its bins until the next consolidation trains new ones.
+        self.distillation.config = dataclasses.replace(config, reward_low=low, reward_high=high)
 
     @field_validator("namespace")
     @classmethod
@@ -420,6 +459,7 @@ class DistilledEpisodicMemory(BaseRetriever):
         ]
         if not batch:
             return []
+        self.store.check_episodes(batch)  # before paying for the embeddings
         queries, responses = self._embed_episodes(batch)
         ids = self.store.add(batch, query_embeddings=queries, response_embeddings=responses)
         self._notify_rated([e.namespace for e in batch if e.is_rated])
@@ -523,6 +563,12 @@ class DistilledEpisodicMemory(BaseRetriever):
                     f"namespace {ns!r} has {len(arrays)} rated episodes; consolidation needs at "
                     f"least {self.min_episodes_to_train} (min_episodes_to_train)"
                 )
+            if np.all(arrays.rewards == arrays.rewards[0]):
+                raise InsufficientDataError(
+                    f"all {len(arrays)} rated episodes of namespace {ns!r} have the reward "
+                    f"{float(arrays.rewards[0])}: there is nothing to learn about which queries "
+                    "go better; record varied rewards (failures as well as successes)"
+                )
             metrics = self.distillation.distill_from_memories(
                 arrays, num_epochs=num_epochs, batch_size=batch_size, quiet=quiet
             )
@@ -541,7 +587,13 @@ class DistilledEpisodicMemory(BaseRetriever):
     def _save_checkpoint(self) -> tuple[int | None, str | None]:
         if self.model_dir is None:
             return None, None
-        Path(self.model_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(self.model_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot create model_dir {self.model_dir!r}: {exc}; point it at a writable "
+                "directory"
+            ) from exc
         manifest = self.distillation.save_models(self._checkpoint_prefix())["config"]
         version = json.loads(Path(manifest).read_text(encoding="utf-8"))["version"]
         return int(version), manifest
@@ -568,8 +620,7 @@ class DistilledEpisodicMemory(BaseRetriever):
             filter: A Chroma `where` filter on user metadata, e.g. ``{"topic": "billing"}``.
             reward_weight: The weight `w` of the value; the memory's if None.
         """
-        if not isinstance(query, str) or not query.strip():
-            raise InvalidArgumentError(f"query must be a non-empty str, got {query!r}")
+        check_search_query(query)
         k = self.k if k is None else k
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidArgumentError(f"k must be an int >= 1, got {k!r}")

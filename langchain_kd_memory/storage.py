@@ -47,13 +47,17 @@ from langchain_core.embeddings import Embeddings
 from langchain_kd_memory.embeddings import EmbedderIdentity, default_embeddings, embedder_identity
 from langchain_kd_memory.episodes import (
     DEFAULT_NAMESPACE,
+    MAX_TEXT_LENGTH,
     RESERVED_METADATA_PREFIX,
     Episode,
     TrainingArrays,
+    check_reward_in_range,
     validate_namespace,
     validate_reward,
+    validate_reward_range,
 )
 from langchain_kd_memory.errors import (
+    ConfigError,
     DuplicateEpisodeError,
     EmbedderMismatchError,
     EmbeddingDimensionError,
@@ -61,7 +65,6 @@ from langchain_kd_memory.errors import (
     EpisodeNotFoundError,
     InvalidArgumentError,
     InvalidEpisodeError,
-    InvalidNamespaceError,
     KDMemoryError,
     StoreError,
 )
@@ -84,6 +87,8 @@ _NAMESPACE_META = "kd_namespace"
 _EMBEDDER_META = "kd_embedder"
 _DIMENSION_META = "kd_dimension"
 _FORMAT_META = "kd_format"
+_REWARD_LOW_META = "kd_reward_low"
+_REWARD_HIGH_META = "kd_reward_high"
 
 _COLLECTION_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{1,61}[a-zA-Z0-9]")
 _KEPT_CHARACTERS = frozenset(string.ascii_letters + string.digits)
@@ -119,6 +124,22 @@ def _chroma(action: str) -> Iterator[None]:
         raise StoreError(f"Chroma failed to {action}: {type(exc).__name__}: {exc}") from exc
 
 
+def _show_range(reward_range: tuple[float, float] | None) -> str:
+    return "none" if reward_range is None else f"[{reward_range[0]}, {reward_range[1]}]"
+
+
+def check_search_query(query: object) -> str:
+    """Return `query` if it is a usable search text, else raise `InvalidArgumentError`."""
+    if not isinstance(query, str) or not query.strip():
+        raise InvalidArgumentError(f"query must be a non-empty str, got {query!r}")
+    if len(query) > MAX_TEXT_LENGTH:
+        raise InvalidArgumentError(
+            f"query is {len(query):,} characters; the limit is {MAX_TEXT_LENGTH:,}: search with "
+            "a shorter text (embedders read only the first few hundred tokens)"
+        )
+    return query
+
+
 def _check_ids(ids: object) -> list[str]:
     if isinstance(ids, str) or not isinstance(ids, Sequence):
         raise InvalidArgumentError(
@@ -136,13 +157,7 @@ def _check_positive_int(value: object, name: str) -> int:
     return int(value)
 
 
-def _check_namespace(namespace: object) -> str:
-    namespace = validate_namespace(namespace)
-    try:
-        namespace.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidNamespaceError(f"namespace is not valid Unicode text: {exc}") from exc
-    return namespace
+_check_namespace = validate_namespace
 
 
 def _reject_reserved_keys(node: object) -> None:
@@ -232,6 +247,7 @@ class EpisodeStore:
         embeddings: Embeddings | None = None,
         persist_directory: str | None = None,
         client: ClientAPI | None = None,
+        reward_range: tuple[float, float] | None = None,
     ) -> None:
         """Open (or create on first write) a store.
 
@@ -242,9 +258,15 @@ class EpisodeStore:
             persist_directory: Directory of the embedded Chroma database (default
                 ``./.kd_memory``); ignored when `client` is given.
             client: Any chromadb client (e.g. ``chromadb.HttpClient(...)``), used as is.
+            reward_range: The lowest and highest possible reward, e.g. ``(0, 1)`` or ``(1, 10)``;
+                rewards outside it are refused. It is recorded in the metadata of each
+                namespace's collection on creation, and a namespace keeps the range it was
+                created with: a store opened without a range enforces the recorded one, a
+                store declaring another range is refused.
 
         Raises:
-            InvalidArgumentError: If `collection_name`, `embeddings` or `client` is unusable.
+            InvalidArgumentError: If `collection_name`, `embeddings`, `client` or
+                `reward_range` is unusable.
         """
         if not isinstance(collection_name, str) or not _COLLECTION_NAME_RE.fullmatch(
             collection_name
@@ -261,6 +283,7 @@ class EpisodeStore:
             )
         if persist_directory is not None and client is not None:
             raise InvalidArgumentError("pass persist_directory or client, not both")
+        self.reward_range = validate_reward_range(reward_range)
         self.collection_name = collection_name
         self.embeddings: Embeddings = embeddings or default_embeddings()
         self._identity = embedder_identity(self.embeddings)
@@ -276,6 +299,7 @@ class EpisodeStore:
             )
         self.client: ClientAPI = client
         self._collections: dict[str, Collection] = {}
+        self._ranges: dict[str, tuple[float, float] | None] = {}
         self._max_batch: int | None = None
         self._lock = threading.RLock()
 
@@ -318,6 +342,15 @@ class EpisodeStore:
                 f"{stored}, but this store embeds with {self._identity}; open it with the same "
                 "embedder or use another collection_name"
             )
+        low, high = meta.get(_REWARD_LOW_META), meta.get(_REWARD_HIGH_META)
+        recorded = None if low is None or high is None else (float(low), float(high))
+        if self.reward_range is not None and recorded != self.reward_range:
+            raise ConfigError(
+                f"namespace {namespace!r} of store {self.collection_name!r} was created with "
+                f"reward_range {_show_range(recorded)}, but this store declares "
+                f"{_show_range(self.reward_range)}; open it with the same reward_range (or none)"
+            )
+        self._ranges[namespace] = recorded
 
     def _collection(self, namespace: str, create: bool = False) -> Collection | None:
         """The namespace's collection (created if `create`), or None if it does not exist."""
@@ -328,15 +361,20 @@ class EpisodeStore:
             name = self._chroma_name(namespace)
             with _chroma(f"open collection {name!r}"):
                 if create:
+                    metadata: dict[str, Any] = {
+                        _NAMESPACE_META: namespace,
+                        _EMBEDDER_META: self._identity.name,
+                        _DIMENSION_META: self._identity.dimension,
+                        _FORMAT_META: STORE_FORMAT,
+                    }
+                    if self.reward_range is not None:
+                        metadata[_REWARD_LOW_META], metadata[_REWARD_HIGH_META] = (
+                            self.reward_range
+                        )
                     collection = self.client.get_or_create_collection(
                         name,
                         configuration={"hnsw": {"space": "cosine"}},
-                        metadata={
-                            _NAMESPACE_META: namespace,
-                            _EMBEDDER_META: self._identity.name,
-                            _DIMENSION_META: self._identity.dimension,
-                            _FORMAT_META: STORE_FORMAT,
-                        },
+                        metadata=metadata,
                         embedding_function=None,
                     )
                 else:
@@ -467,8 +505,19 @@ class EpisodeStore:
             created_at=datetime.fromisoformat(str(metadata[CREATED_AT_KEY])),
         )
 
-    @staticmethod
-    def _check_episodes(episodes: object) -> list[Episode]:
+    def check_episodes(self, episodes: object) -> list[Episode]:
+        """Return `episodes` as a list if `add` would accept them, else raise; nothing is written.
+
+        Checks what `Episode` cannot know: Chroma's limits on metadata, ids repeated within the
+        batch, and each reward against its namespace's reward range (the one recorded with its
+        collection, else the store's `reward_range`). `add` calls it; call it to refuse a batch
+        before paying for its embeddings.
+
+        Raises:
+            InvalidEpisodeError: An element is not an `Episode`, or its metadata is unstorable.
+            DuplicateEpisodeError: An id repeats within a namespace in the batch.
+            InvalidRewardError: A reward lies outside its namespace's reward range.
+        """
         if not isinstance(episodes, Sequence) or isinstance(episodes, (str, Episode)):
             raise InvalidEpisodeError(
                 f"episodes must be a list of Episode, got {type(episodes).__name__}"
@@ -479,8 +528,6 @@ class EpisodeStore:
                 raise InvalidEpisodeError(
                     f"episodes must be Episode objects, got {type(episode).__name__}"
                 )
-            _check_namespace(episode.namespace)
-            texts = [episode.id, episode.query, episode.response]
             for key, value in episode.metadata.items():
                 if key.startswith(("#", "$")):
                     raise InvalidEpisodeError(
@@ -491,21 +538,20 @@ class EpisodeStore:
                     raise InvalidEpisodeError(
                         f"metadata[{key!r}] of episode {episode.id!r} does not fit in 64 bits"
                     )
-                texts += [key, value] if isinstance(value, str) else [key]
-            for text in texts:
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError as exc:
-                    raise InvalidEpisodeError(
-                        f"episode {episode.id!r} holds text that is not valid Unicode ({exc})"
-                    ) from exc
             if (episode.namespace, episode.id) in seen:
                 raise DuplicateEpisodeError(
                     f"episode id {episode.id!r} appears twice in namespace "
                     f"{episode.namespace!r} in this batch"
                 )
             seen.add((episode.namespace, episode.id))
+            if episode.reward is not None:
+                check_reward_in_range(episode.reward, self._reward_range(episode.namespace))
         return list(episodes)
+
+    def _reward_range(self, namespace: str) -> tuple[float, float] | None:
+        if self._collection(namespace) is None:  # opening it reads the recorded range
+            return self.reward_range
+        return self._ranges.get(namespace)
 
     # ----------------------------------------------------------------- writes
 
@@ -536,7 +582,7 @@ class EpisodeStore:
             EmbeddingError: If the embedder fails or an embedding is not finite.
             StoreError: If Chroma fails (what was written by this call is removed again).
         """
-        batch = self._check_episodes(episodes)
+        batch = self.check_episodes(episodes)
         if not batch:
             return []
         queries = (
@@ -680,6 +726,8 @@ class EpisodeStore:
         with self._lock:
             found = self._fetch([episode_id], namespace, ["documents", "metadatas"])
             ns, collection, record = found[episode_id]
+            if value is not None:
+                check_reward_in_range(value, self._reward_range(ns))
             with _chroma(f"update episode {episode_id!r}"):
                 collection.update(
                     ids=[episode_id], metadatas=[{REWARD_KEY: value, RATED_KEY: value is not None}]
@@ -806,8 +854,7 @@ class EpisodeStore:
         Raises:
             InvalidArgumentError: If `query` is blank, `k` < 1 or `where` is malformed.
         """
-        if not isinstance(query, str) or not query.strip():
-            raise InvalidArgumentError(f"query must be a non-empty str, got {query!r}")
+        check_search_query(query)
         k, ns, clean_where = self._check_search(k, namespace, where)
         collection = self._collection(ns)
         if collection is None:

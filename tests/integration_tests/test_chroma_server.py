@@ -68,12 +68,13 @@ def test_a_failed_add_is_undone(
     """The server refuses requests over ~40 MB: the namespace written first is removed again."""
     store = http_store(chroma_server, "undo", embeddings)
     store.add([Episode("already here", namespace="old")])
-    unit = np.full((3, 384), 384**-0.5, dtype=np.float32)
+    long_text = "x" * 99_000  # under the per-text limit; 500 of them make one ~50 MB request
     batch = [
         Episode("small", namespace="new"),
         Episode("small too", namespace="old"),
-        Episode("huge", "x" * (48 << 20), namespace="big"),
+        *(Episode(f"huge {i}", long_text, namespace="big") for i in range(500)),
     ]
+    unit = np.full((len(batch), 384), 384**-0.5, dtype=np.float32)
     with pytest.raises(StoreError, match="big"):
         store.add(batch, query_embeddings=unit, response_embeddings=unit)
     assert store.namespaces() == ["old"]
