@@ -2,16 +2,22 @@
 
 A save under the prefix `models/kd` writes
 
-    models/kd_teacher.v{N}.safetensors   models/kd_student.v{N}.safetensors   models/kd_config.json
+    models/kd_teacher.v{N}.safetensors   models/kd_student.v{N}.safetensors
+    models/kd_config.v{N}.json           models/kd_config.json
 
-The weights go first, each to a temporary file that is fsynced and renamed into place; the
-manifest, which names the weight files of version N and their SHA-256, is replaced last. A crash
-at any point therefore leaves the manifest pointing at the previous complete version. The last
-`keep` versions of the weights stay on disk, so that a reader that has just read the previous
-manifest still finds its files. One writer per prefix at a time.
+The weights go first, each to a temporary file that is fsynced and renamed into place; then the
+manifest of version N, which names its weight files and their SHA-256 (`kd_config.v{N}.json`);
+the current manifest (`kd_config.json`, the same text) is replaced last. A crash at any point
+therefore leaves the current manifest pointing at the previous complete version. The last `keep`
+versions stay on disk, so that a reader that has just read the previous manifest still finds its
+files, and an earlier version can be loaded by number if the latest is damaged. One writer per
+prefix at a time.
 
-Loading checks the format, the embedder (name and dimension), that each weight file is a plain
-`.safetensors` name inside the checkpoint's directory, and its SHA-256, before parsing it.
+Loading checks the format, the manifest's own SHA-256 (so a flipped bit in it is caught, not
+read as another reward range), the embedder (name and dimension), that each weight file is a
+plain `.safetensors` name inside the checkpoint's directory, and its SHA-256, before parsing it.
+The checksums catch corruption, not forgery: the file-name checks are what keep a crafted
+manifest inside its directory, and safetensors holds tensors only, so no file can run code.
 """
 
 from __future__ import annotations
@@ -39,8 +45,10 @@ from langchain_kd_memory.errors import CheckpointError, EmbedderMismatchError
 logger = logging.getLogger(__name__)
 
 FORMAT = "langchain-kd-memory/checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+CHECKSUM_KEY = "manifest_sha256"
 WEIGHT_SUFFIX = ".safetensors"
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".pkl")
 ROLES = ("teacher", "student")
 DEFAULT_KEEP = 3
 
@@ -80,12 +88,35 @@ def _weight_name(base: str, role: str, version: int) -> str:
     return f"{base}_{role}.v{version}{WEIGHT_SUFFIX}"
 
 
-def _existing_versions(directory: Path, base: str) -> set[int]:
-    roles = "|".join(ROLES)
-    pattern = re.compile(rf"^{re.escape(base)}_(?:{roles})\.v(\d+){re.escape(WEIGHT_SUFFIX)}$")
+def _versioned_manifest_name(base: str, version: int) -> str:
+    return f"{base}_config.v{version}.json"
+
+
+def _existing_versions(directory: Path, base: str, *, manifests_only: bool = False) -> set[int]:
+    kinds = r"config\.v(\d+)\.json" if manifests_only else (
+        rf"(?:{'|'.join(ROLES)})\.v(\d+){re.escape(WEIGHT_SUFFIX)}|config\.v(\d+)\.json"
+    )
+    pattern = re.compile(rf"^{re.escape(base)}_(?:{kinds})$")
     if not directory.is_dir():
         return set()
-    return {int(m.group(1)) for p in directory.iterdir() if (m := pattern.match(p.name))}
+    return {
+        int(next(g for g in m.groups() if g is not None))
+        for p in directory.iterdir()
+        if (m := pattern.match(p.name))
+    }
+
+
+def checkpoint_versions(prefix: str | os.PathLike[str]) -> list[int]:
+    """The versions at `prefix` that can be loaded by number (`load_checkpoint(version=N)`)."""
+    directory, base = _split_prefix(prefix)
+    return sorted(_existing_versions(directory, base, manifests_only=True))
+
+
+def _manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """SHA-256 of the manifest's content, without its own checksum, in a canonical JSON form."""
+    body = {key: value for key, value in manifest.items() if key != CHECKSUM_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -189,7 +220,10 @@ def save_checkpoint(
             _atomic_write(directory / name, data)
             manifest["files"][role] = {"file": name, "sha256": hashlib.sha256(data).hexdigest()}
             paths[role] = str(directory / name)
-        _atomic_write(target, json.dumps(manifest, indent=2, allow_nan=False).encode("utf-8"))
+        manifest[CHECKSUM_KEY] = _manifest_digest(manifest)
+        text = json.dumps(manifest, indent=2, allow_nan=False).encode("utf-8")
+        _atomic_write(directory / _versioned_manifest_name(base, version), text)
+        _atomic_write(target, text)
     except OSError as exc:
         raise CheckpointError(f"could not write checkpoint {target}: {exc}") from exc
     paths["config"] = str(target)
@@ -205,6 +239,7 @@ def _prune(directory: Path, base: str, keep_from: int) -> None:
                 (directory / _weight_name(base, role, old)).unlink(missing_ok=True)
             except OSError as exc:
                 logger.warning("could not remove old checkpoint version %d: %s", old, exc)
+        (directory / _versioned_manifest_name(base, old)).unlink(missing_ok=True)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -218,6 +253,15 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} has format version {manifest.get('format_version')!r}; this library reads "
             f"version {FORMAT_VERSION}: upgrade langchain-kd-memory or retrain"
+        )
+    try:
+        intact = manifest.get(CHECKSUM_KEY) == _manifest_digest(manifest)
+    except (TypeError, ValueError):  # e.g. a flipped bit made a number NaN or inf
+        intact = False
+    if not intact:
+        raise CheckpointError(
+            f"checkpoint manifest {path} does not match its SHA-256: it is corrupted or was "
+            "edited; restore it, retrain, or load an earlier version by number"
         )
     for key in ("version", "embedder", "dims", "config", "binning", "files"):
         if key not in manifest:
@@ -256,24 +300,59 @@ def _check_embedder(manifest: dict[str, Any], embedder: EmbedderIdentity, path: 
         )
 
 
+def _refuse_pickles(prefix: str | os.PathLike[str]) -> None:
+    """Raise if pickle-based weights (the seed's `{prefix}_teacher.pth`, ...) lie at `prefix`."""
+    directory, base = _split_prefix(prefix)
+    found = [
+        directory / f"{base}_{role}{suffix}"
+        for role in ROLES
+        for suffix in PICKLE_SUFFIXES
+        if (directory / f"{base}_{role}{suffix}").exists()
+    ]
+    if found:
+        raise CheckpointError(
+            f"refusing to load {found[0]}: pickle-based weights can run code when loaded, and "
+            "are never opened; retrain (save_models writes safetensors) or convert them with "
+            "code you trust"
+        )
+
+
 def load_checkpoint(
-    prefix: str | os.PathLike[str], *, embedder: EmbedderIdentity | None = None
+    prefix: str | os.PathLike[str],
+    *,
+    embedder: EmbedderIdentity | None = None,
+    version: int | None = None,
 ) -> Checkpoint | None:
-    """Load and verify the current version at `prefix`; None if there is no manifest there.
+    """Load and verify the current (or a given) version at `prefix`; None if there is none.
 
     Args:
         prefix: The prefix given to `save_checkpoint`.
         embedder: If given, the checkpoint must have been trained with this embedder.
+        version: A version number (see `checkpoint_versions`) to load instead of the current
+            one, e.g. the previous version when the latest is damaged.
 
     Raises:
         CheckpointError: The manifest or a weight file is unreadable, missing, tampered with,
-            truncated, not safetensors, or outside the checkpoint's directory.
+            truncated, not safetensors, or outside the checkpoint's directory; pickle-based
+            weights lie at `prefix`; or `version` is not on disk.
         EmbedderMismatchError: The checkpoint was trained with another embedder or dimension.
     """
+    _refuse_pickles(prefix)
     path = manifest_path(prefix)
-    if not path.is_file():
+    if version is not None:
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise CheckpointError(f"version must be an int or None, got {version!r}")
+        path = path.parent / _versioned_manifest_name(_split_prefix(prefix)[1], version)
+        if not path.is_file():
+            raise CheckpointError(
+                f"no checkpoint version {version} at {prefix}; versions on disk: "
+                f"{checkpoint_versions(prefix)}"
+            )
+    elif not path.is_file():
         return None
     manifest = _read_manifest(path)
+    if version is not None and manifest["version"] != version:
+        raise CheckpointError(f"{path} holds version {manifest['version']!r}, not {version}")
     if embedder is not None:
         _check_embedder(manifest, embedder, path)
     files = manifest["files"]
@@ -294,7 +373,8 @@ def load_checkpoint(
         if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
             raise CheckpointError(
                 f"{role} weights {file} do not match the SHA-256 in {path}: the file is "
-                "truncated, corrupted or was modified; restore it or retrain"
+                "truncated, corrupted or was modified; restore it, retrain, or load an earlier "
+                f"version by number (versions on disk: {checkpoint_versions(prefix)})"
             )
         try:
             weights[role] = load_safetensors(data)

@@ -780,16 +780,23 @@ class ModelDistillation:
             metrics=state.metrics,
         )
 
-    def load_models(self, prefix: str) -> bool:
+    def load_models(self, prefix: str, version: int | None = None) -> bool:
         """Load the checkpoint at `prefix`; False if there is none.
 
-        The checkpoint's config replaces this object's (the device setting is kept).
+        The checkpoint's config replaces this object's (the device setting is kept). If loading
+        fails, the model in use (if any) stays as it was.
+
+        Args:
+            prefix: The prefix given to `save_models`.
+            version: Load this version (`checkpoint.checkpoint_versions(prefix)` lists them)
+                instead of the latest, e.g. the previous one when the latest is damaged.
 
         Raises:
-            CheckpointError: A corrupted, tampered, truncated or unsafe checkpoint.
+            CheckpointError: A corrupted, tampered, truncated or unsafe checkpoint (pickle
+                files are refused, never opened), or a version that is not on disk.
             EmbedderMismatchError: It was trained with another embedder or dimension.
         """
-        checkpoint = load_checkpoint(prefix, embedder=self.embedder_identity)
+        checkpoint = load_checkpoint(prefix, embedder=self.embedder_identity, version=version)
         if checkpoint is None:
             return False
         manifest = checkpoint.manifest

@@ -1,0 +1,243 @@
+"""Guarantees: damaged checkpoints are refused and an earlier version stays usable; untrusted
+files (pickles, manifests pointing outside their directory) are refused and never executed.
+
+Checkpoints are real: two versions trained by `ModelDistillation` on stored-style arrays and
+saved with `save_models`. The pickles are real too, with a payload that creates a marker file
+when unpickled (the test first shows that it does).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from chromadb.api import ClientAPI
+
+from langchain_kd_memory import checkpoint
+from langchain_kd_memory.config import StudentConfig, TeacherConfig
+from langchain_kd_memory.distillation import ModelDistillation
+from langchain_kd_memory.embeddings import LocalEmbeddings
+from langchain_kd_memory.episodes import TrainingArrays
+from langchain_kd_memory.errors import CheckpointError
+from langchain_kd_memory.memory import CHECKPOINT_NAME, DistilledEpisodicMemory
+from langchain_kd_memory.storage import EpisodeStore
+
+DIM = 384
+PROBE = np.random.default_rng(99).standard_normal((6, DIM)).astype(np.float32)
+FLIPS_PER_FILE = 40
+
+
+def model(embeddings: LocalEmbeddings) -> ModelDistillation:
+    return ModelDistillation(
+        seed=0, embeddings=embeddings, max_epochs=3, num_threads=1,
+        teacher=TeacherConfig(hidden_sizes=(32,)), student=StudentConfig(hidden_sizes=(16,)),
+    )
+
+
+def arrays(seed: int, n: int = 40) -> TrainingArrays:
+    rng = np.random.default_rng(seed)
+    queries = rng.standard_normal((n, DIM)).astype(np.float32)
+    return TrainingArrays(queries, rng.standard_normal((n, DIM)), queries[:, 0] > 0)
+
+
+def predictions(kd: ModelDistillation) -> bytes:
+    """The student's distributions for fixed inputs, as bytes: equal means identical scores."""
+    return np.stack([e.distribution for e in kd.predict_embeddings(PROBE)]).tobytes()
+
+
+@pytest.fixture
+def saved(tmp_path: Path, embeddings: LocalEmbeddings) -> tuple[Path, list[bytes]]:
+    """A model directory holding versions 1 and 2, and the predictions of each."""
+    prefix = tmp_path / "models" / CHECKPOINT_NAME
+    scores = []
+    for seed in (1, 2):
+        kd = model(embeddings)
+        kd.distill_from_memories(arrays(seed))
+        kd.save_models(str(prefix))
+        scores.append(predictions(kd))
+    assert scores[0] != scores[1]
+    return prefix, scores
+
+
+def files_of(prefix: Path, version: int) -> dict[str, Path]:
+    manifest = json.loads(checkpoint.manifest_path(prefix).read_text())
+    assert manifest["version"] == version
+    return {
+        "manifest": checkpoint.manifest_path(prefix),
+        **{role: prefix.parent / entry["file"] for role, entry in manifest["files"].items()},
+    }
+
+
+def fresh_load(prefix: Path, embeddings: LocalEmbeddings, version: int | None = None) -> bytes:
+    kd = model(embeddings)
+    assert kd.load_models(str(prefix), version=version)
+    return predictions(kd)
+
+
+# ------------------------------------------------------------------ damaged checkpoints
+
+
+@pytest.mark.parametrize("target", ["manifest", "teacher", "student"])
+def test_every_bit_flip_or_truncation_is_refused_and_the_previous_version_loads(
+    saved: tuple[Path, list[bytes]], embeddings: LocalEmbeddings, target: str
+) -> None:
+    prefix, scores = saved
+    path = files_of(prefix, 2)[target]
+    original = path.read_bytes()
+    rng = random.Random(target)
+    damages = [("flip", rng.randrange(len(original) * 8)) for _ in range(FLIPS_PER_FILE)]
+    damages += [("truncate", n) for n in (0, 1, len(original) // 2, len(original) - 1)]
+    for kind, where in damages:
+        if kind == "flip":
+            data = bytearray(original)
+            data[where // 8] ^= 1 << (where % 8)
+            path.write_bytes(bytes(data))
+        else:
+            path.write_bytes(original[:where])
+        kd = model(embeddings)
+        with pytest.raises(CheckpointError, match="SHA-256|unreadable|not a langchain|format"):
+            kd.load_models(str(prefix))
+        assert not kd.is_trained, f"{kind} at {where} was loaded"
+        # The previous version is still there, whole, by number.
+        assert fresh_load(prefix, embeddings, version=1) == scores[0]
+    path.write_bytes(original)
+    assert fresh_load(prefix, embeddings) == scores[1]
+
+
+def test_a_damaged_latest_version_names_the_versions_still_on_disk(
+    saved: tuple[Path, list[bytes]], embeddings: LocalEmbeddings, chroma_client: ClientAPI
+) -> None:
+    prefix, scores = saved
+    student = files_of(prefix, 2)["student"]
+    student.write_bytes(student.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match=r"truncated.*versions on disk: \[1, 2\]"):
+        model(embeddings).load_models(str(prefix))
+    # A memory opened on the directory refuses it too, instead of scoring with damaged weights.
+    store = EpisodeStore("relfiles", embeddings=embeddings, client=chroma_client)
+    with pytest.raises(CheckpointError, match="student weights"):
+        DistilledEpisodicMemory(store=store, distillation=model(embeddings),
+                                model_dir=str(prefix.parent))
+    # ...and works with the previous version, loaded by number.
+    previous = model(embeddings)
+    assert previous.load_models(str(prefix), version=1)
+    memory = DistilledEpisodicMemory(store=store, distillation=previous,
+                                     model_dir=str(prefix.parent))
+    assert predictions(memory.distillation) == scores[0]
+    # A model in use keeps scoring identically when a reload fails.
+    with pytest.raises(CheckpointError):
+        memory.distillation.load_models(str(prefix))
+    assert predictions(memory.distillation) == scores[0]
+    with pytest.raises(CheckpointError, match=r"no checkpoint version 7.*\[1, 2\]"):
+        model(embeddings).load_models(str(prefix), version=7)
+
+
+def test_only_complete_versions_are_kept_and_listed(
+    saved: tuple[Path, list[bytes]], embeddings: LocalEmbeddings
+) -> None:
+    prefix, _ = saved
+    kd = model(embeddings)
+    kd.distill_from_memories(arrays(3))
+    for _ in range(3):
+        kd.save_models(str(prefix))
+    assert checkpoint.checkpoint_versions(prefix) == [3, 4, 5]  # keep=3
+    names = {p.name for p in prefix.parent.iterdir()}
+    assert not any(".v1." in n or ".v2." in n for n in names), names
+    assert not any(n.endswith(".tmp") for n in names), names
+
+
+# ------------------------------------------------------------------ untrusted files
+
+
+class _Payload:
+    """Unpickling this creates `marker`: what a malicious `.pth` file could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def malicious_pickle(path: Path, marker: Path) -> None:
+    path.write_bytes(pickle.dumps({"state_dict": _Payload(marker)}))
+
+
+def test_the_payload_is_live(tmp_path: Path) -> None:
+    """Guards the tests below: unpickling the file really does run code."""
+    malicious_pickle(tmp_path / "evil.pth", tmp_path / "proof")
+    pickle.loads((tmp_path / "evil.pth").read_bytes())  # noqa: S301 - on purpose
+    assert (tmp_path / "proof").exists()
+
+
+def test_seed_style_pth_files_are_refused_unopened(
+    tmp_path: Path, embeddings: LocalEmbeddings, chroma_client: ClientAPI
+) -> None:
+    marker = tmp_path / "pwned"
+    models = tmp_path / "models"
+    models.mkdir()
+    for role in ("teacher", "student"):  # what the seed's save_models wrote
+        malicious_pickle(models / f"{CHECKPOINT_NAME}_{role}.pth", marker)
+    with pytest.raises(CheckpointError, match=r"refusing to load .*\.pth.*can run code"):
+        model(embeddings).load_models(str(models / CHECKPOINT_NAME))
+    store = EpisodeStore("relfiles2", embeddings=embeddings, client=chroma_client)
+    with pytest.raises(CheckpointError, match="pickle"):
+        DistilledEpisodicMemory(store=store, distillation=model(embeddings),
+                                model_dir=str(models))
+    assert not marker.exists()
+
+
+def forge(prefix: Path, role: str, name: str) -> None:
+    """Point the manifest's `role` entry at `name` with a correct checksum, as a forger would."""
+    path = checkpoint.manifest_path(prefix)
+    manifest = json.loads(path.read_text())
+    target = (prefix.parent / name) if not Path(name).is_absolute() else Path(name)
+    manifest["files"][role] = {
+        "file": name,
+        "sha256": checkpoint.hashlib.sha256(target.read_bytes()).hexdigest(),
+    }
+    manifest[checkpoint.CHECKSUM_KEY] = checkpoint._manifest_digest(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["pickle beside the manifest", "pickle named .safetensors", "pickle outside the directory",
+     "valid weights outside the directory", "absolute path outside", "symlink outside"],
+)
+def test_manifests_naming_pickles_or_files_outside_are_refused(
+    saved: tuple[Path, list[bytes]], embeddings: LocalEmbeddings, where: str
+) -> None:
+    prefix, _ = saved
+    directory = prefix.parent
+    outside = directory.parent / "elsewhere"
+    outside.mkdir()
+    marker = directory.parent / "pwned"
+    student = files_of(prefix, 2)["student"]
+    if where == "pickle beside the manifest":
+        malicious_pickle(directory / "evil.pth", marker)
+        forge(prefix, "student", "evil.pth")
+    elif where == "pickle named .safetensors":
+        malicious_pickle(directory / "evil.safetensors", marker)
+        forge(prefix, "student", "evil.safetensors")
+    elif where == "pickle outside the directory":
+        malicious_pickle(outside / "evil.pth", marker)
+        forge(prefix, "student", "../elsewhere/evil.pth")
+    elif where == "valid weights outside the directory":
+        (outside / "w.safetensors").write_bytes(student.read_bytes())
+        forge(prefix, "student", "../elsewhere/w.safetensors")
+    elif where == "absolute path outside":
+        (outside / "w.safetensors").write_bytes(student.read_bytes())
+        forge(prefix, "student", str(outside / "w.safetensors"))
+    else:
+        (outside / "w.safetensors").write_bytes(student.read_bytes())
+        (directory / "link.safetensors").symlink_to(outside / "w.safetensors")
+        forge(prefix, "student", "link.safetensors")
+    kd = model(embeddings)
+    with pytest.raises(CheckpointError, match="refusing|not valid safetensors"):
+        kd.load_models(str(prefix))
+    assert not kd.is_trained and not marker.exists()
