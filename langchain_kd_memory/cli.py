@@ -198,6 +198,19 @@ def _parse_file(
     return valid, invalid
 
 
+def _storable(store: EpisodeStore, lines: list[_Line]) -> tuple[list[_Line], list[tuple[int, str]]]:
+    """Split valid lines into those the store accepts and (line number, reason) of the rest."""
+    accepted: list[_Line] = []
+    refused: list[tuple[int, str]] = []
+    for line in lines:
+        try:
+            store.check_episodes([line.episode])  # Chroma's metadata limits, reward range
+            accepted.append(line)
+        except ValueError as exc:
+            refused.append((line.number, str(exc)))
+    return accepted, refused
+
+
 def _stored_ids(store: EpisodeStore, namespace: str, ids: list[str]) -> set[str]:
     """Which of `ids` the namespace already holds (an empty namespace costs one call)."""
     if not ids or store.count(namespace) == 0:
@@ -257,6 +270,10 @@ def _cmd_ingest(args: argparse.Namespace, console: _Console) -> int:
             lines, invalid = _parse_file(handle, args.namespace or DEFAULT_NAMESPACE)
     except OSError as exc:
         raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from exc
+    memory = _open_memory(args) if lines else None  # a file of bad lines creates nothing
+    if memory is not None:
+        lines, unstorable = _storable(memory.store, lines)
+        invalid = sorted(invalid + unstorable)
     for number, reason in invalid:
         print(f"{source}:{number}: {reason}", file=sys.stderr)
     if invalid and not args.skip_invalid:
@@ -264,7 +281,8 @@ def _cmd_ingest(args: argparse.Namespace, console: _Console) -> int:
             f"{len(invalid)} invalid line(s) in {source}; nothing was ingested (fix them, or "
             f"pass --skip-invalid to ingest the {len(lines)} valid one(s))"
         )
-    memory = _open_memory(args)
+    if memory is None:
+        memory = _open_memory(args)
     taken = _already_stored(memory.store, lines)
     if taken and not args.skip_existing:
         for line in taken[:LISTED_EXISTING]:

