@@ -22,6 +22,7 @@ manifest inside its directory, and safetensors holds tensors only, so no file ca
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -233,6 +234,9 @@ def save_checkpoint(
 
 
 def _prune(directory: Path, base: str, keep_from: int) -> None:
+    """Remove versions older than `keep_from`, and temporary files left by a killed writer."""
+    for stale in directory.glob(f".{glob.escape(base)}_*.tmp"):
+        stale.unlink(missing_ok=True)
     for old in sorted(v for v in _existing_versions(directory, base) if v < keep_from):
         for role in ROLES:
             try:

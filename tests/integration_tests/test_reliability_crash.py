@@ -1,0 +1,170 @@
+"""Guarantee: a process killed with SIGKILL in the middle of consolidation leaves the previous
+checkpoint current, loadable and scoring identically, and never a half-written one visible.
+
+The parent trains version 1 on a real embedded Chroma store and notes its scores. Each child is a
+real Python process that opens a copy of that store and model directory and runs
+`memory.consolidate()`; it is stopped at a chosen point (the child wraps one library function so
+that reaching the point writes a marker file and sleeps) and killed there with SIGKILL:
+
+* training: the teacher is trained, the student is training;
+* weights: the first new weight file is written to its temporary name, before fsync and rename;
+* manifest: both new weight files are in place, no manifest of the new version yet;
+* current: the new version's manifest is written, the current manifest not yet replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from langchain_kd_memory import checkpoint
+from langchain_kd_memory.config import StudentConfig, TeacherConfig
+from langchain_kd_memory.distillation import ModelDistillation
+from langchain_kd_memory.embeddings import LocalEmbeddings
+from langchain_kd_memory.episodes import Episode
+from langchain_kd_memory.memory import CHECKPOINT_NAME, DistilledEpisodicMemory
+from langchain_kd_memory.storage import EpisodeStore
+
+DIM = 384
+POINTS = ("training", "weights", "manifest", "current")
+PROBE = np.random.default_rng(7).standard_normal((5, DIM)).astype(np.float32)
+QUERY = "How do I get a refund for my order?"
+
+CHILD = """
+import os, sys, time
+from pathlib import Path
+
+point, root, seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+sys.path.insert(0, sys.argv[4])
+from test_reliability_crash import open_memory
+from langchain_kd_memory import checkpoint, distillation
+
+
+def stop_here():
+    (root / "reached").write_text(point)
+    time.sleep(600)
+
+
+if point == "training":
+    real_fit, calls = distillation._fit, []
+
+    def fit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second network to train is the student
+            stop_here()
+        return real_fit(*args, **kwargs)
+
+    distillation._fit = fit
+elif point == "weights":
+    checkpoint.os.fsync = lambda fd: stop_here()
+else:
+    real_write = checkpoint._atomic_write
+    last = "_config.json"
+
+    def write(path, data):
+        if path.name.endswith(".json") and (point == "manifest" or path.name.endswith(last)):
+            stop_here()
+        real_write(path, data)
+
+    checkpoint._atomic_write = write
+
+memory = open_memory(root, seed=seed)
+memory.consolidate()
+(root / "finished").write_text("consolidation completed")
+"""
+
+
+def open_memory(root: Path, seed: int = 0, embeddings: LocalEmbeddings | None = None
+                ) -> DistilledEpisodicMemory:
+    """The memory of a directory (Chroma in root/chroma, checkpoints in root/models)."""
+    embeddings = embeddings or LocalEmbeddings()
+    model = ModelDistillation(
+        seed=seed, embeddings=embeddings, max_epochs=5, num_threads=1,
+        teacher=TeacherConfig(hidden_sizes=(64,)), student=StudentConfig(hidden_sizes=(16,)),
+    )
+    store = EpisodeStore("crash", embeddings=embeddings, persist_directory=str(root / "chroma"))
+    return DistilledEpisodicMemory(store=store, distillation=model, min_episodes_to_train=8,
+                                   model_dir=str(root / "models"))
+
+
+def scores(memory: DistilledEpisodicMemory) -> tuple[bytes, float]:
+    """Student distributions for fixed vectors (bytes) and the expected reward of a real query."""
+    distributions = [e.distribution for e in memory.distillation.predict_embeddings(PROBE)]
+    return np.stack(distributions).tobytes(), memory.score(QUERY).expected
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, embeddings: LocalEmbeddings
+            ) -> tuple[Path, tuple[bytes, float]]:
+    """A directory with 120 rated episodes and checkpoint version 1, and its scores."""
+    root = tmp_path_factory.mktemp("crash") / "source"
+    memory = open_memory(root, embeddings=embeddings)
+    rng = np.random.default_rng(0)
+    queries = rng.standard_normal((120, DIM)).astype(np.float32)
+    responses = rng.standard_normal((120, DIM)).astype(np.float32)
+    episodes = [Episode(f"question {i}", f"answer {i}", reward=float(queries[i, 0] > 0))
+                for i in range(120)]
+    memory.store.add(episodes, query_embeddings=queries, response_embeddings=responses)
+    assert memory.consolidate().checkpoint_version == 1
+    return root, scores(memory)
+
+
+def test_sigkill_during_consolidation_keeps_the_previous_checkpoint(
+    trained: tuple[Path, tuple[bytes, float]], embeddings: LocalEmbeddings, tmp_path: Path
+) -> None:
+    source, before = trained
+    manifest = checkpoint.manifest_path(source / "models" / CHECKPOINT_NAME).read_bytes()
+    children = {}
+    for seed, point in enumerate(POINTS, start=1):
+        root = tmp_path / point
+        shutil.copytree(source, root)
+        children[point] = subprocess.Popen(
+            [sys.executable, "-c", CHILD, point, str(root), str(seed), str(Path(__file__).parent)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+    try:
+        for point, child in children.items():
+            marker = tmp_path / point / "reached"
+            deadline = time.monotonic() + 120
+            while not marker.exists():
+                if child.poll() is not None or time.monotonic() > deadline:
+                    output = child.stdout.read().decode() if child.stdout else ""
+                    pytest.fail(f"child {point} never reached its point:\n{output}")
+                time.sleep(0.05)
+            os.kill(child.pid, signal.SIGKILL)
+            assert child.wait() == -signal.SIGKILL
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+    for point in POINTS:
+        root = tmp_path / point
+        prefix = root / "models" / CHECKPOINT_NAME
+        assert (root / "reached").read_text() == point
+        assert not (root / "finished").exists()
+        # The current manifest is the one version 1 wrote, byte for byte.
+        assert checkpoint.manifest_path(prefix).read_bytes() == manifest, point
+        assert checkpoint.checkpoint_versions(prefix) == ([1, 2] if point == "current" else [1])
+        # A new process-like memory on the directory loads version 1 and scores identically.
+        memory = open_memory(root, embeddings=embeddings)
+        assert scores(memory) == before, point
+        # And the next consolidation (with new episodes) works, past the abandoned version.
+        new = np.random.default_rng(1).standard_normal((8, DIM)).astype(np.float32)
+        memory.store.add([Episode(f"new {i}", reward=1.0) for i in range(8)],
+                         query_embeddings=new, response_embeddings=new)
+        report = memory.consolidate()
+        assert report.checkpoint_version == (2 if point in ("training", "weights") else 3)
+        reloaded = open_memory(root, embeddings=embeddings)
+        assert scores(reloaded) == scores(memory) != before
+        leftovers = sorted(p.name for p in prefix.parent.iterdir() if p.name.endswith(".tmp"))
+        assert leftovers == [], f"{point}: stale temporary files {leftovers}"
