@@ -53,7 +53,7 @@ def ingest(memory: DistilledEpisodicMemory, episodes: list[Episode]) -> None:
     if store.count(NAMESPACE) == len(episodes):
         try:
             store.get([e.id for e in episodes], namespace=NAMESPACE)
-            print(f"{len(episodes)} conversations already stored (delete the directory to redo).")
+            print(f"{len(episodes)} conversations already stored (delete the folder to redo)")
             return
         except EpisodeNotFoundError:
             pass
@@ -75,7 +75,8 @@ def consolidate(memory: DistilledEpisodicMemory) -> None:
     val = metrics["validation"]
     print(
         f"trained on {report.episodes_used} episodes in {report.duration_s:.1f} s "
-        f"(teacher {metrics['teacher']['epochs_run']} epochs, student {metrics['student']['epochs_run']})"
+        f"(epochs: teacher {metrics['teacher']['epochs_run']}, "
+        f"student {metrics['student']['epochs_run']})"
     )
     print(
         f"held-out MAE ({metrics['num_val']} episodes): teacher {val['teacher_mae']:.2f}, "
@@ -103,7 +104,7 @@ def score_unseen(memory: DistilledEpisodicMemory, unseen: list[Episode]) -> None
     print("\n## Conversations the memory has never seen (reward 1-10)")
     print("  student: the opening alone | teacher: the whole conversation | people")
     estimates = memory.score_batch([e.query for e in unseen])
-    for episode, estimate in zip(unseen, estimates):
+    for episode, estimate in zip(unseen, estimates, strict=True):
         teacher = memory.distillation.get_teacher_prediction(episode.query, episode.response)
         print(
             f"  {estimate.expected:4.2f} ± {estimate.std:4.2f} | {teacher.expected:4.2f} | "
@@ -123,13 +124,15 @@ def score_unseen(memory: DistilledEpisodicMemory, unseen: list[Episode]) -> None
 
 
 def plot(memory: DistilledEpisodicMemory, out: Path, query: str) -> None:
+    from langchain_kd_memory import plots
+
+    print("\n## Plots (calibration on a held-out 20%, training curves, one distribution)")
     try:
-        from langchain_kd_memory import plots
+        paths = plots.write_all(memory, out, query=query)
     except ImportError as exc:
-        print(f"\n(no plots: {exc})")
+        print(f"  skipped: {exc}")
         return
-    print("\n## Plots")
-    for path in plots.write_all(memory, out, query=query):
+    for path in paths:
         print(f"  {path}")
 
 

@@ -1,8 +1,8 @@
 """Figures of the value model as PNGs: calibration, training curves, one predicted distribution.
 
-matplotlib is optional (``pip install matplotlib``): it is imported when a figure is drawn, and
-figures are drawn on matplotlib's Agg canvas without `pyplot`, so no global backend or figure
-state of the caller is touched.
+matplotlib is optional (``pip install 'langchain-kd-memory[plots]'``): it is imported when a
+figure is drawn, and figures are drawn on matplotlib's Agg canvas without `pyplot`, so no
+global backend or figure state of the caller is touched.
 
 Example:
     .. code-block:: python
@@ -53,7 +53,9 @@ def _figure(width: float, height: float) -> Figure:
     try:
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise ImportError("the plots need matplotlib: pip install matplotlib") from exc
+        raise ImportError(
+            "the plots need matplotlib: pip install 'langchain-kd-memory[plots]'"
+        ) from exc
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
