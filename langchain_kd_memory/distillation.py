@@ -363,6 +363,17 @@ class ModelDistillation:
         return dict(self._require().metrics)
 
     @property
+    def student_beats_mean(self) -> bool:
+        """Whether the student's validation MAE beat predicting the mean training reward.
+
+        False means the query alone carried no usable signal in the last training: its
+        predictions are then no better than the prior. True when no validation was run.
+        """
+        validation = self._require().metrics.get("validation") or {}
+        student, mean = validation.get("student_mae"), validation.get("mean_mae")
+        return student is None or mean is None or student < mean
+
+    @property
     def binner(self) -> RewardBinner:
         """The reward binning of the current model."""
         return self._require().binner

@@ -182,8 +182,9 @@ class DistilledEpisodicMemory(BaseRetriever):
 
     where `w` is `reward_weight`, `similarity` is the cosine similarity of the queries, and
     `value` is the episode's reward mapped to [0, 1]: the observed reward if it is rated, else
-    the student's predicted expected reward for the episode's query, else 0.5. Rewards are
-    mapped with the value model's fitted reward range (its bins); before the first
+    the student's predicted expected reward for the episode's query (only when the student beat
+    predicting the mean on its validation split: otherwise its guesses are noise), else 0.5.
+    Rewards are mapped with the value model's fitted reward range (its bins); before the first
     consolidation, with the range of the candidates' observed rewards. `w = 0` is pure
     similarity search. Each `Document` carries the episode in `page_content` and `id`, `query`,
     `response`, `reward`, `similarity`, `value`, `value_source` ("observed", "predicted" or
@@ -665,7 +666,7 @@ class DistilledEpisodicMemory(BaseRetriever):
         if model.is_trained:
             low, high = model.binner.low, model.binner.high
             unrated = [i for i, e in enumerate(episodes) if not e.is_rated]
-            if predict and unrated:
+            if predict and unrated and model.student_beats_mean:
                 vectors = self.store.query_embeddings(
                     [episodes[i].id for i in unrated], namespace=namespace
                 )

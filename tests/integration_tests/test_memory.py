@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +259,20 @@ async def test_async_twins(memory: DistilledEpisodicMemory) -> None:
         await memory.ascore("trains")
     await memory.aclear()
     assert memory.store.count("default") == 0
+
+
+def test_a_student_that_learned_nothing_does_not_rerank(
+    tmp_path: Path, embeddings: LocalEmbeddings
+) -> None:
+    """Rewards independent of the query: the student cannot beat the mean, so unrated episodes
+    keep the neutral value instead of noise."""
+    rng = random.Random(1)
+    memory = make_memory(tmp_path, embeddings)
+    noisy = [replace(e, reward=rng.uniform(0.0, 1.0)) for e in topic_episodes(120, seed=3)]
+    memory.add_episodes(noisy)
+    unrated = memory.add_episode("Can you help with the refund for my order?", "Sure.")
+    memory.consolidate()
+
+    assert not memory.distillation.student_beats_mean
+    doc = next(d for d in memory.invoke("refund for my order", k=10) if d.id == unrated)
+    assert doc.metadata["value_source"] == "neutral" and doc.metadata["value"] == 0.5
