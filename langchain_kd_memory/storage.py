@@ -354,6 +354,9 @@ class EpisodeStore:
 
     def _collection(self, namespace: str, create: bool = False) -> Collection | None:
         """The namespace's collection (created if `create`), or None if it does not exist."""
+        cached = self._collections.get(namespace)  # no lock: readers must not queue behind writes
+        if cached is not None:
+            return cached
         with self._lock:
             cached = self._collections.get(namespace)
             if cached is not None:
