@@ -81,9 +81,8 @@ def memory(
     return memory
 
 
-def snapshot(memory: DistilledEpisodicMemory) -> tuple[Any, ...]:
-    """Everything the memory owns, byte for byte."""
-    store = memory.store
+def store_snapshot(store: EpisodeStore) -> dict[str, tuple[Any, ...]]:
+    """Every Chroma collection of the store: metadata, ids, documents, metadatas, vector bytes."""
     collections = {}
     for listed in store.client.list_collections():
         if listed.name.startswith(f"{store.collection_name}."):
@@ -93,6 +92,12 @@ def snapshot(memory: DistilledEpisodicMemory) -> tuple[Any, ...]:
             collections[listed.name] = (
                 raw.metadata, got["ids"], got["documents"], got["metadatas"], vectors
             )
+    return collections
+
+
+def snapshot(memory: DistilledEpisodicMemory) -> tuple[Any, ...]:
+    """Everything the memory owns, byte for byte."""
+    collections = store_snapshot(memory.store)
     model_dir = Path(str(memory.model_dir))
     files = {str(p.relative_to(model_dir)): p.read_bytes() for p in model_dir.rglob("*")
              if p.is_file()}

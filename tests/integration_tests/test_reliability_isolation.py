@@ -1,0 +1,149 @@
+"""Guarantee: namespaces never leak into one another, in recall, scoring data, training or the
+LangGraph store, and deleting a namespace removes its episodes only.
+
+The namespaces are chosen to collide under naive schemes: "user/1" and "user_2f1" (its escaped
+form), "user/1" and "user/10" (string prefix), "user.1" (a LangGraph tuple joined with ".").
+Every namespace holds the same question, so similarity alone would happily mix them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_reliability_input import store_snapshot
+
+from langchain_kd_memory.config import StudentConfig, TeacherConfig
+from langchain_kd_memory.distillation import ModelDistillation
+from langchain_kd_memory.episodes import Episode
+from langchain_kd_memory.errors import EpisodeNotFoundError, InvalidArgumentError
+from langchain_kd_memory.memory import DistilledEpisodicMemory
+from langchain_kd_memory.storage import EpisodeStore, encode_namespace
+
+NAMESPACES = ["user/1", "user_2f1", "user/10", "user.1", "user"]
+QUESTION = "How do I reset my password?"
+
+
+def model(store: EpisodeStore) -> ModelDistillation:
+    return ModelDistillation(
+        seed=0, embeddings=store.embeddings, min_episodes=4, max_epochs=4, num_threads=1,
+        teacher=TeacherConfig(hidden_sizes=(32,)), student=StudentConfig(hidden_sizes=(16,)),
+    )
+
+
+def collection_of(memory: DistilledEpisodicMemory, namespace: str) -> str:
+    return f"{memory.store.collection_name}.ns.{encode_namespace(namespace)}"
+
+
+@pytest.fixture
+def memory(tmp_store: EpisodeStore) -> DistilledEpisodicMemory:
+    """Six episodes per namespace: the same question, answers that name their namespace."""
+    memory = DistilledEpisodicMemory(store=tmp_store, distillation=model(tmp_store),
+                                     min_episodes_to_train=4)
+    memory.add_episodes([
+        {"query": QUESTION if i == 0 else f"{QUESTION} Attempt {i}.",
+         "response": f"answer for {ns}", "reward": (i % 3) / 2, "namespace": ns,
+         "id": f"{ns}#{i}", "metadata": {"owner": ns}}
+        for ns in NAMESPACES for i in range(6)
+    ])
+    # The same id, unrated, in two namespaces: scoring must read the right one's vector.
+    memory.add_episodes([
+        {"query": f"Unrated question of {ns}", "namespace": ns, "id": "same-id"}
+        for ns in ("user/1", "user/10")
+    ])
+    return memory
+
+
+def test_recall_stays_in_its_namespace(memory: DistilledEpisodicMemory) -> None:
+    for ns in NAMESPACES:
+        for kwargs in ({}, {"filter": {"owner": ns}}, {"reward_weight": 0.0}):
+            documents = memory.invoke(QUESTION, k=50, namespace=ns, **kwargs)
+            assert documents, (ns, kwargs)
+            assert {d.metadata["namespace"] for d in documents} == {ns}
+            assert {d.metadata["response"] for d in documents} <= {f"answer for {ns}", ""}
+        assert {e.namespace for e, _ in memory.store.search(QUESTION, k=50, namespace=ns)} == {ns}
+    # A filter naming another namespace's metadata finds nothing rather than crossing over.
+    assert memory.invoke(QUESTION, namespace="user/1", filter={"owner": "user/10"}) == []
+
+
+def test_scoring_and_feedback_use_the_namespaces_own_records(
+    memory: DistilledEpisodicMemory,
+) -> None:
+    memory.consolidate(namespace="user/1")
+    for ns in ("user/1", "user/10"):
+        documents = memory.invoke(f"Unrated question of {ns}", k=50, namespace=ns)
+        unrated = next(d for d in documents if d.id == "same-id")
+        vector = memory.store.query_embeddings(["same-id"], namespace=ns)
+        expected = memory.distillation.predict_embeddings(vector)[0].expected
+        low, high = memory.distillation.binner.low, memory.distillation.binner.high
+        assert unrated.metadata["value_source"] == "predicted"
+        assert unrated.metadata["value"] == pytest.approx((expected - low) / (high - low))
+    other = memory.store.get(["same-id"], namespace="user/10")
+    memory.record_feedback("same-id", 1.0, namespace="user/1")
+    assert memory.store.get(["same-id"], namespace="user/1")[0].reward == 1.0
+    assert memory.store.get(["same-id"], namespace="user/10") == other
+    with pytest.raises(InvalidArgumentError, match="exists in namespaces"):
+        memory.store.get(["same-id"])  # ambiguous without a namespace: refused, not guessed
+
+
+def test_training_reads_only_its_namespace(memory: DistilledEpisodicMemory) -> None:
+    vectors = np.vstack([memory.store.query_embeddings([f"{ns}#0"], namespace=ns)
+                         for ns in NAMESPACES])
+    report = memory.consolidate(namespace="user/1")
+    assert report.episodes_used == memory.store.count_rated("user/1") == 6
+    before = np.stack([e.distribution for e in memory.distillation.predict_embeddings(vectors)])
+    # Flood every other namespace with contrary rewards; retraining user/1 must not notice.
+    memory.add_episodes([
+        {"query": f"{QUESTION} Variant {i}", "reward": 1.0 - (i % 3) / 2, "namespace": ns}
+        for ns in NAMESPACES[1:] for i in range(10)
+    ])
+    fresh = DistilledEpisodicMemory(store=memory.store, distillation=model(memory.store),
+                                    min_episodes_to_train=4)
+    assert fresh.consolidate(namespace="user/1").episodes_used == 6
+    after = np.stack([e.distribution for e in fresh.distillation.predict_embeddings(vectors)])
+    assert after.tobytes() == before.tobytes()
+    ids = memory.store.training_arrays(namespace="user/1").ids
+    assert sorted(ids) == sorted([f"user/1#{i}" for i in range(6)])
+
+
+def test_langgraph_store_namespaces_do_not_leak(memory: DistilledEpisodicMemory) -> None:
+    store = memory.as_store()
+    for labels in [("user", "1"), ("user", "10"), ("user", "1", "sub"), ("user_2f1",)]:
+        store.put(labels, "note", {"query": f"secret note of {'.'.join(labels)}"})
+    hits = store.search(("user", "1"), query="secret note", limit=50)
+    assert {h.namespace for h in hits} == {("user", "1"), ("user", "1", "sub")}
+    assert store.get(("user", "10"), "note").value == {"query": "secret note of user.10"}
+    assert store.get(("user", "2"), "note") is None
+    assert store.list_namespaces(prefix=("user", "1")) == [("user", "1"), ("user", "1", "sub")]
+    # The memory's namespace "user.1" is the tuple ("user", "1"): its episodes are items there.
+    assert {d.id for d in memory.invoke("secret note", k=50, namespace="user.10")} == {"note"}
+    store.delete(("user", "1"), "note")
+    assert store.get(("user", "1"), "note") is None
+    assert store.get(("user", "1", "sub"), "note") is not None
+    assert store.get(("user", "10"), "note") is not None
+
+
+@pytest.mark.parametrize("victim", NAMESPACES)
+def test_deleting_a_namespace_removes_only_its_episodes(
+    memory: DistilledEpisodicMemory, victim: str
+) -> None:
+    others = {name: state for name, state in store_snapshot(memory.store).items()
+              if name != collection_of(memory, victim)}
+    removed = memory.store.count(victim)
+    assert memory.store.delete_namespace(victim) == removed > 0
+    assert memory.store.count(victim) == 0 and victim not in memory.store.namespaces()
+    assert store_snapshot(memory.store) == others
+    with pytest.raises(EpisodeNotFoundError):
+        memory.store.get([f"{victim}#0"], namespace=victim)
+    # The namespace starts empty when used again: nothing comes back.
+    memory.store.add([Episode("fresh start", namespace=victim)])
+    assert [e.query for e in memory.store.list_episodes(victim)] == ["fresh start"]
+
+
+def test_clear_removes_only_the_memorys_namespace(memory: DistilledEpisodicMemory) -> None:
+    scoped = DistilledEpisodicMemory(store=memory.store, distillation=model(memory.store),
+                                     namespace="user/1")
+    others = {name: state for name, state in store_snapshot(memory.store).items()
+              if name != collection_of(memory, "user/1")}
+    scoped.clear()
+    assert memory.store.count("user/1") == 0
+    assert store_snapshot(memory.store) == others
