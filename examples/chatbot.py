@@ -331,9 +331,12 @@ def run_session(args: argparse.Namespace, directory: str) -> None:
         if not interactive:
             print(f"\n--- turn {turn}\nyou> {question}")
         run_id = uuid.uuid4()
-        result = chain.invoke(
-            {"question": question}, config={"callbacks": [callback], "run_id": run_id}
-        )
+        try:
+            result = chain.invoke(
+                {"question": question}, config={"callbacks": [callback], "run_id": run_id}
+            )
+        except Exception as exc:  # e.g. --openai without network: a message, not a traceback
+            raise SystemExit(f"the chain failed: {type(exc).__name__}: {exc}") from exc
         show_turn(result, memory)
         reward = ask_feedback(result["answer"], args.auto_feedback, interactive)
         if reward is not None:
