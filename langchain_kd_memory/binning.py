@@ -19,9 +19,28 @@ import numpy as np
 from langchain_kd_memory.errors import ConfigError, InvalidRewardError
 
 DEGENERATE_HALF_WIDTH = 0.5
-"""When every training reward is equal, the bins span this much either side of that reward."""
+"""When every training reward is equal, the bins span this much either side of that reward
+(or a millionth of the reward, if that is more)."""
+MAX_REWARD_MAGNITUDE = 1e12
+"""Rewards and range bounds beyond +-1e12 are refused: bin arithmetic (squares for the standard
+deviation, widths next to the bounds) must stay exact in float64."""
+MIN_RELATIVE_BIN_WIDTH = 1e-9
+"""A bin must be at least this fraction of the largest bound wide, or float64 cannot tell bins
+apart."""
 MEAN_MATCH_STEPS = 40
 """Bisection steps that place each soft target's mean on its reward (error ~ range / 2^40)."""
+
+
+def _range_problem(low: float, high: float, num_bins: int) -> str | None:
+    """Why [low, high] cannot be divided into `num_bins` usable bins, or None if it can."""
+    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+        return f"need finite low < high, got low={low}, high={high}"
+    largest = max(abs(low), abs(high))
+    if largest > MAX_REWARD_MAGNITUDE:
+        return f"the reward range [{low}, {high}] exceeds +-{MAX_REWARD_MAGNITUDE:g}"
+    if (high - low) / num_bins < largest * MIN_RELATIVE_BIN_WIDTH:
+        return f"the reward range [{low}, {high}] is too narrow for {num_bins} bins at its size"
+    return None
 
 
 def _as_rewards(rewards: object) -> np.ndarray:
@@ -60,8 +79,9 @@ class RewardBinner:
             raise ConfigError(f"num_bins must be an int, got {self.num_bins!r}")
         if self.num_bins < 2:
             raise ConfigError(f"num_bins must be >= 2, got {self.num_bins}")
-        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
-            raise ConfigError(f"need finite low < high, got low={self.low}, high={self.high}")
+        problem = _range_problem(self.low, self.high, self.num_bins)
+        if problem:
+            raise ConfigError(problem)
         if not (math.isfinite(self.width) and self.width > 0):
             raise ConfigError(f"width must be > 0, got {self.width}")
 
@@ -90,6 +110,8 @@ class RewardBinner:
         values = _as_rewards(rewards)
         if values.size == 0:
             raise InvalidRewardError("cannot fit reward bins on zero rewards")
+        if low is not None and high is not None and not low < high:
+            raise ConfigError(f"the declared range needs low < high, got [{low}, {high}]")
         lo = float(values.min()) if low is None else float(low)
         hi = float(values.max()) if high is None else float(high)
         if values.min() < lo or values.max() > hi:
@@ -98,7 +120,11 @@ class RewardBinner:
                 f"[{lo}, {hi}]"
             )
         if lo == hi:  # all rewards equal: centre a small range on them
-            lo, hi = lo - DEGENERATE_HALF_WIDTH, hi + DEGENERATE_HALF_WIDTH
+            half = max(DEGENERATE_HALF_WIDTH, abs(lo) * 1e-6)
+            lo, hi = lo - half, hi + half
+        problem = _range_problem(lo, hi, num_bins)
+        if problem:
+            raise InvalidRewardError(f"{problem}; rescale the rewards, e.g. into [0, 1]")
         return cls(low=lo, high=hi, num_bins=num_bins, width=width)
 
     @property
