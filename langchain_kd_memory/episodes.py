@@ -47,11 +47,15 @@ def validate_reward(reward: object, *, allow_none: bool = True) -> float | None:
         raise InvalidRewardError("reward is None; pass a finite number")
     if isinstance(reward, bool) or not isinstance(reward, (int, float, np.integer, np.floating)):
         raise InvalidRewardError(
-            f"reward must be a finite number, got {type(reward).__name__} {reward!r}"
+            f"reward must be a finite number, got {type(reward).__name__} {reward!r}; convert "
+            "it first (e.g. float(...)), or pass None for 'not rated yet'"
         )
     value = float(reward)
     if not math.isfinite(value):
-        raise InvalidRewardError(f"reward must be finite, got {value}")
+        raise InvalidRewardError(
+            f"reward must be finite, got {value}; score failures with a number on your scale "
+            "(e.g. 0), or pass None for 'not rated yet'"
+        )
     return value
 
 
@@ -166,7 +170,8 @@ def validate_metadata(metadata: object) -> dict[str, MetadataValue]:
             )
         if not isinstance(value, (str, int, float, bool)):
             raise InvalidEpisodeError(
-                f"metadata[{key!r}] must be str, int, float or bool, got {type(value).__name__}"
+                f"metadata[{key!r}] must be str, int, float or bool, got {type(value).__name__}; "
+                "Chroma keeps scalars only: flatten it, or store it as JSON text (json.dumps)"
             )
         clean[key] = value
     return clean
