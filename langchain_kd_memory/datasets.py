@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from langchain_kd_memory.episodes import Episode
+from langchain_kd_memory.episodes import MAX_TEXT_LENGTH, Episode
 from langchain_kd_memory.errors import InvalidArgumentError
 
 RATING_KEYS = ("witty", "upbeat", "interesting")
@@ -48,6 +48,9 @@ def _episode(
     speakers: dict[str, str] = {}
     prompt = str(conversation.get("prompt") or "").strip()
     opening = _speaker_lines(turns[:query_messages], speakers)
+    response = _speaker_lines(turns[query_messages:], speakers)
+    if max(len(opening), len(response)) > MAX_TEXT_LENGTH:
+        return None  # a pasted wall of text (one unrated chat): over the episode text limit
     metadata: dict[str, str | int | float | bool] = {
         "conversation_id": conversation_id,
         "prompt": prompt,
@@ -59,7 +62,7 @@ def _episode(
         reward = statistics.fmean(int(ratings[key]) for key in RATING_KEYS)
     return Episode(
         query=f"{prompt}\n{opening}" if prompt else opening,
-        response=_speaker_lines(turns[query_messages:], speakers),
+        response=response,
         reward=reward,
         metadata=metadata,
         id=conversation_id,
@@ -79,7 +82,8 @@ def load_chitchat(
     Each conversation is a list of turns (consecutive messages of one speaker). The query is
     the conversation's prompt followed by its first `query_messages` turns; the response is
     the rest, one line per turn, speakers labelled "A" and "B". Conversations with no turn
-    after the query are skipped (nobody answered).
+    after the query are skipped (nobody answered), and so are texts over the episode limit
+    (`MAX_TEXT_LENGTH`: one unrated conversation).
 
     Args:
         limit: Return at most this many episodes.
