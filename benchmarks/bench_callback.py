@@ -76,7 +76,7 @@ def main() -> None:
         for i in range(args.runs):
             question = f"{QUESTIONS[i % len(QUESTIONS)]} (#{i})"
             for name, run in settings.items():
-                times[name].append(timed(lambda r=run: r(question)))
+                times[name].append(timed(lambda r=run, q=question: r(q)))
         train_cb.flush()
         consolidations = train_cb.status.consolidations_run
         load = os.getloadavg()[0]
