@@ -24,8 +24,11 @@ QUESTION = "How do I reset my password?"
 
 
 def model(store: EpisodeStore) -> ModelDistillation:
+    # No validation split: recall then always uses the student's predictions for unrated
+    # episodes (with a split of one episode, whether it "beats the mean" is a coin toss).
     return ModelDistillation(
         seed=0, embeddings=store.embeddings, min_episodes=4, max_epochs=4, num_threads=1,
+        validation_fraction=0.0,
         teacher=TeacherConfig(hidden_sizes=(32,)), student=StudentConfig(hidden_sizes=(16,)),
     )
 
