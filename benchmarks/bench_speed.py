@@ -103,9 +103,14 @@ def p50(samples: list[float]) -> float:
     return float(np.median(samples))
 
 
-def paired_ratio(numerator: list[float], *denominators: list[float]) -> float:
-    """Median over rounds of numerator / sum(denominators): each round's load cancels out."""
-    return float(np.median(np.asarray(numerator) / np.sum(denominators, axis=0)))
+def paired_ratio(numerator: list[float], *parts: list[float]) -> float:
+    """Median over rounds of numerator / sum(parts): each round's load cancels out."""
+    return float(np.median(np.asarray(numerator) / np.sum(parts, axis=0)))
+
+
+def paired_excess_ms(whole: list[float], *parts: list[float]) -> float:
+    """Median over rounds of whole - sum(parts), in ms."""
+    return float(np.median(np.asarray(whole) - np.sum(parts, axis=0))) * 1e3
 
 
 def load() -> str:
@@ -158,7 +163,7 @@ def bench_add(
 
     t = interleaved({"embed": embed, "insert": insert, "add": add}, rounds, warmup=warmup)
     ratio = paired_ratio(t["add"], t["embed"], t["insert"])
-    overhead = (p50(t["add"]) - p50(t["embed"]) - p50(t["insert"])) / size * 1e3
+    overhead = paired_excess_ms(t["add"], t["embed"], t["insert"]) / size
     method = "add_episode" if size == 1 else "add_episodes"
     return [
         f"`{method}`, batch of {size}", str(rounds), ms(t["add"], size), ms(t["embed"], size),
@@ -188,7 +193,7 @@ def bench_score(
     rows, ratios = [], {}
     for n in thread_settings():
         ratios[n] = paired_ratio(t[f"score{n}"], t[f"embed{n}"])
-        extra = (p50(t[f"score{n}"]) - p50(t[f"embed{n}"])) * 1e3
+        extra = paired_excess_ms(t[f"score{n}"], t[f"embed{n}"])
         rows.append([
             str(n), str(rounds), ms(t[f"score{n}"]), ms(t[f"embed{n}"]), f"{extra:+.2f} ms",
             f"{ratios[n]:.3f}x",
@@ -467,18 +472,18 @@ def main(argv: list[str] | None = None) -> str:
         "**Add** (real Chit Chat episodes, MiniLM; ms per episode, p50 / p95). `embedding` is "
         "the one `embed_documents` call the memory makes (queries and responses together), "
         "`bare insert` a `collection.add` of the vectors it returned with the query as document "
-        "and the reward as metadata. Overhead = add − embedding − bare insert, at p50; the last "
-        "column is the median of the per-round ratio:",
+        "and the reward as metadata. Overhead (per episode) = add − embedding − bare insert and "
+        "the last column, add / (embedding + insert), are medians of per-round values:",
         markdown_table(
             ["call", "rounds", "memory", "embedding", "bare Chroma insert", "overhead",
              "memory / (embedding + insert)"],
             add_rows,
         ),
         "**Score** (student trained by `consolidate(num_epochs=3)` on the episodes just added; "
-        "ms per call, p50 / p95):",
+        "ms per call, p50 / p95; the last two columns are medians of per-round values):",
         markdown_table(
             ["torch threads", "rounds", "`memory.score(query)`", "`embed_documents([query])`",
-             "score − embedding at p50", "score / embedding"],
+             "score − embedding", "score / embedding"],
             score_rows,
         ),
         f"**Networks** (student {report.metrics['student']['params']:,} parameters, teacher "
