@@ -64,6 +64,7 @@ WRITE_BATCH = 5000
 RECALL_FORMAT = 1
 """Bump when the layout of the cached recall databases changes."""
 WARMUP = 3
+GAP = 0.005
 SETTINGS = Settings(anonymized_telemetry=False)
 
 
@@ -78,6 +79,9 @@ def interleaved(
 
     `threads` names the torch thread count of some steps (set before their clock starts).
     The first `warmup` rounds are run and dropped; step(i) gets i = 0 .. warmup + rounds - 1.
+    After each step the machine idles for `GAP` seconds, untimed, as between an agent's calls:
+    torch's OpenMP workers keep a core busy spinning for a moment after an operation, which
+    would otherwise slow whichever step comes next.
     """
     threads = threads or {}
     default = torch.get_num_threads()
@@ -90,6 +94,7 @@ def interleaved(
             elapsed = time.perf_counter() - start
             if i >= warmup:
                 samples[name].append(elapsed)
+            time.sleep(GAP)
     torch.set_num_threads(default)
     return samples
 
@@ -432,7 +437,7 @@ def main(argv: list[str] | None = None) -> str:
     totals = [1_000, 4_000] if args.quick else [1_000, 10_000, 100_000]
     add_rounds = {1: 10, 64: 2} if args.quick else {1: 30, 64: 5}
     score_rounds = 20 if args.quick else 60
-    network_calls = 200 if args.quick else 1000
+    network_calls = 200 if args.quick else 500
     recall_rounds = 50 if args.quick else 300
     load_start = load()
     started = time.perf_counter()
