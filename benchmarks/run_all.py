@@ -3,8 +3,8 @@
     python benchmarks/run_all.py            # full runs; each rewrites its section of BENCHMARKS.md
     python benchmarks/run_all.py --quick    # smoke runs; BENCHMARKS.md is left alone
 
-Each benchmark runs as its own process (quality, storage, speed, consolidation), its output
-streamed as it comes. A failing one does not stop the others; the exit status is 1 if any
+Each benchmark runs as its own process (quality, storage, speed, consolidation, callback), its
+output streamed as it comes. A failing one does not stop the others; the exit status is 1 if any
 failed. The whole full run is meant to finish in under 20 minutes on a 2-core machine.
 """
 
@@ -26,6 +26,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("storage", ["--update-md"], ["--quick"]),
     ("speed", [], ["--quick"]),
     ("consolidation", [], ["--quick"]),
+    ("callback", [], ["--runs", "5", "--no-write"]),
 ]
 
 
