@@ -436,9 +436,9 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     totals = [1_000, 4_000] if args.quick else [1_000, 10_000, 100_000]
     add_rounds = {1: 10, 64: 2} if args.quick else {1: 30, 64: 5}
-    score_rounds = 20 if args.quick else 60
-    network_calls = 200 if args.quick else 500
-    recall_rounds = 50 if args.quick else 300
+    score_rounds = 20 if args.quick else 40
+    network_calls = 200 if args.quick else 300
+    recall_rounds = 50 if args.quick else 200
     load_start = load()
     started = time.perf_counter()
 
