@@ -16,14 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from langchain_kd_memory.episodes import MAX_REWARD_MAGNITUDE
 from langchain_kd_memory.errors import ConfigError, InvalidRewardError
 
 DEGENERATE_HALF_WIDTH = 0.5
 """When every training reward is equal, the bins span this much either side of that reward
 (or a millionth of the reward, if that is more)."""
-MAX_REWARD_MAGNITUDE = 1e12
-"""Rewards and range bounds beyond +-1e12 are refused: bin arithmetic (squares for the standard
-deviation, widths next to the bounds) must stay exact in float64."""
 MIN_RELATIVE_BIN_WIDTH = 1e-9
 """A bin must be at least this fraction of the largest bound wide, or float64 cannot tell bins
 apart."""

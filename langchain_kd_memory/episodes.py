@@ -27,7 +27,13 @@ MetadataValue = str | int | float | bool
 DEFAULT_NAMESPACE = "default"
 MAX_NAMESPACE_LENGTH = 128
 MAX_METADATA_KEYS = 64
+MAX_METADATA_KEY_LENGTH = 128
 MAX_METADATA_STRING = 4096
+MAX_ID_LENGTH = 256
+"""Longest episode id, in characters (a UUID has 36)."""
+MAX_REWARD_MAGNITUDE = 1e12
+"""Rewards beyond +-1e12 are refused on every write: the value model's bin arithmetic (squares
+for the standard deviation, widths next to the bounds) must stay exact in float64."""
 MAX_TEXT_LENGTH = 100_000
 """Longest query or response, in characters (the embedders read a few hundred tokens at most)."""
 RESERVED_METADATA_PREFIX = "kd_"
@@ -50,13 +56,26 @@ def validate_reward(reward: object, *, allow_none: bool = True) -> float | None:
             f"reward must be a finite number, got {type(reward).__name__} {reward!r}; convert "
             "it first (e.g. float(...)), or pass None for 'not rated yet'"
         )
-    value = float(reward)
-    if not math.isfinite(value):
+    try:
+        value = float(reward)
+    except OverflowError:  # an int with hundreds of digits
+        value = math.inf if reward > 0 else -math.inf  # type: ignore[operator]
+    if not math.isfinite(value) and not isinstance(reward, int):
         raise InvalidRewardError(
             f"reward must be finite, got {value}; score failures with a number on your scale "
             "(e.g. 0), or pass None for 'not rated yet'"
         )
+    if not abs(value) <= MAX_REWARD_MAGNITUDE:
+        raise InvalidRewardError(
+            f"reward {_short_number(reward)} lies beyond +-{MAX_REWARD_MAGNITUDE:g}, the largest "
+            "magnitude the value model can bin: rescale your rewards (e.g. into [0, 1])"
+        )
     return value
+
+
+def _short_number(number: object) -> str:
+    text = str(number)
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
 
 
 def validate_namespace(namespace: object) -> str:
@@ -113,21 +132,19 @@ def validate_reward_range(reward_range: object) -> tuple[float, float] | None:
     """Return `(low, high)` as floats, or None; raise `InvalidArgumentError` if unusable."""
     if reward_range is None:
         return None
-    valid = (
-        isinstance(reward_range, (tuple, list))
-        and len(reward_range) == 2
-        and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for v in reward_range
-        )
-        and reward_range[0] < reward_range[1]
-    )
-    if not valid:
+    bounds: list[float] = []
+    if isinstance(reward_range, (tuple, list)) and len(reward_range) == 2:
+        for bound in reward_range:
+            try:
+                bounds.append(validate_reward(bound, allow_none=False))  # type: ignore[arg-type]
+            except InvalidRewardError:
+                break
+    if len(bounds) != 2 or not bounds[0] < bounds[1]:
         raise InvalidArgumentError(
-            f"reward_range must be (low, high) with finite numbers low < high, e.g. (0, 1) or "
-            f"(1, 10); got {reward_range!r}"
+            f"reward_range must be (low, high) with numbers low < high within "
+            f"+-{MAX_REWARD_MAGNITUDE:g}, e.g. (0, 1) or (1, 10); got {reward_range!r}"
         )
-    return float(reward_range[0]), float(reward_range[1])  # type: ignore[index]
+    return bounds[0], bounds[1]
 
 
 def check_reward_in_range(reward: float, reward_range: tuple[float, float] | None) -> None:
@@ -154,6 +171,11 @@ def validate_metadata(metadata: object) -> dict[str, MetadataValue]:
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:
             raise InvalidEpisodeError(f"metadata keys must be non-empty str, got {key!r}")
+        if len(key) > MAX_METADATA_KEY_LENGTH:
+            raise InvalidEpisodeError(
+                f"metadata key of {len(key):,} characters ({key[:20]!r}...); the limit is "
+                f"{MAX_METADATA_KEY_LENGTH}"
+            )
         for text, what in ((key, f"metadata key {key!r}"), (value, f"metadata[{key!r}]")):
             problem = _unicode_problem(text) if isinstance(text, str) else None
             if problem:
@@ -219,6 +241,11 @@ class Episode:
         validate_namespace(self.namespace)
         if not isinstance(self.id, str) or not self.id.strip():
             raise InvalidEpisodeError(f"id must be a non-empty str, got {self.id!r}")
+        if len(self.id) > MAX_ID_LENGTH:
+            raise InvalidEpisodeError(
+                f"id is {len(self.id):,} characters; the limit is {MAX_ID_LENGTH}: use a short "
+                "key (e.g. a UUID or a hash of the long one) and keep long text in metadata"
+            )
         problem = _unicode_problem(self.id)
         if problem:
             raise InvalidEpisodeError(f"id {problem}")
@@ -247,8 +274,12 @@ class Episode:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Episode:
-        """Build an episode from a dict like the one `to_dict` returns (missing keys default)."""
+    def from_dict(cls, data: Mapping[str, Any], namespace: str = DEFAULT_NAMESPACE) -> Episode:
+        """Build an episode from a dict like the one `to_dict` returns.
+
+        Missing keys, and keys whose value is None, take their defaults; the namespace's
+        default is `namespace` (a memory passes its own, so a dict never lands elsewhere).
+        """
         if not isinstance(data, Mapping):
             raise InvalidEpisodeError(f"expected a dict, got {type(data).__name__}")
         unknown = set(data) - {"id", "query", "response", "reward", "metadata", "namespace",
@@ -256,6 +287,7 @@ class Episode:
         if unknown:
             raise InvalidEpisodeError(f"unknown episode fields: {sorted(unknown)}")
         kwargs: dict[str, Any] = {k: v for k, v in data.items() if v is not None or k == "reward"}
+        kwargs.setdefault("namespace", namespace)
         if isinstance(kwargs.get("created_at"), str):
             try:
                 kwargs["created_at"] = datetime.fromisoformat(kwargs["created_at"])

@@ -90,6 +90,9 @@ _FORMAT_META = "kd_format"
 _REWARD_LOW_META = "kd_reward_low"
 _REWARD_HIGH_META = "kd_reward_high"
 
+CHROMA_RESERVED_PREFIXES = ("#", "$", "chroma:")
+"""Metadata keys Chroma keeps for itself (``#document``, ``$and``, ``chroma:document``)."""
+
 _COLLECTION_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{1,61}[a-zA-Z0-9]")
 _KEPT_CHARACTERS = frozenset(string.ascii_letters + string.digits)
 _MAX_CHROMA_NAME = 512
@@ -163,10 +166,11 @@ _check_namespace = validate_namespace
 def _reject_reserved_keys(node: object) -> None:
     if isinstance(node, Mapping):
         for key, value in node.items():
-            if isinstance(key, str) and key.startswith(RESERVED_METADATA_PREFIX):
+            if isinstance(key, str) and key.startswith((RESERVED_METADATA_PREFIX, "#", "chroma:")):
                 raise InvalidArgumentError(
-                    f"where filters address user metadata only; {key!r} uses the reserved "
-                    f"prefix {RESERVED_METADATA_PREFIX!r}"
+                    f"where filters address user metadata only; {key!r} uses a reserved "
+                    f"prefix ({RESERVED_METADATA_PREFIX!r} is the store's, '#' and 'chroma:' "
+                    "Chroma's)"
                 )
             _reject_reserved_keys(value)
     elif isinstance(node, (list, tuple)):
@@ -532,10 +536,11 @@ class EpisodeStore:
                     f"episodes must be Episode objects, got {type(episode).__name__}"
                 )
             for key, value in episode.metadata.items():
-                if key.startswith(("#", "$")):
+                if key.startswith(CHROMA_RESERVED_PREFIXES):
                     raise InvalidEpisodeError(
-                        f"metadata key {key!r} of episode {episode.id!r} starts with "
-                        f"{key[0]!r}, which Chroma reserves"
+                        f"metadata key {key!r} of episode {episode.id!r} starts with a prefix "
+                        f"Chroma reserves ({', '.join(map(repr, CHROMA_RESERVED_PREFIXES))}): "
+                        "rename it"
                     )
                 if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
                     raise InvalidEpisodeError(

@@ -132,6 +132,10 @@ BAD_INPUTS: list[tuple[str, Call, type[KDMemoryError], str]] = [
     ("str reward", lambda m: m.add_episode("q", reward="0.5"), InvalidRewardError, "number"),
     ("bool reward", lambda m: m.add_episode("q", reward=True), InvalidRewardError, "number"),
     ("list reward", lambda m: m.add_episode("q", reward=[0.5]), InvalidRewardError, "number"),
+    ("401-digit reward", lambda m: m.add_episode("q", reward=10**400), InvalidRewardError,
+     "1e\\+12"),
+    ("401-digit feedback", lambda m: m.record_feedback("good-0", -(10**400)), InvalidRewardError,
+     "1e\\+12"),
     ("reward above range", lambda m: m.add_episode("q", reward=1.5), InvalidRewardError,
      r"outside the declared reward_range \[0.0, 1.0\].*rescale"),
     ("reward below range", lambda m: m.add_episode("q", reward=-0.01), InvalidRewardError,
@@ -168,6 +172,12 @@ BAD_INPUTS: list[tuple[str, Call, type[KDMemoryError], str]] = [
      InvalidEpisodeError, "reserved prefix"),
     ("Chroma operator key", lambda m: m.add_episode("q", metadata={"$and": 1}),
      InvalidEpisodeError, "reserves"),
+    ("1M-character metadata key", lambda m: m.add_episode("q", metadata={MEGABYTE: 1}),
+     InvalidEpisodeError, "metadata key of 1,048,576 characters.*limit is 128"),
+    ("Chroma's reserved document key", lambda m: m.add_episode("q", metadata={"chroma:document": "x"}),
+     InvalidEpisodeError, "Chroma reserves"),
+    ("Chroma's #document key", lambda m: m.add_episode("q", metadata={"#document": "x"}),
+     InvalidEpisodeError, "Chroma reserves"),
     ("non-str metadata key", lambda m: m.add_episode("q", metadata={1: "a"}),
      InvalidEpisodeError, "keys must be non-empty str"),
     ("metadata not a dict", lambda m: m.add_episode("q", metadata=["a"]), InvalidEpisodeError,
@@ -184,6 +194,8 @@ BAD_INPUTS: list[tuple[str, Call, type[KDMemoryError], str]] = [
     ("duplicate id", lambda m: m.add_episode("again", episode_id="good-1"),
      DuplicateEpisodeError, "already exists.*update_reward"),
     ("blank id", lambda m: m.add_episode("q", episode_id="  "), InvalidEpisodeError, "id"),
+    ("1M-character id", lambda m: m.add_episode("q", episode_id=MEGABYTE), InvalidEpisodeError,
+     "id is 1,048,576 characters; the limit is 256"),
     # -------- namespaces
     ("empty namespace", lambda m: m.add_episode("q", namespace=""), InvalidNamespaceError,
      "non-empty"),
@@ -215,6 +227,13 @@ BAD_INPUTS: list[tuple[str, Call, type[KDMemoryError], str]] = [
      "reward_weight"),
     ("filter on a reserved key", lambda m: m.invoke("refund", filter={"kd_reward": 1}),
      InvalidArgumentError, "reserved prefix"),
+    ("filter on Chroma's document key", lambda m: m.invoke("refund", filter={"chroma:document": "refund"}),
+     InvalidArgumentError, "reserved"),
+    ("filter on Chroma's #document", lambda m: m.invoke("refund", filter={"#document": "refund"}),
+     InvalidArgumentError, "reserved"),
+    ("filter on Chroma's #document inside $and",
+     lambda m: m.invoke("refund", filter={"$and": [{"topic": "billing"}, {"#document": "x"}]}),
+     InvalidArgumentError, "reserved"),
     ("malformed filter", lambda m: m.invoke("refund", filter={"topic": {"$like": "b"}}),
      InvalidArgumentError, "invalid where"),
     ("episodes not a list", lambda m: m.add_episodes("q"), InvalidEpisodeError, "list"),
@@ -364,3 +383,46 @@ def test_an_untrained_memory_says_how_to_train(
     with pytest.raises(NotTrainedError, match="has 0 rated episodes.*call consolidate"):
         fresh.score("anything")
     assert fresh.store.namespaces() == []  # reading created nothing
+
+
+def test_rewards_beyond_the_trainable_limit_are_refused_on_every_write(
+    chroma_client: ClientAPI, embeddings: LocalEmbeddings, tmp_path: Path
+) -> None:
+    """Without a declared range, 1e13 used to be stored and then failed every consolidation."""
+    memory = DistilledEpisodicMemory(
+        store=EpisodeStore("relhuge", embeddings=embeddings, client=chroma_client),
+        distillation=small_model(embeddings), min_episodes_to_train=4,
+        model_dir=str(tmp_path / "models"),
+    )
+    memory.add_episodes([{"query": f"question {i}", "reward": float(i % 3), "id": f"e{i}"}
+                         for i in range(8)])
+    before = store_snapshot(memory.store)
+    for call in (
+        lambda: memory.add_episode("q", reward=1e13),
+        lambda: memory.add_episode("q", reward=-1e13),
+        lambda: memory.add_episodes([{"query": "q", "reward": 2e12}]),
+        lambda: memory.record_feedback("e1", 1e13),
+        lambda: memory.store.update_reward("e1", -5e12),
+        lambda: memory.store.add([Episode("q", reward=1e15)], query_embeddings=PROBE,
+                                 response_embeddings=PROBE),
+    ):
+        with pytest.raises(InvalidRewardError, match=r"1e\+12.*rescale"):
+            call()
+    assert store_snapshot(memory.store) == before
+    memory.add_episode("the largest reward allowed", reward=1e12)
+    assert memory.consolidate().episodes_used == 9  # training still works
+
+
+def test_reserved_chroma_keys_are_refused_before_anything_is_embedded(
+    tmp_store: EpisodeStore, counting_embeddings: Any
+) -> None:
+    memory = DistilledEpisodicMemory(
+        store=EpisodeStore(tmp_store.collection_name, embeddings=counting_embeddings,
+                           client=tmp_store.client),
+        distillation=small_model(counting_embeddings),
+    )
+    calls = counting_embeddings.calls
+    for key in ("chroma:document", "chroma:anything", "#document", "$and"):
+        with pytest.raises(InvalidEpisodeError, match="Chroma reserves"):
+            memory.add_episode("q", "a", metadata={key: "x"})
+    assert counting_embeddings.calls == calls

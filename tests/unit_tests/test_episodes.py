@@ -37,7 +37,7 @@ episodes = st.builds(
     Episode,
     query=st.text(min_size=1, max_size=50).filter(str.strip),
     response=st.text(max_size=50),
-    reward=st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)),
+    reward=st.one_of(st.none(), st.floats(-1e12, 1e12)),
     metadata=metadata,
     namespace=st.text(min_size=1, max_size=MAX_NAMESPACE_LENGTH).filter(str.strip),
     id=st.text(min_size=1, max_size=20).filter(str.strip),

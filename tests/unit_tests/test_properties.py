@@ -18,9 +18,11 @@ from hypothesis import strategies as st
 
 from langchain_kd_memory.binning import RewardBinner
 from langchain_kd_memory.episodes import (
+    MAX_METADATA_KEY_LENGTH,
     MAX_METADATA_KEYS,
     MAX_METADATA_STRING,
     MAX_NAMESPACE_LENGTH,
+    MAX_REWARD_MAGNITUDE,
     MAX_TEXT_LENGTH,
     Episode,
     check_reward_in_range,
@@ -54,7 +56,7 @@ def valid_reward(value: object) -> bool:
     if value is None:
         return True
     number = isinstance(value, (int, float, np.integer, np.floating))
-    return number and not isinstance(value, bool) and math.isfinite(float(value))  # type: ignore[arg-type]
+    return number and not isinstance(value, bool) and abs(value) <= MAX_REWARD_MAGNITUDE  # type: ignore[operator]
 
 
 def valid_metadata(value: object) -> bool:
@@ -63,7 +65,9 @@ def valid_metadata(value: object) -> bool:
     if not isinstance(value, Mapping) or len(value) > MAX_METADATA_KEYS:
         return False
     for key, item in value.items():
-        if not valid_text(key, blank_ok=True) or not key or key.startswith("kd_"):
+        if not valid_text(key, blank_ok=True, limit=MAX_METADATA_KEY_LENGTH) or not key or (
+            key.startswith("kd_")
+        ):
             return False
         if isinstance(item, str):
             if not valid_text(item, blank_ok=True, limit=MAX_METADATA_STRING):
@@ -91,6 +95,8 @@ texts = st.one_of(
 not_text = st.one_of(st.none(), st.integers(), st.binary(max_size=4), st.lists(st.integers()))
 numbers = st.one_of(
     st.floats(), st.integers(), st.booleans(), st.none(),
+    st.sampled_from([MAX_REWARD_MAGNITUDE, -MAX_REWARD_MAGNITUDE, 10**400, -(10**400),
+                     int(MAX_REWARD_MAGNITUDE) + 1, np.float64(2e12)]),
     st.floats(width=32).map(np.float32), st.integers(-5, 5).map(np.int64),
     st.sampled_from(["0.5", "nan", [1.0], {"r": 1}, complex(1, 0)]),
 )
@@ -100,7 +106,9 @@ scalar = st.one_of(
 )
 values = st.one_of(scalar, st.none(), st.lists(st.integers(), max_size=2),
                    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1))
-keys = st.one_of(any_text, st.sampled_from(["kd_reward", "kd_", "topic", "$and", ""]),
+keys = st.one_of(any_text, st.sampled_from(["kd_reward", "kd_", "topic", "$and", "",
+                                            "k" * MAX_METADATA_KEY_LENGTH,
+                                            "k" * (MAX_METADATA_KEY_LENGTH + 1)]),
                  st.integers(0, 3))
 metadata = st.one_of(
     st.none(),
@@ -141,7 +149,7 @@ def test_an_episode_is_built_exactly_when_every_field_is_valid(
 
 
 @given(st.one_of(numbers, st.tuples(numbers, numbers), st.lists(numbers, max_size=3)))
-def test_a_reward_range_is_accepted_exactly_when_it_is_two_finite_increasing_numbers(
+def test_a_reward_range_is_accepted_exactly_when_it_is_two_storable_increasing_numbers(
     value: Any,
 ) -> None:
     if value is None:  # no range declared
@@ -149,8 +157,8 @@ def test_a_reward_range_is_accepted_exactly_when_it_is_two_finite_increasing_num
         return
     pair = isinstance(value, (tuple, list)) and len(value) == 2
     ok = pair and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        for v in value
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        and abs(v) <= MAX_REWARD_MAGNITUDE for v in value
     ) and value[0] < value[1]
     if ok:
         assert validate_reward_range(value) == (float(value[0]), float(value[1]))
