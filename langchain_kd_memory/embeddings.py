@@ -7,6 +7,9 @@ mixed.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -15,7 +18,11 @@ from typing import Any
 
 from langchain_core.embeddings import Embeddings
 
-from langchain_kd_memory.errors import EmbeddingDimensionError, EmbeddingError
+from langchain_kd_memory.errors import (
+    EmbeddingDimensionError,
+    EmbeddingError,
+    InvalidArgumentError,
+)
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 KNOWN_OPENAI_DIMENSIONS = {
@@ -63,6 +70,18 @@ def check_vectors(vectors: Sequence[Sequence[float]], count: int, dimension: int
             raise EmbeddingDimensionError(
                 f"embedding has dimension {len(vector)}, expected {dimension}"
             )
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
+    """Raise `InvalidArgumentError` unless `value` is an int (not a bool) in low..high."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bounds = f">= {low}" if high is None else f"in {low}..{high}"
+        raise InvalidArgumentError(f"{name} must be an int {bounds}, got {value!r}")
 
 
 _MODEL_CACHE: dict[tuple[str, str], Any] = {}
@@ -116,8 +135,7 @@ class LocalEmbeddings(Embeddings):
             device: Torch device for the encoder.
             batch_size: Texts per forward pass.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        _check_int("batch_size", batch_size, 1)
         self.model_path = model_path
         self.device = device
         self.batch_size = batch_size
@@ -166,18 +184,35 @@ def default_embeddings() -> LocalEmbeddings:
     return _DEFAULT
 
 
+_LOOP: tuple[int, asyncio.AbstractEventLoop] | None = None
+_LOOP_LOCK = threading.Lock()
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    """The event loop, run by a daemon thread, that OpenAI requests run on (one per process)."""
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None or _LOOP[0] != os.getpid():  # a forked child lacks its parent's thread
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="kd-memory-openai", daemon=True).start()
+            _LOOP = (os.getpid(), loop)
+        return _LOOP[1]
+
+
 class OpenAIEmbedder(Embeddings):
     """Embeddings from the OpenAI API or any server that speaks it (vLLM, LM Studio, ...).
 
     Built on the official `openai` client, which retries rate limits and server errors with
-    backoff (`max_retries`) and enforces `timeout`.
+    backoff (`max_retries`). `timeout` is a deadline on each request as a whole, its retries and
+    their backoff included: a server that answers slowly, or trickles its answer byte by byte,
+    cannot hold a call longer than that (the client's own timeout applies to each read only).
 
     Example:
         .. code-block:: python
 
             emb = OpenAIEmbedder(model="text-embedding-3-small")  # reads OPENAI_API_KEY
             local = OpenAIEmbedder(model="nomic-embed", base_url="http://127.0.0.1:8000/v1",
-                                   api_key="none", dimensions=768)
+                                   api_key="none", dimensions=768, timeout=5)
     """
 
     def __init__(
@@ -199,26 +234,47 @@ class OpenAIEmbedder(Embeddings):
             base_url: Base URL of an OpenAI-compatible server; the OpenAI API if None.
             dimensions: Requested output dimension (models that support it), also the identity's.
             batch_size: Texts per request (1-2048).
-            timeout: Seconds per request.
-            max_retries: Retries on connection errors, 408/429/5xx, with exponential backoff.
+            timeout: Most seconds one request may take in all (connecting, waiting, reading
+                every byte), its retries and their backoff included; then `EmbeddingError`.
+                `embed_documents` sends one request per `batch_size` texts, each with its own
+                deadline.
+            max_retries: Retries on connection errors, 408/429/5xx, with exponential backoff,
+                as long as the deadline allows.
+
+        Raises:
+            InvalidArgumentError: An argument is out of range, or there is no API key.
         """
         import openai
 
         if not isinstance(model, str) or not model:
-            raise ValueError("model must be a non-empty str")
-        if not 1 <= batch_size <= 2048:
-            raise ValueError(f"batch_size must lie in 1..2048, got {batch_size}")
-        if dimensions is not None and dimensions < 1:
-            raise ValueError(f"dimensions must be >= 1, got {dimensions}")
+            raise InvalidArgumentError(f"model must be a non-empty str, got {model!r}")
+        _check_int("batch_size", batch_size, 1, 2048)
+        if dimensions is not None:
+            _check_int("dimensions", dimensions, 1)
+        _check_int("max_retries", max_retries, 0)
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not 0 < timeout < math.inf
+        ):
+            raise InvalidArgumentError(f"timeout must be a finite number > 0, got {timeout!r}")
         self.model = model
         self.dimensions = dimensions
         self.batch_size = batch_size
-        self.client = openai.OpenAI(
-            api_key=api_key or os.environ.get("OPENAI_API_KEY"),
-            base_url=base_url,
-            timeout=timeout,
-            max_retries=max_retries,
-        )
+        self.timeout = float(timeout)
+        self._options: dict[str, Any] = {
+            "api_key": api_key or os.environ.get("OPENAI_API_KEY"),
+            "base_url": base_url,
+            "timeout": self.timeout,
+            "max_retries": max_retries,
+        }
+        try:
+            self._client = openai.AsyncOpenAI(**self._options)
+        except openai.OpenAIError as exc:
+            raise InvalidArgumentError(
+                f"{exc}: pass api_key= or set OPENAI_API_KEY (any text for a local server)"
+            ) from exc
+        self._client_pid = os.getpid()
         self._dimension = dimensions or KNOWN_OPENAI_DIMENSIONS.get(model)
 
     @property
@@ -228,12 +284,31 @@ class OpenAIEmbedder(Embeddings):
             self._dimension = len(self.embed_query("dimension probe"))
         return EmbedderIdentity(f"openai:{self.model}", self._dimension)
 
+    def _create(self, texts: list[str]) -> Any:
+        """One embeddings request, retries included, cancelled when `timeout` has passed."""
+        import openai
+
+        if self._client_pid != os.getpid():  # a forked child cannot share its parent's sockets
+            self._client, self._client_pid = openai.AsyncOpenAI(**self._options), os.getpid()
+        extra: dict[str, Any] = {} if self.dimensions is None else {"dimensions": self.dimensions}
+        request = self._client.embeddings.create(model=self.model, input=texts, **extra)
+        future = asyncio.run_coroutine_threadsafe(request, _background_loop())
+        try:
+            return future.result(timeout=self.timeout)
+        except concurrent.futures.TimeoutError:
+            raise EmbeddingError(
+                f"OpenAI embeddings request timed out: no complete answer from "
+                f"{self._client.base_url} within timeout={self.timeout:g} s (retries included); "
+                "check the server, or pass a larger timeout="
+            ) from None
+        finally:
+            future.cancel()  # stops the request (closing its connection) if it is still running
+
     def _embed_batch(self, texts: list[str]) -> list[list[float]]:
         import openai
 
-        extra: dict[str, Any] = {} if self.dimensions is None else {"dimensions": self.dimensions}
         try:
-            response = self.client.embeddings.create(model=self.model, input=texts, **extra)
+            response = self._create(texts)
         except openai.OpenAIError as exc:
             raise EmbeddingError(f"OpenAI embeddings request failed: {exc}") from exc
         except ValueError as exc:  # a body that is not JSON

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -48,9 +50,7 @@ class ScriptedServer:
         fault = self.script.popleft() if self.script else "ok"
         texts = json.loads(request.data)["input"]
         vectors = [[float(len(t)), 1.0] + [float(i + 1)] * (DIM - 2) for i, t in enumerate(texts)]
-        if fault == "slow":
-            time.sleep(0.6)
-        elif fault == "429":
+        if fault == "429":
             return Response('{"error": {"message": "slow down"}}', status=429,
                             headers={"retry-after-ms": "10"}, content_type="application/json")
         elif fault == "500":
@@ -87,7 +87,7 @@ _names = itertools.count()
 @pytest.fixture
 def memory(server: ScriptedServer, chroma_client: ClientAPI) -> DistilledEpisodicMemory:
     embedder = OpenAIEmbedder(model="test-embed", api_key="sk-test", base_url=server.url,
-                              dimensions=DIM, timeout=0.3, max_retries=2)
+                              dimensions=DIM, timeout=10.0, max_retries=2)
     store = EpisodeStore(f"relemb{next(_names)}", embeddings=embedder, client=chroma_client)
     model = ModelDistillation(embeddings=embedder, teacher=TeacherConfig(hidden_sizes=(8,)),
                               student=StudentConfig(hidden_sizes=(8,)))
@@ -125,13 +125,12 @@ def assert_refused(memory: DistilledEpisodicMemory, server: ScriptedServer, writ
 @pytest.mark.parametrize(
     ("script", "requests", "match"),
     [
-        (["slow"] * 3, 3, "timed out"),  # one try and two retries, each cut at the timeout
         (["429"] * 3, 3, "429"),
         (["500"] * 3, 3, "500"),
         (["garbage"], 1, "malformed|Expecting"),  # a broken body is not retried
         (["short"], 1, "dimension 7, expected 8"),
     ],
-    ids=["timeout", "429", "500", "malformed JSON", "wrong dimension"],
+    ids=["429", "500", "malformed JSON", "wrong dimension"],
 )
 def test_faults_raise_a_clear_error_and_store_nothing(
     memory: DistilledEpisodicMemory, server: ScriptedServer, script: list[str], requests: int,
@@ -176,3 +175,88 @@ def test_feedback_and_recall_of_stored_vectors_need_no_embedder(
     with pytest.raises(EmbeddingError, match="500"):
         memory.invoke("anything")
     assert server.requests == 3
+
+
+# ----------------------------------------------------------------------------- total deadline
+
+
+class TricklingServer:
+    """A raw HTTP server that answers every request one byte every `interval` seconds.
+
+    Its answer is a valid embeddings response, so a client that waits long enough succeeds: only
+    a deadline on the whole request stops it. Each byte comes well within a per-read timeout.
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.connections = 0
+        self.stopped = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._trickle, args=(connection,), daemon=True).start()
+
+    def _trickle(self, connection: socket.socket) -> None:
+        vector = [1.0] * DIM
+        body = json.dumps({"object": "list", "model": "test-embed",
+                           "data": [{"object": "embedding", "index": 0, "embedding": vector}],
+                           "usage": {"prompt_tokens": 1, "total_tokens": 1}}).encode()
+        answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                  + str(len(body)).encode() + b"\r\n\r\n" + body)
+        with connection:
+            connection.recv(65536)  # the request (small enough for one read)
+            for byte in answer:
+                if self.stopped.wait(self.interval):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:  # the client gave up and closed the connection
+                    return
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.listener.close()
+
+
+@pytest.fixture
+def trickling() -> Iterator[TricklingServer]:
+    server = TricklingServer()
+    yield server
+    server.close()
+
+
+def test_a_trickling_server_is_cut_at_the_deadline_and_stores_nothing(
+    trickling: TricklingServer, chroma_client: ClientAPI
+) -> None:
+    """One byte every 0.5 s (the answer would take about two minutes) against timeout=1: each
+    read is quick, so only a deadline on the whole request (retries included) ends the call.
+    Recording and recall then fail with `EmbeddingError` instead of stalling the agent."""
+    embedder = OpenAIEmbedder(model="test-embed", api_key="sk-test", base_url=trickling.url,
+                              dimensions=DIM, timeout=1.0, max_retries=2)
+    started = time.monotonic()
+    with pytest.raises(EmbeddingError, match="timed out"):
+        embedder.embed_query("a slow question")
+    assert time.monotonic() - started < 15  # bounded: the trickle would take minutes
+
+    store = EpisodeStore(f"relemb{next(_names)}", embeddings=embedder, client=chroma_client)
+    model = ModelDistillation(embeddings=embedder)
+    memory = DistilledEpisodicMemory(store=store, distillation=model)
+    before = store_snapshot(store)
+    started = time.monotonic()
+    with pytest.raises(EmbeddingError, match="timed out"):
+        memory.add_episode("a question", "an answer", reward=1.0)
+    with pytest.raises(EmbeddingError, match="timed out"):
+        memory.invoke("anything similar?")
+    assert time.monotonic() - started < 30
+    assert store_snapshot(store) == before

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,11 +13,16 @@ from werkzeug import Request, Response
 
 from langchain_kd_memory.embeddings import (
     EmbedderIdentity,
+    LocalEmbeddings,
     OpenAIEmbedder,
     default_embeddings,
     embedder_identity,
 )
-from langchain_kd_memory.errors import EmbeddingDimensionError, EmbeddingError
+from langchain_kd_memory.errors import (
+    EmbeddingDimensionError,
+    EmbeddingError,
+    InvalidArgumentError,
+)
 
 
 def test_local_embedder_is_normalised_and_semantic() -> None:
@@ -47,7 +54,9 @@ def test_identity_of_a_foreign_embedder_is_measured() -> None:
     assert embedder_identity(Constant()) == EmbedderIdentity("Constant:const-v1", 3)
 
 
-def _embedding_handler(dimension: int, seen: list[dict], *, reverse: bool = False):
+def _embedding_handler(
+    dimension: int, seen: list[dict], *, reverse: bool = False
+) -> Callable[[Request], Response]:
     def handler(request: Request) -> Response:
         body = json.loads(request.data)
         seen.append({"body": body, "auth": request.headers.get("Authorization")})
@@ -65,7 +74,7 @@ def _embedding_handler(dimension: int, seen: list[dict], *, reverse: bool = Fals
     return handler
 
 
-def _embedder(server: HTTPServer, **kwargs) -> OpenAIEmbedder:
+def _embedder(server: HTTPServer, **kwargs: Any) -> OpenAIEmbedder:
     return OpenAIEmbedder(
         model="test-embed", api_key="sk-test-123", base_url=server.url_for("/v1"), **kwargs
     )
@@ -127,9 +136,19 @@ def test_openai_embedder_reports_malformed_json(httpserver: HTTPServer) -> None:
         _embedder(httpserver, max_retries=0).embed_query("x")
 
 
-@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"batch_size": 5000}, {"dimensions": 0},
-                                    {"model": ""}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"batch_size": 0}, {"batch_size": 5000}, {"batch_size": True}, {"dimensions": 0},
+     {"model": ""}, {"timeout": 0}, {"timeout": float("nan")}, {"timeout": float("inf")},
+     {"max_retries": -1}],
+)
 def test_openai_embedder_validates_arguments(kwargs: dict) -> None:
     params = {"model": "m", "api_key": "k", **kwargs}
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidArgumentError, match=next(iter(kwargs))):
         OpenAIEmbedder(**params)
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, 1.5])
+def test_local_embedder_validates_batch_size(batch_size: int) -> None:
+    with pytest.raises(InvalidArgumentError, match="batch_size"):
+        LocalEmbeddings(batch_size=batch_size)
