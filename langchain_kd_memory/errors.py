@@ -52,7 +52,16 @@ class EmbedderMismatchError(KDMemoryError, ValueError):
 
 
 class StoreError(KDMemoryError, RuntimeError):
-    """The episode store (Chroma) failed or is unreachable."""
+    """The episode store (Chroma) failed or is unreachable.
+
+    Attributes:
+        maybe_stored: Ids of episodes that a failed write may have left in the store (Chroma
+            could not be reached to remove them); empty when nothing remains.
+    """
+
+    def __init__(self, message: str, *, maybe_stored: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(message)
+        self.maybe_stored = tuple(maybe_stored)
 
 
 class NotTrainedError(KDMemoryError, RuntimeError):

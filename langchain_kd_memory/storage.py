@@ -30,6 +30,7 @@ import logging
 import re
 import string
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -98,6 +99,10 @@ _KEPT_CHARACTERS = frozenset(string.ascii_letters + string.digits)
 _MAX_CHROMA_NAME = 512
 _INT64 = (-(2**63), 2**63 - 1)
 _TRAINING_PAGE = 1024
+RECENT_SAMPLE = 256
+"""Creation times sampled to find which episodes are the most recent ones."""
+UNDO_BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
+"""Waits between attempts to remove what a failed add wrote (Chroma may be restarting)."""
 
 
 def encode_namespace(namespace: str) -> str:
@@ -189,6 +194,12 @@ def _check_where(where: object) -> dict[str, Any] | None:
     except ValueError as exc:
         raise InvalidArgumentError(f"invalid where filter: {exc}") from exc
     return dict(where)
+
+
+def _rated_where(since_ts: float | None) -> dict[str, Any]:
+    """The `where` filter of rated episodes, created at or after `since_ts` if given."""
+    rated: dict[str, Any] = {RATED_KEY: True}
+    return rated if since_ts is None else {"$and": [rated, {CREATED_TS_KEY: {"$gte": since_ts}}]}
 
 
 def http_client(host: str, port: int = 8000) -> ClientAPI:
@@ -574,6 +585,8 @@ class EpisodeStore:
 
         Queries and non-empty responses are embedded in one batched call each, unless their
         embeddings are given. An empty response is stored with a zero response embedding.
+        An episode already stored with identical fields is skipped (nothing is embedded for it),
+        so retrying a failed add with the same `Episode` objects is safe.
 
         Args:
             episodes: The episodes, possibly of several namespaces.
@@ -585,64 +598,124 @@ class EpisodeStore:
 
         Raises:
             InvalidEpisodeError: If an element is not a valid `Episode`.
-            DuplicateEpisodeError: If an id repeats within a namespace or is already stored there.
+            DuplicateEpisodeError: If an id repeats within a namespace, or is stored there with
+                other fields.
             EmbeddingDimensionError: If an embedding has the wrong dimension.
             EmbeddingError: If the embedder fails or an embedding is not finite.
-            StoreError: If Chroma fails (what was written by this call is removed again).
+            StoreError: If Chroma fails. What this call wrote is removed again; if Chroma is
+                unreachable for that too, `error.maybe_stored` lists the ids that may have
+                landed, and retrying the same batch completes it without duplicates.
         """
         batch = self.check_episodes(episodes)
-        if not batch:
-            return []
+        rows = self._unstored(batch, list(range(len(batch))))
+        if rows:
+            queries, responses = self._vectors(batch, rows, query_embeddings, response_embeddings)
+            with self._lock:
+                fresh = set(self._unstored(batch, rows))  # another writer may have been first
+                keep = [i for i, row in enumerate(rows) if row in fresh]
+                self._write(
+                    [batch[rows[i]] for i in keep], queries[keep], responses[keep], upsert=False
+                )
+        logger.debug("added %d of %d episodes (the rest were stored)", len(rows), len(batch))
+        return [ep.id for ep in batch]
+
+    def upsert(
+        self,
+        episodes: Sequence[Episode],
+        *,
+        query_embeddings: Sequence[Sequence[float]] | np.ndarray | None = None,
+        response_embeddings: Sequence[Sequence[float]] | np.ndarray | None = None,
+    ) -> list[str]:
+        """Store episodes, replacing any stored under the same id in the same namespace.
+
+        Everything is embedded before anything is written, and each episode is replaced in one
+        Chroma request: a reader sees the old episode or the new one, never neither. (A batch
+        larger than Chroma's maximum batch size takes several requests.)
+
+        Raises:
+            InvalidEpisodeError, DuplicateEpisodeError, EmbeddingError, StoreError: As `add`.
+        """
+        batch = self.check_episodes(episodes)
+        rows = list(range(len(batch)))
+        queries, responses = self._vectors(batch, rows, query_embeddings, response_embeddings)
+        with self._lock:
+            self._write(batch, queries, responses, upsert=True)
+        return [ep.id for ep in batch]
+
+    def _vectors(
+        self, batch: list[Episode], rows: list[int], query_embeddings: object,
+        response_embeddings: object,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors of `batch[rows]`: the given ones checked, the missing ones embedded."""
+        chosen = [batch[r] for r in rows]
         queries = (
-            self._embed([ep.query for ep in batch])
+            self._embed([ep.query for ep in chosen])
             if query_embeddings is None
-            else self._as_matrix(query_embeddings, len(batch), "query_embeddings")
+            else self._as_matrix(query_embeddings, len(batch), "query_embeddings")[rows]
         )
         responses = (
-            self._response_vectors(batch)
+            self._response_vectors(chosen)
             if response_embeddings is None
-            else self._as_matrix(response_embeddings, len(batch), "response_embeddings")
+            else self._as_matrix(response_embeddings, len(batch), "response_embeddings")[rows]
         )
+        return queries, responses
+
+    def _unstored(self, batch: list[Episode], rows: list[int]) -> list[int]:
+        """The rows whose episode is not stored yet; raise if one is stored with other fields."""
+        groups: dict[str, list[int]] = {}
+        for row in rows:
+            groups.setdefault(batch[row].namespace, []).append(row)
+        stored: set[int] = set()
+        for namespace, ns_rows in groups.items():
+            collection = self._collection(namespace)
+            if collection is None:
+                continue
+            by_id = {batch[r].id: r for r in ns_rows}
+            with _chroma(f"look up ids in namespace {namespace!r}"):
+                found = collection.get(
+                    ids=list(by_id), include=["documents", "metadatas"]  # type: ignore[list-item]
+                )
+            for episode_id, document, metadata in zip(
+                found["ids"], found["documents"] or [], found["metadatas"] or [], strict=True
+            ):
+                row = by_id[episode_id]
+                if self._episode(episode_id, document, metadata, namespace) != batch[row]:
+                    raise DuplicateEpisodeError(
+                        f"episode id {episode_id!r} already exists in namespace {namespace!r} "
+                        "and differs from the one given; use update_reward to change its "
+                        "reward, or delete it first"
+                    )
+                stored.add(row)
+        return [row for row in rows if row not in stored]
+
+    def _write(
+        self, batch: list[Episode], queries: np.ndarray, responses: np.ndarray, *, upsert: bool
+    ) -> None:
+        """Write the rows, grouped by namespace, in requests of Chroma's maximum batch size.
+
+        On failure of an add, what this call may have written (the failed request included: it
+        may have landed) is deleted again, retrying while Chroma is unreachable; the
+        `StoreError` raised lists what may remain in `maybe_stored`.
+        """
         groups: dict[str, list[int]] = {}
         for row, episode in enumerate(batch):
             groups.setdefault(episode.namespace, []).append(row)
-        with self._lock:
-            existing = {ns: self._collection(ns) for ns in groups}
-            for namespace, rows in groups.items():
-                collection = existing[namespace]
-                if collection is None:
-                    continue
-                with _chroma(f"look up ids in namespace {namespace!r}"):
-                    taken = collection.get(ids=[batch[r].id for r in rows], include=[])["ids"]
-                if taken:
-                    raise DuplicateEpisodeError(
-                        f"episode id {taken[0]!r} already exists in namespace {namespace!r}; "
-                        "use update_reward to change it, or delete it first"
-                    )
-            self._write(batch, queries, responses, groups, existing)
-        logger.debug("added %d episodes to %d namespace(s)", len(batch), len(groups))
-        return [ep.id for ep in batch]
-
-    def _write(
-        self,
-        batch: list[Episode],
-        queries: np.ndarray,
-        responses: np.ndarray,
-        groups: dict[str, list[int]],
-        existing: dict[str, Collection | None],
-    ) -> None:
-        """Write the grouped rows; on failure undo this call's writes and raise `StoreError`."""
         step = self._max_batch_size()
-        written: list[tuple[Collection, list[str]]] = []
+        attempted: list[tuple[Collection, list[str]]] = []
+        created: list[str] = []
         try:
             for namespace, rows in groups.items():
+                if self._collection(namespace) is None:
+                    created.append(namespace)
                 collection = self._collection(namespace, create=True)
                 assert collection is not None
+                write = collection.upsert if upsert else collection.add
                 for start in range(0, len(rows), step):
                     chunk = rows[start : start + step]
                     ids = [batch[r].id for r in chunk]
-                    with _chroma(f"add episodes to namespace {namespace!r}"):
-                        collection.add(
+                    attempted.append((collection, ids))
+                    with _chroma(f"write episodes to namespace {namespace!r}"):
+                        write(
                             ids=ids,
                             embeddings=queries[chunk],
                             documents=[batch[r].query for r in chunk],
@@ -650,18 +723,39 @@ class EpisodeStore:
                                 self._record_metadata(batch[r], responses[r]) for r in chunk
                             ],
                         )
-                    written.append((collection, ids))
-        except StoreError:
-            logger.warning("add failed; removing the %d chunk(s) written", len(written))
-            try:
-                for collection, ids in written:
-                    collection.delete(ids=ids)
-                for namespace, collection in existing.items():
-                    if collection is None and namespace in self._collections:
-                        self._drop_collection(namespace)
-            except Exception:
-                logger.exception("could not undo a failed add; the store may hold part of it")
+        except StoreError as exc:
+            if upsert:
+                raise
+            remaining = self._undo(attempted, created)
+            if remaining:
+                raise StoreError(
+                    f"{exc}; {len(remaining)} of its episodes may be stored (Chroma could not "
+                    "be reached to remove them): retry add() with the same Episode objects, "
+                    "which skips the ones stored, or delete error.maybe_stored",
+                    maybe_stored=remaining,
+                ) from exc
             raise
+
+    def _undo(self, attempted: list[tuple[Collection, list[str]]], created: list[str]) -> list[str]:
+        """Delete the attempted ids and emptied new collections; return the ids that remain."""
+        for delay in UNDO_BACKOFF_S:
+            try:
+                remaining: list[str] = []
+                for collection, ids in attempted:
+                    with _chroma("remove the episodes of a failed add"):
+                        collection.delete(ids=ids)
+                        remaining += collection.get(ids=ids, include=[])["ids"]
+                for namespace in created if not remaining else []:
+                    new = self._collections.get(namespace)
+                    if new is not None and new.count() == 0:
+                        self._drop_collection(namespace)
+                logger.warning("add failed; removed what it had written")
+                return remaining
+            except Exception as exc:
+                logger.warning("could not undo a failed add (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+        logger.error("could not undo a failed add; the store may hold part of it")
+        return [episode_id for _, ids in attempted for episode_id in ids]
 
     def _drop_collection(self, namespace: str) -> None:
         self._collections.pop(namespace, None)
@@ -926,14 +1020,11 @@ class EpisodeStore:
     # ----------------------------------------------------------------- training data
 
     def _rated_pages(
-        self, namespace: object, batch_size: int, since: datetime | None
+        self, namespaces: list[str], batch_size: int, since_ts: float | None
     ) -> Iterator[tuple[TrainingArrays, np.ndarray]]:
         """Pages of rated episodes with their creation timestamps; never embeds anything."""
-        where: dict[str, Any] = {RATED_KEY: True}
-        if since is not None:
-            since_ts = (since if since.tzinfo else since.replace(tzinfo=timezone.utc)).timestamp()
-            where = {"$and": [where, {CREATED_TS_KEY: {"$gte": since_ts}}]}
-        for ns in self._resolve_namespaces(namespace):
+        where = _rated_where(since_ts)
+        for ns in namespaces:
             collection = self._collection(ns)
             offset = 0
             while collection is not None:
@@ -962,6 +1053,49 @@ class EpisodeStore:
                     break
                 offset += len(ids)
 
+    def _rated_ids(self, namespaces: list[str], since_ts: float | None) -> dict[str, list[str]]:
+        """The ids of the rated episodes of each namespace (ids only: nothing else is read)."""
+        found: dict[str, list[str]] = {}
+        for ns in namespaces:
+            collection = self._collection(ns)
+            if collection is not None:
+                with _chroma(f"list rated episodes of namespace {ns!r}"):
+                    where = _rated_where(since_ts)
+                    found[ns] = collection.get(where=where, include=[])["ids"]  # type: ignore[arg-type]
+        return found
+
+    def _recent_cutoff(self, namespaces: list[str], limit: int) -> float | None:
+        """A creation time after which at least `limit` (and not many more) episodes are rated.
+
+        Estimated from the timestamps of a random sample of the rated episodes, then checked
+        by counting ids. None means: read everything (few episodes, or no cutoff found).
+        """
+        ids = self._rated_ids(namespaces, None)
+        total = sum(len(v) for v in ids.values())
+        if total <= limit + RECENT_SAMPLE:
+            return None
+        rng = np.random.default_rng(total)
+        pool = [(ns, i) for ns, ns_ids in ids.items() for i in ns_ids]
+        sample: dict[str, list[str]] = {}
+        for row in rng.choice(total, size=RECENT_SAMPLE, replace=False):
+            sample.setdefault(pool[row][0], []).append(pool[row][1])
+        times: list[float] = []
+        for ns, ns_ids in sample.items():
+            collection = self._collection(ns)
+            assert collection is not None
+            with _chroma(f"sample creation times of namespace {ns!r}"):
+                got = collection.get(ids=ns_ids, include=["metadatas"])  # type: ignore[list-item]
+            times += [float(m[CREATED_TS_KEY]) for m in got["metadatas"] or []]  # type: ignore[arg-type]
+        share = limit / total
+        for margin in (1.5, 3.0, 6.0):
+            keep = min(1.0, share * margin + 8 / RECENT_SAMPLE)
+            if keep >= 1.0:
+                return None
+            cutoff = float(np.quantile(times, 1.0 - keep))
+            if sum(len(v) for v in self._rated_ids(namespaces, cutoff).values()) >= limit:
+                return cutoff
+        return None
+
     def training_batches(
         self,
         namespace: str | None = None,
@@ -986,7 +1120,11 @@ class EpisodeStore:
             raise InvalidArgumentError(f"since must be a datetime or None, got {since!r}")
         if namespace is not None:
             _check_namespace(namespace)
-        return (arrays for arrays, _ in self._rated_pages(namespace, batch_size, since))
+        since_ts = None if since is None else (
+            since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+        ).timestamp()
+        pages = self._rated_pages(self._resolve_namespaces(namespace), batch_size, since_ts)
+        return (arrays for arrays, _ in pages)
 
     def training_arrays(
         self, namespace: str | None = None, limit: int | None = None
@@ -995,14 +1133,18 @@ class EpisodeStore:
 
         Args:
             namespace: One namespace, or every namespace of the store if None.
-            limit: Keep only the `limit` most recent episodes (by `created_at`).
+            limit: Keep only the `limit` most recent episodes (by `created_at`). Only about
+                that many records are read, found through a sample of creation times, so the
+                cost does not grow with the whole history.
 
         Returns:
             The arrays (zero rows if nothing is rated).
         """
         if limit is not None:
             limit = _check_positive_int(limit, "limit")
-        pages = list(self._rated_pages(namespace, _TRAINING_PAGE, None))
+        namespaces = self._resolve_namespaces(namespace)
+        cutoff = None if limit is None else self._recent_cutoff(namespaces, limit)
+        pages = list(self._rated_pages(namespaces, _TRAINING_PAGE, cutoff))
         if not pages:
             empty = np.zeros((0, self.dimension), dtype=np.float32)
             return TrainingArrays(empty, empty, np.zeros(0, dtype=np.float32))

@@ -80,51 +80,77 @@ def tmp_store(chroma_client: ClientAPI, embeddings: LocalEmbeddings) -> EpisodeS
     return EpisodeStore(name, embeddings=embeddings, client=chroma_client)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _chroma_binary() -> str | None:
     beside_python = Path(sys.executable).parent / "chroma"
     return str(beside_python) if beside_python.exists() else shutil.which("chroma")
 
 
+class ChromaServer:
+    """A `chroma run` process on 127.0.0.1 that can be stopped (or killed) and started again."""
+
+    def __init__(self, path: Path) -> None:
+        binary = _chroma_binary()
+        if binary is None:
+            pytest.skip("the `chroma` command (installed with chromadb) was not found")
+        self.binary = binary
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.host = "127.0.0.1"
+        self.path = path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def client(self) -> ClientAPI:
+        return chromadb.HttpClient(host=self.host, port=self.port,
+                                   settings=Settings(anonymized_telemetry=False))
+
+    def start(self) -> None:
+        log = (self.path / "server.log").open("ab")
+        self.process = subprocess.Popen(
+            [self.binary, "run", "--path", str(self.path / "data"), "--host", self.host,
+             "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.client().heartbeat()
+                return
+            except Exception:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "chroma server did not start: " + (self.path / "server.log").read_text()
+                    ) from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL: the server gets no chance to finish what it is doing."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
 @pytest.fixture(scope="session")
 def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """A real `chroma run` server on 127.0.0.1 for the session: yields (host, port)."""
-    binary = _chroma_binary()
-    if binary is None:
-        pytest.skip("the `chroma` command (installed with chromadb) was not found")
-    host, port = "127.0.0.1", _free_port()
-    path = tmp_path_factory.mktemp("chroma_server")
-    log = (path / "server.log").open("w")
-    process = subprocess.Popen(
-        [binary, "run", "--path", str(path / "data"), "--host", host, "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    try:
-        while True:
-            try:
-                chromadb.HttpClient(
-                    host=host, port=port, settings=Settings(anonymized_telemetry=False)
-                ).heartbeat()
-                break
-            except Exception:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        "chroma server did not start: " + (path / "server.log").read_text()
-                    ) from None
-                time.sleep(0.2)
-        yield host, port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    server = ChromaServer(tmp_path_factory.mktemp("chroma_server"))
+    server.start()
+    yield server.host, server.port
+    server.stop()
+
+
+@pytest.fixture
+def restartable_server(tmp_path: Path) -> Iterator[ChromaServer]:
+    """A `chroma run` server of this test alone, which the test may stop, kill and restart."""
+    server = ChromaServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

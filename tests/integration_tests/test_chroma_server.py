@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+import time
+
 import chromadb
 import numpy as np
 import pytest
 from chromadb.config import Settings
+from conftest import ChromaServer
 
 from langchain_kd_memory.embeddings import LocalEmbeddings
 from langchain_kd_memory.episodes import Episode
@@ -79,3 +84,53 @@ def test_a_failed_add_is_undone(
         store.add(batch, query_embeddings=unit, response_embeddings=unit)
     assert store.namespaces() == ["old"]
     assert store.count() == 1
+
+
+def test_an_add_cut_off_by_a_server_crash_is_reported_and_safe_to_retry(
+    restartable_server: ChromaServer, embeddings: LocalEmbeddings
+) -> None:
+    """SIGKILL the server while an add is writing: the error names every episode that may have
+    landed, and retrying the same batch stores each episode exactly once."""
+    server = restartable_server
+    store = EpisodeStore("crashing", embeddings=embeddings, client=server.client())
+    rows = 3 * store.client.get_max_batch_size()  # three requests: the kill lands in between
+    batch = [Episode(f"question {i}", namespace="n") for i in range(rows)]
+    vectors = np.random.default_rng(0).normal(size=(rows, 384)).astype(np.float32)
+    errors: list[StoreError] = []
+
+    def write() -> None:
+        try:
+            store.add(batch, query_embeddings=vectors, response_embeddings=vectors)
+        except StoreError as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    watcher = EpisodeStore("crashing", embeddings=embeddings, client=server.client())
+    while watcher.count("n") == 0:
+        time.sleep(0.01)
+    server.kill()
+    writer.join(timeout=120)
+    assert len(errors) == 1, "the add must fail: the server died before its last request"
+    server.start()
+    reopened = EpisodeStore("crashing", embeddings=embeddings, client=server.client())
+    landed = {e.id for e in reopened.list_episodes("n")}
+    assert landed <= set(errors[0].maybe_stored)
+    assert str(len(errors[0].maybe_stored)) in str(errors[0])
+
+    reopened.add(batch, query_embeddings=vectors, response_embeddings=vectors)  # the retry
+    stored = [e.id for e in reopened.list_episodes("n")]
+    assert len(stored) == rows and set(stored) == {e.id for e in batch}
+
+
+def test_re_adding_identical_episodes_is_a_no_op_and_a_changed_one_is_refused(
+    tmp_store: EpisodeStore,
+) -> None:
+    batch = [Episode("How do I reset my password?", "Use the link.", reward=1.0),
+             Episode("Refund please", metadata={"topic": "billing"})]
+    ids = tmp_store.add(batch)
+    assert tmp_store.add(batch) == ids and tmp_store.count() == 2
+    changed = dataclasses.replace(batch[0], reward=0.5)
+    with pytest.raises(DuplicateEpisodeError, match="already exists.*differs"):
+        tmp_store.add([Episode("new one"), changed])
+    assert tmp_store.count() == 2 and tmp_store.get([ids[0]])[0].reward == 1.0

@@ -9,16 +9,10 @@ again on the same port and data directory.
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import chromadb
-import pytest
-from chromadb.config import Settings
+from conftest import ChromaServer
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage
 from test_middleware import BreakableEmbeddings, RecordingModel
@@ -39,53 +33,6 @@ SEEDS = [
     ("What will the weather be on Sunday?", "No idea.", 0.0),
     ("Is it going to rain tomorrow?", "Cannot say.", 0.0),
 ] * 2
-
-
-class ChromaServer:
-    """A `chroma run` process on 127.0.0.1 that can be stopped and started again."""
-
-    def __init__(self, path: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        self.path = path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def client(self) -> Any:
-        return chromadb.HttpClient(host="127.0.0.1", port=self.port,
-                                   settings=Settings(anonymized_telemetry=False))
-
-    def start(self) -> None:
-        binary = Path(sys.executable).parent / "chroma"
-        log = (self.path / "server.log").open("ab")
-        self.process = subprocess.Popen(
-            [str(binary), "run", "--path", str(self.path / "data"), "--host", "127.0.0.1",
-             "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                self.client().heartbeat()
-                return
-            except Exception:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((self.path / "server.log").read_text()) from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Any:
-    if not (Path(sys.executable).parent / "chroma").exists():
-        pytest.skip("the `chroma` command (installed with chromadb) was not found")
-    server = ChromaServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def small_memory(store: EpisodeStore, model_dir: Path) -> DistilledEpisodicMemory:
@@ -130,8 +77,9 @@ class Agent:
 
 
 async def test_chroma_server_down_and_back(
-    server: ChromaServer, embeddings: LocalEmbeddings, tmp_path: Path
+    restartable_server: ChromaServer, embeddings: LocalEmbeddings, tmp_path: Path
 ) -> None:
+    server = restartable_server
     store = EpisodeStore("agentsafety", embeddings=embeddings, client=server.client())
     memory = small_memory(store, tmp_path / "models")
     agent = Agent(memory)

@@ -549,3 +549,34 @@ def test_a_foreign_collection_with_our_name_is_refused(tmp_store: EpisodeStore) 
     with pytest.raises(StoreError, match="not created by an EpisodeStore"):
         tmp_store.add([Episode("q")])
     assert tmp_store.client.get_collection(name, embedding_function=None).count() == 0
+
+
+class DecodeCountingStore(EpisodeStore):
+    """A real store that counts the response embeddings it decodes (one per record read)."""
+
+    decoded = 0
+
+    def _decode_vector(self, text: object, episode_id: str) -> np.ndarray:
+        self.decoded += 1
+        return super()._decode_vector(text, episode_id)
+
+
+def test_training_arrays_with_a_limit_reads_about_limit_records(
+    chroma_client: chromadb.api.ClientAPI, embeddings: LocalEmbeddings
+) -> None:
+    """The cost of a capped consolidation must not grow with the whole history."""
+    store = DecodeCountingStore("limitread", embeddings=embeddings, client=chroma_client)
+    rng = np.random.default_rng(0)
+    rows = 3000
+    order = rng.permutation(rows)  # stored in an order unrelated to creation time
+    episodes = [Episode(f"q{i}", reward=float(i % 7), namespace=f"ns{i % 3}",
+                        created_at=T0 + timedelta(minutes=int(i))) for i in order]
+    episodes += [Episode("unrated", namespace="ns0", created_at=T0 + timedelta(days=30))]
+    vectors = rng.normal(size=(len(episodes), DIM)).astype(np.float32)
+    store.add(episodes, query_embeddings=vectors, response_embeddings=vectors)
+    store.decoded = 0
+    newest = store.training_arrays(limit=100)
+    assert newest.ids == tuple(e.id for e in sorted(episodes[:-1], key=lambda e: e.created_at)
+                               [-100:])
+    assert store.decoded <= 400, f"read {store.decoded} records for a limit of 100"
+    assert len(store.training_arrays(namespace="ns1", limit=5000)) == 1000
