@@ -14,10 +14,13 @@ files, and an earlier version can be loaded by number if the latest is damaged. 
 prefix at a time.
 
 Loading checks the format, the manifest's own SHA-256 (so a flipped bit in it is caught, not
-read as another reward range), the embedder (name and dimension), that each weight file is a
-plain `.safetensors` name inside the checkpoint's directory, and its SHA-256, before parsing it.
-The checksums catch corruption, not forgery: the file-name checks are what keep a crafted
-manifest inside its directory, and safetensors holds tensors only, so no file can run code.
+read as another reward range), the types of its entries, the embedder (name and dimension), that
+each weight file is a plain `.safetensors` name inside the checkpoint's directory and a regular
+file (a FIFO, device or directory is never opened), its size and SHA-256, and, when the caller
+says which tensors the manifest describes (`expect`), the names, dtypes and shapes in its
+safetensors header, all before any tensor is built. The checksums catch corruption, not forgery:
+the file-name and header checks are what keep a crafted manifest inside its directory and its
+numbers honest, and safetensors holds tensors only, so no file can run code.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ import glob
 import hashlib
 import json
 import logging
+import math
 import os
 import re
+import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +57,15 @@ WEIGHT_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".pkl")
 ROLES = ("teacher", "student")
 DEFAULT_KEEP = 3
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+"""A manifest is a few kB of JSON; anything far larger is not one."""
+MAX_HEADER_BYTES = 1024 * 1024
+"""Largest safetensors header accepted (ours take a few hundred bytes per network)."""
+DTYPE = "F32"
+"""The safetensors dtype of every saved tensor (the networks are float32)."""
+
+Shapes = Mapping[str, Mapping[str, tuple[int, ...]]]
+"""The tensors a checkpoint must hold: role -> tensor name -> shape."""
 
 
 @dataclass(frozen=True)
@@ -246,10 +260,76 @@ def _prune(directory: Path, base: str, keep_from: int) -> None:
         (directory / _versioned_manifest_name(base, old)).unlink(missing_ok=True)
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def _check_regular(info: os.stat_result, path: Path, what: str, limit: int) -> int:
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(
+            f"{what} {path} is not a regular file (a FIFO, device or directory?); refusing to "
+            "open it: restore the file, or retrain"
+        )
+    if info.st_size > limit:
+        raise CheckpointError(
+            f"{what} {path} has {info.st_size} bytes, more than the {limit} it can hold: it does "
+            "not belong to this checkpoint; restore it, or retrain"
+        )
+    return info.st_size
+
+
+def _read_regular_file(path: Path, what: str, limit: int) -> bytes:
+    """The bytes of `path`, refusing anything but a regular file of at most `limit` bytes.
+
+    A FIFO, device or directory is refused before it is opened (opening a FIFO blocks until a
+    writer appears); the file is opened non-blocking and checked again, in case it was swapped
+    in between.
+
+    Raises:
+        CheckpointError: It is missing, unreadable, not a regular file, or too large.
+    """
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _check_regular(os.stat(path), path, what, limit)
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as handle:
+            size = _check_regular(os.fstat(handle.fileno()), path, what, limit)
+            data = handle.read(size + 1)
+    except OSError as exc:
+        raise CheckpointError(f"{what} {path} is missing or unreadable: {exc}") from exc
+    if len(data) > size:
+        raise CheckpointError(f"{what} {path} changed while it was read; try again")
+    return data
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_entries(manifest: dict[str, Any], path: Path) -> None:
+    """Refuse manifest entries of the wrong type (they are read as numbers and names later)."""
+    problems = []
+    if not _positive_int(manifest["version"]):
+        problems.append(f"version {manifest['version']!r} is not a positive int")
+    embedder = manifest["embedder"]
+    if not (
+        isinstance(embedder, dict)
+        and isinstance(embedder.get("name"), str)
+        and _positive_int(embedder.get("dimension"))
+    ):
+        problems.append(f"embedder {embedder!r} is not a name and a positive int dimension")
+    dims = manifest["dims"]
+    if not (isinstance(dims, dict) and all(_positive_int(v) for v in dims.values())):
+        problems.append(f"dims {dims!r} are not positive ints")
+    for key in ("config", "binning", "files", "metrics"):
+        if not isinstance(manifest.get(key, {}), dict):
+            problems.append(f"{key!r} is not a JSON object")
+    if problems:
+        raise CheckpointError(
+            f"checkpoint manifest {path} is invalid: {'; '.join(problems)}; it was edited by hand "
+            "or by another program: restore it, retrain, or load an earlier version by number"
+        )
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    data = _read_regular_file(path, "checkpoint manifest", MAX_MANIFEST_BYTES)
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"checkpoint manifest {path} is unreadable: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a langchain-kd-memory checkpoint manifest")
@@ -270,6 +350,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     for key in ("version", "embedder", "dims", "config", "binning", "files"):
         if key not in manifest:
             raise CheckpointError(f"checkpoint manifest {path} lacks {key!r}")
+    _check_entries(manifest, path)
     return manifest
 
 
@@ -293,10 +374,8 @@ def _weight_file(directory: Path, name: object) -> Path:
 
 
 def _check_embedder(manifest: dict[str, Any], embedder: EmbedderIdentity, path: Path) -> None:
-    saved = manifest["embedder"]
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"checkpoint manifest {path} has an invalid 'embedder' entry")
-    saved_identity = EmbedderIdentity(str(saved.get("name")), int(saved.get("dimension", -1)))
+    saved = manifest["embedder"]  # types checked by _check_entries
+    saved_identity = EmbedderIdentity(saved["name"], saved["dimension"])
     if saved_identity != embedder:
         raise EmbedderMismatchError(
             f"checkpoint {path} was trained on embeddings from {saved_identity}, but the "
@@ -321,11 +400,58 @@ def _refuse_pickles(prefix: str | os.PathLike[str]) -> None:
         )
 
 
+def _tensor_index(data: bytes, role: str, file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Name -> (dtype, shape) from a safetensors header, without building any tensor."""
+    try:
+        size = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or size > min(MAX_HEADER_BYTES, len(data) - 8):
+            raise ValueError(f"header length {size} does not fit a {len(data)}-byte file")
+        header = json.loads(data[8 : 8 + size].decode("utf-8"))
+        return {
+            name: (entry["dtype"], tuple(entry["shape"]))
+            for name, entry in header.items()
+            if name != "__metadata__"
+        }
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise CheckpointError(f"{role} weights {file} are not valid safetensors: {exc}") from exc
+
+
+def _check_tensors(
+    data: bytes, expected: Mapping[str, tuple[int, ...]], role: str, file: Path
+) -> None:
+    """Refuse weights whose header disagrees with the tensors the manifest describes."""
+    found = _tensor_index(data, role, file)
+    wanted = {name: (DTYPE, tuple(shape)) for name, shape in expected.items()}
+    if found == wanted:
+        return
+    def show(tensor: tuple[str, tuple[int, ...]] | None) -> str:
+        return "nothing" if tensor is None else f"{tensor[0]} {list(tensor[1])}"
+
+    differences = [
+        f"{name} is {show(found.get(name))}, expected {show(wanted.get(name))}"
+        for name in sorted(set(found) | set(wanted), key=str)
+        if found.get(name) != wanted.get(name)
+    ]
+    raise CheckpointError(
+        f"{role} weights {file} do not fit the networks their manifest describes ("
+        f"{'; '.join(differences[:3])}{'; ...' if len(differences) > 3 else ''}): the manifest "
+        "was edited or belongs to other weights; retrain, or load an earlier version by number"
+    )
+
+
+def _size_limit(expected: Mapping[str, tuple[int, ...]] | None) -> int:
+    """Most bytes a weight file holding `expected` float32 tensors can have."""
+    if expected is None:
+        return 2**62
+    return 8 + MAX_HEADER_BYTES + 4 * sum(math.prod(shape) for shape in expected.values())
+
+
 def load_checkpoint(
     prefix: str | os.PathLike[str],
     *,
     embedder: EmbedderIdentity | None = None,
     version: int | None = None,
+    expect: Callable[[dict[str, Any]], Shapes] | None = None,
 ) -> Checkpoint | None:
     """Load and verify the current (or a given) version at `prefix`; None if there is none.
 
@@ -334,11 +460,16 @@ def load_checkpoint(
         embedder: If given, the checkpoint must have been trained with this embedder.
         version: A version number (see `checkpoint_versions`) to load instead of the current
             one, e.g. the previous version when the latest is damaged.
+        expect: Given the verified manifest, the float32 tensors each role must hold (name ->
+            shape); it raises `CheckpointError` if the manifest cannot describe networks. Each
+            weight file's size and safetensors header are checked against it before any tensor
+            is built.
 
     Raises:
-        CheckpointError: The manifest or a weight file is unreadable, missing, tampered with,
-            truncated, not safetensors, or outside the checkpoint's directory; pickle-based
-            weights lie at `prefix`; or `version` is not on disk.
+        CheckpointError: The manifest or a weight file is unreadable, missing, not a regular
+            file, tampered with, truncated, not safetensors, outside the checkpoint's directory,
+            or (with `expect`) not the tensors the manifest describes; pickle-based weights lie
+            at `prefix`; or `version` is not on disk.
         EmbedderMismatchError: The checkpoint was trained with another embedder or dimension.
     """
     _refuse_pickles(prefix)
@@ -347,12 +478,12 @@ def load_checkpoint(
         if isinstance(version, bool) or not isinstance(version, int):
             raise CheckpointError(f"version must be an int or None, got {version!r}")
         path = path.parent / _versioned_manifest_name(_split_prefix(prefix)[1], version)
-        if not path.is_file():
+        if not path.exists():
             raise CheckpointError(
                 f"no checkpoint version {version} at {prefix}; versions on disk: "
                 f"{checkpoint_versions(prefix)}"
             )
-    elif not path.is_file():
+    elif not path.exists():
         return None
     manifest = _read_manifest(path)
     if version is not None and manifest["version"] != version:
@@ -360,26 +491,23 @@ def load_checkpoint(
     if embedder is not None:
         _check_embedder(manifest, embedder, path)
     files = manifest["files"]
-    if not isinstance(files, dict) or set(files) != set(ROLES):
+    if set(files) != set(ROLES) or not all(isinstance(files[role], dict) for role in ROLES):
         raise CheckpointError(f"checkpoint manifest {path} must list the files {ROLES}")
+    expected = expect(manifest) if expect is not None else None
     weights: dict[str, dict[str, torch.Tensor]] = {}
     for role in ROLES:
         entry = files[role]
-        if not isinstance(entry, dict):
-            raise CheckpointError(f"checkpoint manifest {path} has an invalid entry for {role}")
         file = _weight_file(path.parent, entry.get("file"))
-        try:
-            data = file.read_bytes()
-        except OSError as exc:
-            raise CheckpointError(f"{role} weights {file} are missing or unreadable: {exc}") from (
-                exc
-            )
+        tensors = None if expected is None else expected[role]
+        data = _read_regular_file(file, f"{role} weights", _size_limit(tensors))
         if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
             raise CheckpointError(
                 f"{role} weights {file} do not match the SHA-256 in {path}: the file is "
                 "truncated, corrupted or was modified; restore it, retrain, or load an earlier "
                 f"version by number (versions on disk: {checkpoint_versions(prefix)})"
             )
+        if tensors is not None:
+            _check_tensors(data, tensors, role, file)
         try:
             weights[role] = load_safetensors(data)
         except (SafetensorError, ValueError) as exc:

@@ -13,6 +13,8 @@ from typing import Any
 from langchain_kd_memory.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
+MAX_HIDDEN_LAYERS = 32
+"""Most hidden layers a network may have (the defaults have 4 and 2)."""
 
 
 @dataclass
@@ -33,6 +35,10 @@ class NetworkConfig:
             isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden_sizes
         ):
             raise ConfigError(f"hidden_sizes must be positive ints, got {self.hidden_sizes!r}")
+        if len(self.hidden_sizes) > MAX_HIDDEN_LAYERS:
+            raise ConfigError(
+                f"at most {MAX_HIDDEN_LAYERS} hidden layers, got {len(self.hidden_sizes)}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout}")
 
@@ -188,6 +194,9 @@ class DistillationConfig:
             raise ConfigError(f"batch_size must be a positive int or None, got {self.batch_size!r}")
         if self.min_episodes < 2:
             raise ConfigError(f"min_episodes must be >= 2, got {self.min_episodes}")
+        for name in ("privileged", "warm_start"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int)
         ):

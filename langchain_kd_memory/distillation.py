@@ -66,7 +66,12 @@ from langchain_kd_memory.errors import (
     InvalidEpisodeError,
     NotTrainedError,
 )
-from langchain_kd_memory.models import StudentNetwork, TeacherNetwork, count_parameters
+from langchain_kd_memory.models import (
+    StudentNetwork,
+    TeacherNetwork,
+    count_parameters,
+    tensor_shapes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -807,33 +812,80 @@ class ModelDistillation:
                 files are refused, never opened), or a version that is not on disk.
             EmbedderMismatchError: It was trained with another embedder or dimension.
         """
-        checkpoint = load_checkpoint(prefix, embedder=self.embedder_identity, version=version)
+        identity = self.embedder_identity
+        checkpoint = load_checkpoint(
+            prefix, embedder=identity, version=version,
+            expect=lambda manifest: _saved_networks(manifest, identity, prefix).shapes,
+        )
         if checkpoint is None:
             return False
-        manifest = checkpoint.manifest
-        try:
-            saved = {**manifest["config"], "device": self.config.device}
-            config = DistillationConfig.from_dict(saved)
-            binner = RewardBinner.from_dict(manifest["binning"])
-            dim = int(manifest["dims"]["embedding_dim"])
-            teacher = TeacherNetwork(dim, config.num_bins, config.teacher, config.privileged)
-            student = StudentNetwork(dim, config.num_bins, config.student)
-            teacher.load_state_dict(checkpoint.weights["teacher"])
-            student.load_state_dict(checkpoint.weights["student"])
-        except (ConfigError, KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(
-                f"checkpoint at {prefix!r} does not fit its manifest: {exc}"
-            ) from exc
+        saved = _saved_networks(checkpoint.manifest, identity, prefix)
+        config = replace(saved.config, device=self.config.device)
+        teacher = TeacherNetwork(saved.dim, config.num_bins, config.teacher, config.privileged)
+        student = StudentNetwork(saved.dim, config.num_bins, config.student)
+        teacher.load_state_dict(checkpoint.weights["teacher"])  # names and shapes checked
+        student.load_state_dict(checkpoint.weights["student"])
         with self._train_lock:
             self.config = config
             self._state = _Trained(
-                teacher.eval(), student.eval(), binner, dim, self.embedder_identity, config,
-                dict(manifest.get("metrics", {})),
+                teacher.eval(), student.eval(), saved.binner, saved.dim, identity, config,
+                dict(checkpoint.manifest.get("metrics", {})),
             )
         return True
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+@dataclass(frozen=True)
+class _SavedNetworks:
+    """The networks a checkpoint's manifest describes, checked for consistency."""
+
+    config: DistillationConfig
+    binner: RewardBinner
+    dim: int
+
+    @property
+    def shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
+        """The tensors each network holds, from networks built on the meta device (no memory)."""
+        cfg = self.config
+        teacher = TeacherNetwork(
+            self.dim, cfg.num_bins, cfg.teacher, cfg.privileged, device="meta"
+        )
+        student = StudentNetwork(self.dim, cfg.num_bins, cfg.student, device="meta")
+        return {"teacher": tensor_shapes(teacher), "student": tensor_shapes(student)}
+
+
+def _saved_networks(
+    manifest: dict[str, Any], identity: EmbedderIdentity, prefix: str
+) -> _SavedNetworks:
+    """Read and cross-check what defines the saved networks, before anything is built.
+
+    Raises:
+        CheckpointError: The manifest's config or binning is invalid, its dimension is not the
+            embedder's, or its numbers of bins disagree.
+    """
+    edited = "it was edited; retrain, or load an earlier version by number"
+    try:
+        config = DistillationConfig.from_dict(manifest["config"])
+        binner = RewardBinner.from_dict(manifest["binning"])
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(
+            f"checkpoint at {prefix!r} has an invalid config or binning ({exc}): {edited}"
+        ) from exc
+    dims = manifest["dims"]
+    dim, bins = dims.get("embedding_dim"), dims.get("num_bins")
+    if dim != identity.dimension:
+        raise CheckpointError(
+            f"checkpoint at {prefix!r} gives embedding_dim {dim!r}, but was trained on the "
+            f"embeddings of {identity}: {edited}"
+        )
+    if not bins == config.num_bins == binner.num_bins:
+        raise CheckpointError(
+            f"checkpoint at {prefix!r} disagrees on the number of reward bins (dims {bins!r}, "
+            f"config {config.num_bins}, binning {binner.num_bins}): {edited}"
+        )
+    return _SavedNetworks(config, binner, dim)
 
 
 def _validation_mae(

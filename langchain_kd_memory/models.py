@@ -21,18 +21,24 @@ class RewardMLP(nn.Module):
     """Linear -> LayerNorm -> GELU -> Dropout per hidden layer, then a linear head to logits."""
 
     def __init__(
-        self, input_dim: int, hidden_sizes: tuple[int, ...], num_bins: int, dropout: float
+        self,
+        input_dim: int,
+        hidden_sizes: tuple[int, ...],
+        num_bins: int,
+        dropout: float,
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = input_dim
         for hidden in hidden_sizes:
             layers += [
-                nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout)
+                nn.Linear(width, hidden, device=device), nn.LayerNorm(hidden, device=device),
+                nn.GELU(), nn.Dropout(dropout),
             ]
             width = hidden
         self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(width, num_bins)
+        self.head = nn.Linear(width, num_bins, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits, shape (batch, num_bins)."""
@@ -55,6 +61,8 @@ class TeacherNetwork(nn.Module):
         num_bins: int = 64,
         config: TeacherConfig | None = None,
         privileged: bool = True,
+        *,
+        device: torch.device | str | None = None,
     ) -> None:
         """Build the teacher.
 
@@ -63,13 +71,14 @@ class TeacherNetwork(nn.Module):
             num_bins: Number of reward bins (output logits).
             config: Hidden sizes and dropout; `TeacherConfig()` if None.
             privileged: Whether the input is query and response (else the query alone).
+            device: Where to create the parameters; "meta" gives their shapes without memory.
         """
         super().__init__()
         config = config or TeacherConfig()
         self.embedding_dim = embedding_dim
         self.privileged = privileged
         input_dim = 2 * embedding_dim if privileged else embedding_dim
-        self.mlp = RewardMLP(input_dim, config.hidden_sizes, num_bins, config.dropout)
+        self.mlp = RewardMLP(input_dim, config.hidden_sizes, num_bins, config.dropout, device)
 
     def forward(self, query: torch.Tensor, response: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (batch, num_bins) from query embeddings and, if privileged, response ones."""
@@ -86,7 +95,12 @@ class StudentNetwork(nn.Module):
     """The small network used at run time: it sees the query embedding alone."""
 
     def __init__(
-        self, embedding_dim: int, num_bins: int = 64, config: StudentConfig | None = None
+        self,
+        embedding_dim: int,
+        num_bins: int = 64,
+        config: StudentConfig | None = None,
+        *,
+        device: torch.device | str | None = None,
     ) -> None:
         """Build the student.
 
@@ -94,16 +108,22 @@ class StudentNetwork(nn.Module):
             embedding_dim: Dimension of the query embedding.
             num_bins: Number of reward bins (output logits).
             config: Hidden sizes and dropout; `StudentConfig()` if None.
+            device: Where to create the parameters; "meta" gives their shapes without memory.
         """
         super().__init__()
         config = config or StudentConfig()
         self.embedding_dim = embedding_dim
-        self.mlp = RewardMLP(embedding_dim, config.hidden_sizes, num_bins, config.dropout)
+        self.mlp = RewardMLP(embedding_dim, config.hidden_sizes, num_bins, config.dropout, device)
 
     def forward(self, query: torch.Tensor) -> torch.Tensor:
         """Logits (batch, num_bins) from query embeddings."""
         _check_input("query", query, self.embedding_dim)
         return self.mlp(query)
+
+
+def tensor_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in `module.state_dict()`, by name."""
+    return {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
 
 
 def count_parameters(module: nn.Module) -> int:

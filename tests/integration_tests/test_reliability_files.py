@@ -9,14 +9,19 @@ when unpickled (the test first shows that it does).
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
+import resource
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from chromadb.api import ClientAPI
+from safetensors.torch import load_file, save
 
 from langchain_kd_memory import checkpoint
 from langchain_kd_memory.config import StudentConfig, TeacherConfig
@@ -191,17 +196,21 @@ def test_seed_style_pth_files_are_refused_unopened(
     assert not marker.exists()
 
 
-def forge(prefix: Path, role: str, name: str) -> None:
-    """Point the manifest's `role` entry at `name` with a correct checksum, as a forger would."""
+def rewrite(prefix: Path, change: Any) -> None:
+    """Apply `change(manifest, directory)` to the current manifest and re-sign it, as a forger
+    would."""
     path = checkpoint.manifest_path(prefix)
     manifest = json.loads(path.read_text())
-    target = (prefix.parent / name) if not Path(name).is_absolute() else Path(name)
-    manifest["files"][role] = {
-        "file": name,
-        "sha256": checkpoint.hashlib.sha256(target.read_bytes()).hexdigest(),
-    }
+    change(manifest, prefix.parent)
     manifest[checkpoint.CHECKSUM_KEY] = checkpoint._manifest_digest(manifest)
     path.write_text(json.dumps(manifest))
+
+
+def forge(prefix: Path, role: str, name: str) -> None:
+    """Point the manifest's `role` entry at `name` with a correct checksum, as a forger would."""
+    target = (prefix.parent / name) if not Path(name).is_absolute() else Path(name)
+    sha256 = checkpoint.hashlib.sha256(target.read_bytes()).hexdigest()
+    rewrite(prefix, lambda m, d: m["files"].update({role: {"file": name, "sha256": sha256}}))
 
 
 @pytest.mark.parametrize(
@@ -241,3 +250,100 @@ def test_manifests_naming_pickles_or_files_outside_are_refused(
     with pytest.raises(CheckpointError, match="refusing|not valid safetensors"):
         kd.load_models(str(prefix))
     assert not kd.is_trained and not marker.exists()
+
+
+# ------------------------------------------------------------------ forged manifests
+
+
+def float64_student(manifest: dict[str, Any], directory: Path) -> None:
+    """Rewrite the student's weights as float64 (same names and shapes), with a valid SHA-256."""
+    path = directory / manifest["files"]["student"]["file"]
+    tensors = load_file(path)
+    data = save({name: tensor.double() for name, tensor in tensors.items()})
+    path.write_bytes(data)
+    manifest["files"]["student"]["sha256"] = checkpoint.hashlib.sha256(data).hexdigest()
+
+
+def extra_tensor(manifest: dict[str, Any], directory: Path) -> None:
+    path = directory / manifest["files"]["teacher"]["file"]
+    data = save({**load_file(path), "extra": torch.zeros(3)})
+    path.write_bytes(data)
+    manifest["files"]["teacher"]["sha256"] = checkpoint.hashlib.sha256(data).hexdigest()
+
+
+FORGERIES: dict[str, Any] = {
+    "num_bins 32 in the binning": lambda m, d: m["binning"].update(num_bins=32),
+    "num_bins 32 in the config": lambda m, d: m["config"].update(num_bins=32),
+    "num_bins 32 in dims": lambda m, d: m["dims"].update(num_bins=32),
+    "num_bins 32 everywhere": lambda m, d: (
+        m["binning"].update(num_bins=32), m["config"].update(num_bins=32),
+        m["dims"].update(num_bins=32),
+    ),
+    "embedding_dim 400000": lambda m, d: (  # the teacher's first layer would take 3.2 GB
+        m["dims"].update(embedding_dim=400_000), m["config"]["teacher"].update(hidden_sizes=[1024])
+    ),
+    "embedding_dim as text": lambda m, d: m["dims"].update(embedding_dim="384"),
+    "non-numeric embedder dimension": lambda m, d: m["embedder"].update(dimension="384x"),
+    "boolean privileged as text": lambda m, d: m["config"].update(privileged="no"),
+    "privileged flipped": lambda m, d: m["config"].update(privileged=False),
+    "other teacher shape": lambda m, d: m["config"]["teacher"].update(hidden_sizes=[64]),
+    "huge teacher shape": lambda m, d: m["config"]["teacher"].update(hidden_sizes=[10**9]),
+    "config not a dict": lambda m, d: m.update(config=[1, 2]),
+    "dims not a dict": lambda m, d: m.update(dims="384"),
+    "float64 weights": float64_student,
+    "an extra tensor": extra_tensor,
+}
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+@pytest.mark.parametrize("forgery", list(FORGERIES))
+def test_forged_manifests_are_refused_before_anything_is_built(
+    saved: tuple[Path, list[bytes]], embeddings: LocalEmbeddings, forgery: str
+) -> None:
+    prefix, _ = saved
+    rewrite(prefix, FORGERIES[forgery])
+    kd = model(embeddings)
+    peak = peak_rss_mib()
+    with pytest.raises(CheckpointError, match="checkpoint|weights"):
+        kd.load_models(str(prefix))
+    # Nothing was built from the forged numbers: 400,000 dims would be a 3.6 GB teacher.
+    assert peak_rss_mib() - peak < 500
+    assert not kd.is_trained
+
+
+def load_in_thread(kd: ModelDistillation, prefix: Path, fifo: Path) -> BaseException | bool:
+    """`kd.load_models(prefix)`; if it blocks on `fifo`, unblock it and fail the test."""
+    outcome: list[BaseException | bool] = []
+
+    def run() -> None:
+        try:
+            outcome.append(kd.load_models(str(prefix)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # EOF for the blocked reader
+        thread.join(60)
+        pytest.fail(f"load_models blocked reading the FIFO {fifo.name}")
+    return outcome[0]
+
+
+@pytest.mark.parametrize("target", ["manifest", "teacher", "student"])
+def test_a_fifo_in_place_of_a_checkpoint_file_is_refused_without_blocking(
+    saved: tuple[Path, list[bytes]], embeddings: LocalEmbeddings, target: str
+) -> None:
+    prefix, _ = saved
+    path = files_of(prefix, 2)[target]
+    path.unlink()
+    os.mkfifo(path)
+    kd = model(embeddings)
+    outcome = load_in_thread(kd, prefix, path)
+    assert isinstance(outcome, CheckpointError), outcome
+    assert "not a regular file" in str(outcome)
+    assert not kd.is_trained

@@ -189,3 +189,61 @@ def test_both_roles_are_required(tmp_path):
         save_checkpoint(
             tmp_path / "kd", {"teacher": {}}, embedder=MINILM, config={}, binning={}, dims={}
         )
+
+
+def shapes(teacher_w=(3, 4)) -> dict[str, dict[str, tuple[int, ...]]]:
+    return {"teacher": {"w": teacher_w, "b": (4,)}, "student": {"w": (2, 2)}}
+
+
+def test_expected_tensors_are_checked_against_the_header(tmp_path):
+    save(tmp_path / "kd", 1.0)
+    seen = []
+    loaded = load_checkpoint(tmp_path / "kd", expect=lambda m: seen.append(m) or shapes())
+    assert loaded is not None and seen == [loaded.manifest]
+    with pytest.raises(CheckpointError, match=r"teacher weights .*\(w is F32 \[3, 4\], expected "
+                                              r"F32 \[3, 5\]\)"):
+        load_checkpoint(tmp_path / "kd", expect=lambda m: shapes(teacher_w=(3, 5)))
+
+
+def test_weights_far_larger_than_the_expected_tensors_are_refused_unread(tmp_path):
+    big = {"teacher": {"w": torch.zeros(1000, 1000), "b": torch.zeros(4)},
+           "student": {"w": torch.zeros(2, 2)}}
+    save_checkpoint(tmp_path / "kd", big, embedder=MINILM, config={}, binning={}, dims={})
+    with pytest.raises(CheckpointError, match=r"teacher weights .* has 4000\d+ bytes, more than"):
+        load_checkpoint(tmp_path / "kd", expect=lambda m: shapes(teacher_w=(1, 1)))
+
+
+def test_an_expectation_refusing_the_manifest_stops_the_load(tmp_path):
+    save(tmp_path / "kd", 1.0)
+
+    def refuse(manifest):
+        raise CheckpointError("not my networks")
+
+    with pytest.raises(CheckpointError, match="not my networks"):
+        load_checkpoint(tmp_path / "kd", expect=refuse)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m["embedder"].update(dimension="384"),
+        lambda m: m["embedder"].update(dimension=True),
+        lambda m: m["embedder"].update(name=None),
+        lambda m: m["dims"].update(embedding_dim=-1),
+        lambda m: m.update(version="1"),
+        lambda m: m.update(metrics=[]),
+    ],
+)
+def test_entries_of_the_wrong_type_are_refused(tmp_path, change):
+    save(tmp_path / "kd", 1.0)
+    edit_manifest(tmp_path / "kd", change)
+    with pytest.raises(CheckpointError, match="is invalid"):
+        load_checkpoint(tmp_path / "kd", embedder=MINILM)
+
+
+def test_a_directory_in_place_of_weights_is_refused(tmp_path):
+    path = Path(save(tmp_path / "kd", 1.0)["teacher"])
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load_checkpoint(tmp_path / "kd")
