@@ -21,14 +21,19 @@ Mapping:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import json
 import logging
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain_core.runnables.config import run_in_executor
 from langgraph.store.base import (
@@ -45,8 +50,10 @@ from langgraph.store.base import (
     get_text_at_path,
     validate_op_namespace,
 )
+from langgraph.store.base import InvalidNamespaceError as LangGraphNamespaceError
 
 from langchain_kd_memory.episodes import (
+    MAX_ID_LENGTH,
     MAX_METADATA_STRING,
     MAX_NAMESPACE_LENGTH,
     Episode,
@@ -58,7 +65,6 @@ from langchain_kd_memory.errors import (
     InvalidArgumentError,
     InvalidNamespaceError,
     InvalidRewardError,
-    KDMemoryError,
 )
 from langchain_kd_memory.storage import EpisodeStore
 
@@ -71,6 +77,45 @@ INDEXED_KEY = "lg_indexed"
 _ORDERINGS = frozenset({"$gt", "$gte", "$lt", "$lte"})
 _OPERATORS = _ORDERINGS | {"$eq", "$ne"}
 _PAGE = 256
+_F = TypeVar("_F", bound=Callable[..., Any])
+_WRITE_LOCKS: weakref.WeakKeyDictionary[EpisodeStore, threading.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+"""One write lock per `EpisodeStore`, shared by every adapter over it."""
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def _our_namespace_errors() -> Iterator[None]:
+    """Raise LangGraph's namespace errors as this package's `InvalidNamespaceError`."""
+    try:
+        yield
+    except LangGraphNamespaceError as exc:
+        raise InvalidNamespaceError(str(exc)) from exc
+
+
+def _translating(method: _F) -> _F:
+    """`method` of `BaseStore`, raising this package's `InvalidNamespaceError`."""
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            with _our_namespace_errors():
+                return await method(*args, **kwargs)
+
+        return run_async  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with _our_namespace_errors():
+            return method(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
+
+
+def _write_lock(episodes: EpisodeStore) -> threading.Lock:
+    with _WRITE_LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(episodes, threading.Lock())
 
 
 def encode_namespace(namespace: tuple[str, ...]) -> str:
@@ -84,7 +129,8 @@ def encode_namespace(namespace: tuple[str, ...]) -> str:
         raise InvalidNamespaceError(
             f"namespace must be a non-empty tuple of str, got {namespace!r}"
         )
-    validate_op_namespace(GetOp(namespace, "_"))
+    with _our_namespace_errors():
+        validate_op_namespace(GetOp(namespace, "_"))
     joined = SEPARATOR.join(namespace)
     if len(joined) > MAX_NAMESPACE_LENGTH:
         raise InvalidNamespaceError(
@@ -114,6 +160,10 @@ class _Write:
 def _check_key(key: object) -> str:
     if not isinstance(key, str) or not key.strip():
         raise InvalidArgumentError(f"key must be a non-empty str, got {key!r}")
+    if len(key) > MAX_ID_LENGTH:
+        raise InvalidArgumentError(
+            f"key is {len(key):,} characters; the limit is {MAX_ID_LENGTH}: use a shorter key"
+        )
     return key
 
 
@@ -183,6 +233,12 @@ def _does_match(condition: MatchCondition, namespace: tuple[str, ...]) -> bool:
     return all(p in ("*", label) for p, label in zip(path, labels, strict=True))
 
 
+def rank_by_score(items: list[SearchItem]) -> list[SearchItem]:
+    """Items by descending score (a similarity; 0.0 is a score, None ranks last), stably."""
+    return sorted(items, key=lambda item: -math.inf if item.score is None else item.score,
+                  reverse=True)
+
+
 class EpisodeBaseStore(BaseStore):
     """A LangGraph `BaseStore` over the episodes of an `EpisodeStore` (see the module docs).
 
@@ -214,6 +270,17 @@ class EpisodeBaseStore(BaseStore):
     """
 
     __slots__ = ("episodes", "text_fields", "response_field", "reward_field", "_write_lock")
+
+    get = _translating(BaseStore.get)
+    aget = _translating(BaseStore.aget)
+    search = _translating(BaseStore.search)
+    asearch = _translating(BaseStore.asearch)
+    put = _translating(BaseStore.put)
+    aput = _translating(BaseStore.aput)
+    delete = _translating(BaseStore.delete)
+    adelete = _translating(BaseStore.adelete)
+    list_namespaces = _translating(BaseStore.list_namespaces)
+    alist_namespaces = _translating(BaseStore.alist_namespaces)
 
     def __init__(
         self,
@@ -255,7 +322,7 @@ class EpisodeBaseStore(BaseStore):
         self.text_fields = list(text_fields) if text_fields is not None else None
         self.response_field = response_field
         self.reward_field = reward_field
-        self._write_lock = threading.Lock()
+        self._write_lock = _write_lock(episodes)
 
     def __repr__(self) -> str:
         return f"EpisodeBaseStore({self.episodes!r})"
@@ -280,7 +347,8 @@ class EpisodeBaseStore(BaseStore):
         for op in ops:
             if not isinstance(op, (GetOp, SearchOp, PutOp, ListNamespacesOp)):
                 raise InvalidArgumentError(f"unknown store operation {type(op).__name__}")
-            validate_op_namespace(op)
+            with _our_namespace_errors():
+                validate_op_namespace(op)
             if isinstance(op, PutOp):
                 write = self._prepare_put(op)
                 writes[(write.namespace, write.key)] = write
@@ -434,34 +502,26 @@ class EpisodeBaseStore(BaseStore):
         return _Write(namespace, key, episode)
 
     def _apply(self, writes: list[_Write]) -> None:
-        """Delete replaced/deleted items, then add the new ones (restoring the old on failure)."""
-        old = [e for w in writes if (e := self._find(w.namespace, w.key)) is not None]
-        created = {(e.namespace, e.id): e.created_at for e in old}
-        new = [
-            Episode(
-                query=w.episode.query,
-                response=w.episode.response,
-                reward=w.episode.reward,
-                metadata=w.episode.metadata,
-                namespace=w.namespace,
-                id=w.key,
-                created_at=created.get((w.namespace, w.key), w.episode.created_at),
-            )
-            for w in writes
-            if w.episode is not None
-        ]
-        for namespace in {e.namespace for e in old}:
-            self.episodes.delete([e.id for e in old if e.namespace == namespace], namespace)
-        try:
-            self.episodes.add(new)
-        except KDMemoryError:
-            if old:
-                logger.warning("put failed; restoring the %d item(s) it replaced", len(old))
-                try:
-                    self.episodes.add(old)
-                except KDMemoryError:
-                    logger.exception("could not restore the replaced items; they are lost")
-            raise
+        """Apply puts and deletes.
+
+        A put replaces its item in one store request, after its new vectors exist: a reader sees
+        the old item or the new one, and a failed embedding changes nothing. An overwritten item
+        keeps its `created_at`.
+        """
+        puts = [w.episode for w in writes if w.episode is not None]
+        if puts:
+            created = {
+                (e.namespace, e.id): old.created_at
+                for e in puts
+                if (old := self._find(e.namespace, e.id)) is not None
+            }
+            self.episodes.upsert([
+                dataclasses.replace(e, created_at=created.get((e.namespace, e.id), e.created_at))
+                for e in puts
+            ])
+        for write in writes:
+            if write.episode is None and self._find(write.namespace, write.key) is not None:
+                self.episodes.delete([write.key], namespace=write.namespace)
 
     # ----------------------------------------------------------------- search
 
@@ -491,8 +551,7 @@ class EpisodeBaseStore(BaseStore):
         hits: list[SearchItem] = []
         for namespace in namespaces:
             hits.extend(self._nearest(namespace, vector, filter_, need))
-        hits.sort(key=lambda item: -(item.score or -math.inf))
-        return hits[offset:need]
+        return rank_by_score(hits)[offset:need]
 
     def _nearest(
         self, namespace: str, vector: list[float], filter_: dict[str, Any], need: int

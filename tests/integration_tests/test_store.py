@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -15,18 +21,25 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from langgraph.store.base import GetOp, ListNamespacesOp, PutOp, SearchOp
+from langgraph.store.base import GetOp, ListNamespacesOp, PutOp, SearchItem, SearchOp
+from test_middleware import BreakableEmbeddings
 from typing_extensions import TypedDict
 
 from langchain_kd_memory.episodes import Episode
 from langchain_kd_memory.errors import (
+    EmbeddingError,
     InvalidArgumentError,
     InvalidNamespaceError,
     InvalidRewardError,
 )
 from langchain_kd_memory.memory import DistilledEpisodicMemory
 from langchain_kd_memory.storage import EpisodeStore
-from langchain_kd_memory.store import EpisodeBaseStore, decode_namespace, encode_namespace
+from langchain_kd_memory.store import (
+    EpisodeBaseStore,
+    decode_namespace,
+    encode_namespace,
+    rank_by_score,
+)
 
 
 class ToolCallingFakeModel(FakeMessagesListChatModel):
@@ -39,6 +52,11 @@ class ToolCallingFakeModel(FakeMessagesListChatModel):
 @pytest.fixture
 def store(tmp_store: EpisodeStore) -> EpisodeBaseStore:
     return EpisodeBaseStore(tmp_store)
+
+
+@pytest.fixture
+def memory_store(tmp_store: EpisodeStore) -> DistilledEpisodicMemory:
+    return DistilledEpisodicMemory(store=tmp_store)
 
 
 def _cosine(a: list[float], b: list[float]) -> float:
@@ -261,9 +279,15 @@ def test_batch_reads_see_the_store_before_its_writes(
 @pytest.mark.parametrize(
     ("call", "error"),
     [
-        (lambda s: s.put(("a.b",), "k", {"query": "x"}), ValueError),
-        (lambda s: s.put(("a", ""), "k", {"query": "x"}), ValueError),
-        (lambda s: s.put((), "k", {"query": "x"}), ValueError),
+        (lambda s: s.put(("a.b",), "k", {"query": "x"}), InvalidNamespaceError),
+        (lambda s: s.put(("a", ""), "k", {"query": "x"}), InvalidNamespaceError),
+        (lambda s: s.put((), "k", {"query": "x"}), InvalidNamespaceError),
+        (lambda s: s.put(("langgraph", "x"), "k", {"query": "x"}), InvalidNamespaceError),
+        (lambda s: s.put(("a", 7), "k", {"query": "x"}), InvalidNamespaceError),  # type: ignore[arg-type]
+        (lambda s: s.search(("a.b",), query="x"), InvalidNamespaceError),
+        (lambda s: s.get(("a.b",), "k"), InvalidNamespaceError),
+        (lambda s: s.put(("ns",), "k", {"query": "x", "reward": 10**400}), InvalidRewardError),
+        (lambda s: s.put(("ns",), "k" * 300, {"query": "x"}), InvalidArgumentError),
         (lambda s: s.put(("x" * 100, "y" * 40), "k", {"query": "x"}), InvalidNamespaceError),
         (lambda s: s.batch([PutOp((), "k", {"query": "x"})]), InvalidNamespaceError),
         (lambda s: s.put(("ns",), " ", {"query": "x"}), InvalidArgumentError),
@@ -384,3 +408,91 @@ def test_concurrent_puts_of_one_key_keep_one_item(store: EpisodeBaseStore, tmp_s
     assert tmp_store.count("ns") == 1
     item = store.get(("ns",), "same")
     assert item is not None and item.value["query"] == f"v{item.value['i']}"
+
+
+def test_an_overwrite_that_cannot_be_embedded_keeps_the_old_item(tmp_store: EpisodeStore):
+    broken = BreakableEmbeddings()
+    store = EpisodeBaseStore(EpisodeStore(tmp_store.collection_name, embeddings=broken,
+                                          client=tmp_store.client))
+    store.put(("ns",), "k", {"query": "the old value", "reward": 1.0})
+    broken.broken = True
+    with pytest.raises(EmbeddingError):
+        store.put(("ns",), "k", {"query": "the new value", "reward": 0.0})
+    broken.broken = False
+    item = store.get(("ns",), "k")
+    assert item is not None and item.value == {"query": "the old value", "reward": 1.0}
+    assert [h.key for h in store.search(("ns",), query="the old value")] == ["k"]
+
+
+def test_readers_see_the_old_or_the_new_value_never_nothing(memory_store: Any):
+    memory = memory_store
+    writers = [memory.as_store(), memory.as_store()]  # adapters over one memory share one lock
+    reader = memory.as_store()
+    writers[0].put(("ns",), "k", {"query": "value 0"})
+    misses: list[int] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def write(adapter: EpisodeBaseStore, start: int) -> None:
+        try:
+            for i in range(start, start + 20):
+                adapter.put(("ns",), "k", {"query": f"value {i}"})
+        except BaseException as exc:
+            errors.append(exc)
+
+    def read() -> None:
+        while not stop.is_set():
+            if reader.get(("ns",), "k") is None:
+                misses.append(1)
+
+    threads = [threading.Thread(target=write, args=(w, 100 * n)) for n, w in enumerate(writers)]
+    watcher = threading.Thread(target=read)
+    watcher.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    watcher.join()
+    assert errors == [] and misses == []
+    assert memory.store.count("ns") == 1
+
+
+def test_a_put_killed_midway_leaves_the_old_or_the_new_item(tmp_path: Any):
+    """SIGKILL a process that overwrites one key in a loop: the key is never missing."""
+    script = tmp_path / "put_loop.py"
+    script.write_text(
+        "import sys\n"
+        "from langchain_kd_memory import EpisodeStore\n"
+        "from langchain_kd_memory.store import EpisodeBaseStore\n"
+        "store = EpisodeBaseStore(EpisodeStore('killed', persist_directory=sys.argv[1]))\n"
+        "store.put(('ns',), 'k', {'query': 'value 0'})\n"
+        "print('ready', flush=True)\n"
+        "i = 0\n"
+        "while True:\n"
+        "    i += 1\n"
+        "    store.put(('ns',), 'k', {'query': f'value {i}'})\n"
+    )
+    for attempt in range(3):
+        directory = tmp_path / f"db{attempt}"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        process = subprocess.Popen([sys.executable, str(script), str(directory)],
+                                   stdout=subprocess.PIPE, env=env)
+        assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
+        time.sleep(0.3 + 0.37 * attempt)
+        process.kill()
+        process.wait()
+        store = EpisodeBaseStore(EpisodeStore("killed", persist_directory=str(directory)))
+        item = store.get(("ns",), "k")
+        assert item is not None and item.value["query"].startswith("value ")
+        assert store.episodes.count("ns") == 1
+
+
+def test_ranking_keeps_a_similarity_of_zero_above_negative_ones():
+    def item(key: str, score: float | None) -> SearchItem:
+        now = datetime.now(timezone.utc)
+        return SearchItem(("ns",), key, {}, now, now, score=score)
+
+    ranked = rank_by_score([item("neg", -0.5), item("zero", 0.0), item("pos", 0.3),
+                            item("none", None)])
+    assert [i.key for i in ranked] == ["pos", "zero", "neg", "none"]
