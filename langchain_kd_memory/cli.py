@@ -6,7 +6,8 @@ checkpoints in `--model-dir` (default: `{persist-dir}/models`, also with a serve
 checkpoint stays on this machine). Results go to stdout (`--json` for machine-readable output),
 progress and messages to stderr.
 
-Exit codes: 0 success, 2 bad usage or bad input (nothing was changed), 1 any other error.
+Exit codes: 0 success, 2 bad usage or bad input (nothing was changed), 1 any other error,
+130 and 143 when stopped by Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import textwrap
+import threading
 import traceback
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 import numpy as np
@@ -41,6 +46,8 @@ from langchain_kd_memory.errors import (
 )
 from langchain_kd_memory.memory import CHECKPOINT_NAME, DistilledEpisodicMemory
 from langchain_kd_memory.storage import DEFAULT_PERSIST_DIRECTORY, EpisodeStore, http_client
+
+logger = logging.getLogger(__name__)
 
 PROG = "kd-memory"
 DEFAULT_COLLECTION = "episodes"
@@ -142,11 +149,20 @@ def _require_trained(memory: DistilledEpisodicMemory) -> None:
 # ----------------------------------------------------------------------------- ingest
 
 
+INGEST_IDS = uuid.UUID("9c1f5e0a-4b7d-5e8f-a2c3-6d4b1e7f0a95")
+"""UUID5 namespace of the ids `ingest` derives for lines without one (never change it)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived during an ingest: it unwinds like Ctrl-C, so that the ingest rolls back."""
+
+
 @dataclass(frozen=True)
 class _Line:
     number: int
     episode: Episode
-    explicit_id: bool
+    dated: bool
+    """Whether the line gives `created_at` (else the episode is dated by its first ingest)."""
 
 
 def _read_lines(handle: IO[bytes]) -> Iterator[tuple[int, str | None]]:
@@ -161,8 +177,24 @@ def _read_lines(handle: IO[bytes]) -> Iterator[tuple[int, str | None]]:
             yield number, text
 
 
-def _parse_line(text: str | None, namespace: str) -> tuple[Episode, bool]:
-    """The episode on one line and whether it names its id; ValueError says what is wrong."""
+def _derived_id(data: dict[str, Any], seen: dict[str, int]) -> str:
+    """A UUID5 of the line's content (namespace resolved) and of how often it came before.
+
+    The same file, read again from any path or through stdin, gives the same ids, also after
+    lines were added or removed elsewhere in it (a line number would shift them); identical
+    lines stay distinct episodes, told apart by their occurrence.
+    """
+    content = {key: value for key, value in data.items() if key != "id" and value is not None}
+    text = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    occurrence = seen[text] = seen.get(text, -1) + 1
+    return str(uuid.uuid5(INGEST_IDS, f"{occurrence}:{text}"))
+
+
+def _parse_line(text: str | None, namespace: str, seen: dict[str, int]) -> tuple[Episode, bool]:
+    """The episode on one line and whether it gives `created_at`; ValueError says what is wrong.
+
+    A line without an id gets one derived from its content (`_derived_id`).
+    """
     if text is None:
         raise ValueError("not valid UTF-8")
     try:
@@ -173,7 +205,9 @@ def _parse_line(text: str | None, namespace: str) -> tuple[Episode, bool]:
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
     if data.get("namespace") is None:
         data["namespace"] = namespace
-    return Episode.from_dict(data), data.get("id") is not None
+    if data.get("id") is None:
+        data["id"] = _derived_id(data, seen)
+    return Episode.from_dict(data), data.get("created_at") is not None
 
 
 def _parse_file(
@@ -183,9 +217,10 @@ def _parse_file(
     valid: list[_Line] = []
     invalid: list[tuple[int, str]] = []
     first_line: dict[tuple[str, str], int] = {}
+    seen: dict[str, int] = {}
     for number, text in _read_lines(handle):
         try:
-            episode, explicit = _parse_line(text, namespace)
+            episode, dated = _parse_line(text, namespace, seen)
         except ValueError as exc:  # the package's input errors are ValueErrors too
             invalid.append((number, str(exc)))
             continue
@@ -194,7 +229,7 @@ def _parse_file(
             invalid.append((number, f"id {episode.id!r} repeats line {first_line[key]}"))
             continue
         first_line[key] = number
-        valid.append(_Line(number, episode, explicit))
+        valid.append(_Line(number, episode, dated))
     return valid, invalid
 
 
@@ -211,53 +246,87 @@ def _storable(store: EpisodeStore, lines: list[_Line]) -> tuple[list[_Line], lis
     return accepted, refused
 
 
-def _stored_ids(store: EpisodeStore, namespace: str, ids: list[str]) -> set[str]:
-    """Which of `ids` the namespace already holds (an empty namespace costs one call)."""
-    if not ids or store.count(namespace) == 0:
-        return set()
-    found: set[str] = set()
-    for start in range(0, len(ids), LOOKUP_CHUNK):
-        chunk = ids[start : start + LOOKUP_CHUNK]
-        try:
-            store.get(chunk, namespace=namespace)
-            found.update(chunk)
-        except EpisodeNotFoundError:  # some are new: find out which, one by one
-            for episode_id in chunk:
-                try:
-                    store.get([episode_id], namespace=namespace)
-                    found.add(episode_id)
-                except EpisodeNotFoundError:
-                    pass
+def _find_stored(store: EpisodeStore, episodes: list[Episode]) -> dict[tuple[str, str], Episode]:
+    """The stored episodes under the (namespace, id) of `episodes` (by namespace and id)."""
+    by_namespace: dict[str, list[str]] = {}
+    for episode in episodes:
+        by_namespace.setdefault(episode.namespace, []).append(episode.id)
+    found: dict[tuple[str, str], Episode] = {}
+    for ns, ids in by_namespace.items():
+        if store.count(ns) == 0:
+            continue
+        for start in range(0, len(ids), LOOKUP_CHUNK):
+            chunk = ids[start : start + LOOKUP_CHUNK]
+            try:
+                hits = store.get(chunk, namespace=ns)
+            except EpisodeNotFoundError:  # some are new: find out which, one by one
+                hits = []
+                for episode_id in chunk:
+                    with contextlib.suppress(EpisodeNotFoundError):
+                        hits += store.get([episode_id], namespace=ns)
+            found.update(((ns, episode.id), episode) for episode in hits)
     return found
 
 
-def _already_stored(store: EpisodeStore, lines: list[_Line]) -> list[_Line]:
-    by_namespace: dict[str, list[_Line]] = {}
-    for line in lines:
-        if line.explicit_id:
-            by_namespace.setdefault(line.episode.namespace, []).append(line)
-    taken: list[_Line] = []
-    for ns, ns_lines in by_namespace.items():
-        stored = _stored_ids(store, ns, [line.episode.id for line in ns_lines])
-        taken += [line for line in ns_lines if line.episode.id in stored]
-    return sorted(taken, key=lambda line: line.number)
+def _differences(line: _Line, stored: Episode) -> list[str]:
+    """The fields in which the stored episode differs from the line's (created_at only if given)."""
+    names = ["query", "response", "reward", "metadata"] + (["created_at"] if line.dated else [])
+    return [name for name in names if getattr(line.episode, name) != getattr(stored, name)]
 
 
-def _undo(store: EpisodeStore, stored: list[Episode]) -> None:
-    """Delete the episodes an interrupted ingest stored, so that it stored nothing."""
-    by_namespace: dict[str, list[str]] = {}
-    for episode in stored:
-        by_namespace.setdefault(episode.namespace, []).append(episode.id)
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated` (once; a second one is ignored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread can handle signals
+        return
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the rollback finish
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _undo(store: EpisodeStore, attempted: list[Episode]) -> None:
+    """Delete what an interrupted ingest stored (the batch in flight may have landed)."""
+    try:
+        landed = _find_stored(store, attempted)
+        by_namespace: dict[str, list[str]] = {}
+        for ns, episode_id in landed:
+            by_namespace.setdefault(ns, []).append(episode_id)
         for ns, ids in by_namespace.items():
             store.delete(ids, namespace=ns)
     except KDMemoryError as exc:
-        print(f"{PROG}: {len(stored)} episodes were stored before the error below and could "
-              f"not be removed again ({exc})", file=sys.stderr)
+        print(f"{PROG}: episodes stored before the stop below could not be removed again "
+              f"({exc}): run the same command again to complete the ingest", file=sys.stderr)
         return
-    if stored:
-        print(f"{PROG}: the {len(stored)} episodes stored before the error below were removed "
+    if landed:
+        print(f"{PROG}: the {len(landed)} episodes stored before the stop below were removed "
               "again: nothing was ingested", file=sys.stderr)
+
+
+def _store_all(memory: DistilledEpisodicMemory, episodes: list[Episode], batch_size: int,
+               console: _Console) -> None:
+    """Add `episodes` in batches; on an error, Ctrl-C or SIGTERM, remove what was added."""
+    attempted = 0
+    with _sigterm_unwinds():
+        try:
+            with tqdm(total=len(episodes), unit="episode", desc="ingest",
+                      disable=not console.bars) as bar:
+                for start in range(0, len(episodes), batch_size):
+                    batch = episodes[start : start + batch_size]
+                    attempted = start + len(batch)
+                    memory.add_episodes(batch)
+                    bar.update(len(batch))
+                    logger.info("stored %d of %d episodes", attempted, len(episodes))
+        except BaseException:
+            _undo(memory.store, episodes[:attempted])
+            raise
 
 
 def _cmd_ingest(args: argparse.Namespace, console: _Console) -> int:
@@ -283,33 +352,29 @@ def _cmd_ingest(args: argparse.Namespace, console: _Console) -> int:
         )
     if memory is None:
         memory = _open_memory(args)
-    taken = _already_stored(memory.store, lines)
-    if taken and not args.skip_existing:
-        for line in taken[:LISTED_EXISTING]:
+    stored = _find_stored(memory.store, [line.episode for line in lines])
+    taken = [line for line in lines if (line.episode.namespace, line.episode.id) in stored]
+    changed = [
+        (line, diff) for line in taken
+        if (diff := _differences(line, stored[line.episode.namespace, line.episode.id]))
+    ]
+    if changed and not args.skip_existing:
+        for line, diff in changed[:LISTED_EXISTING]:
             print(
-                f"{source}:{line.number}: id {line.episode.id!r} is already stored in namespace "
-                f"{line.episode.namespace!r}",
+                f"{source}:{line.number}: id {line.episode.id!r} is stored in namespace "
+                f"{line.episode.namespace!r} with another {', '.join(diff)}",
                 file=sys.stderr,
             )
-        if len(taken) > LISTED_EXISTING:
-            print(f"... and {len(taken) - LISTED_EXISTING} more", file=sys.stderr)
+        if len(changed) > LISTED_EXISTING:
+            print(f"... and {len(changed) - LISTED_EXISTING} more", file=sys.stderr)
         raise UsageError(
-            f"{len(taken)} episode(s) of {source} are already stored; nothing was ingested "
-            "(pass --skip-existing to ingest only the new ones)"
+            f"{len(changed)} episode(s) of {source} differ from those stored under their ids; "
+            "nothing was ingested (pass --skip-existing to keep the stored ones and ingest the "
+            "new ones, or give these lines other ids)"
         )
     taken_numbers = {line.number for line in taken}
     new = [line.episode for line in lines if line.number not in taken_numbers]
-    stored: list[Episode] = []
-    try:
-        with tqdm(total=len(new), unit="episode", desc="ingest", disable=not console.bars) as bar:
-            for start in range(0, len(new), args.batch_size):
-                batch = new[start : start + args.batch_size]
-                memory.add_episodes(batch)
-                stored += batch
-                bar.update(len(batch))
-    except BaseException:  # an error or Ctrl-C: take back what this run stored
-        _undo(memory.store, stored)
-        raise
+    _store_all(memory, new, args.batch_size, console)
     counts: dict[str, int] = {}
     for episode in new:
         counts[episode.namespace] = counts.get(episode.namespace, 0) + 1
@@ -635,8 +700,17 @@ _HELP = {
         """One JSON object per line with "query" (required), "response", "reward" (a number, or
 null = not rated yet), "metadata" (an object of scalars), "id", "namespace" (default:
 --namespace) and "created_at" (ISO 8601). Every line is checked first: each bad line is
-reported as FILE:LINE: reason, and nothing is stored unless --skip-invalid. Ids already
-stored are reported too, and nothing is stored unless --skip-existing.
+reported as FILE:LINE: reason, and nothing is stored unless --skip-invalid.
+
+A line without an "id" gets one derived from its content (and, for identical lines, from
+which occurrence it is; not from the file's path), so ingesting a file again adds nothing
+twice: episodes already stored as the line gives them are skipped. A line whose id is stored
+with other fields (e.g. a reward recorded since) is reported, and nothing is stored unless
+--skip-existing, which keeps the stored episode.
+
+Ctrl-C, SIGTERM (kill, timeout, a container stop) or an error removes what the run stored:
+nothing is ingested. SIGKILL (kill -9, the out-of-memory killer) cannot be caught and may
+leave the first batches stored: run the same command again to complete the ingest.
 
 examples:
   kd-memory ingest episodes.jsonl
@@ -733,7 +807,8 @@ def build_parser() -> argparse.ArgumentParser:
   kd-memory recall "refund" -k 5           # similar episodes, best rewarded first
   kd-memory --chroma-host localhost stats  # a Chroma server instead of a local directory
 
-exit codes: 0 success, 2 bad usage or input (nothing changed), 1 other errors.""",
+exit codes: 0 success, 2 bad usage or input (nothing changed), 1 other errors,
+130/143 stopped by Ctrl-C/SIGTERM (an ingest stores nothing then).""",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -773,7 +848,8 @@ exit codes: 0 success, 2 bad usage or input (nothing changed), 1 other errors.""
     ingest.add_argument("--skip-invalid", action="store_true",
                         help="ingest the valid lines even if some are invalid")
     ingest.add_argument("--skip-existing", action="store_true",
-                        help="skip episodes whose id is already stored instead of failing")
+                        help="keep the stored episode where a line's id is stored with other "
+                        "fields, instead of failing (identical ones are always skipped)")
     ingest.add_argument("--batch-size", type=_positive_int, default=INGEST_BATCH,
                         help=f"episodes embedded and stored per batch (default {INGEST_BATCH})")
 
@@ -847,7 +923,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args, console))
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
+    except Terminated:
+        print(f"{PROG}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except (UsageError, *_USAGE_ERRORS) as exc:
         code, error = 2, exc
     except (KDMemoryError, OSError, ImportError) as exc:

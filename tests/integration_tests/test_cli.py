@@ -9,9 +9,13 @@ import contextlib
 import io
 import json
 import os
+import queue
 import random
+import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -177,29 +181,36 @@ def test_ingest_reports_every_bad_line_and_stores_nothing(
     assert stats["namespaces"]["default"]["episodes"] == 2
 
 
-def test_reingest_reports_stored_ids_and_can_skip_them(
+def test_reingest_skips_identical_episodes_and_refuses_changed_ones(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     rows = synthetic_rows(4)
+    rows[3].pop("id")  # ids derived from the line's content
     persist = str(tmp_path / "db")
-    first = write_jsonl(tmp_path / "first.jsonl", rows[:3])
-    assert run(capsys, "--persist-dir", persist, "ingest", str(first))[0] == 0
+    first = write_jsonl(tmp_path / "first.jsonl", rows)
+    assert run_json(capsys, "--persist-dir", persist, "ingest", str(first))["ingested"] == 4
 
-    code, out, err = run(capsys, "--persist-dir", persist, "ingest", str(first))
+    again = run_json(capsys, "--persist-dir", persist, "ingest", str(first))
+    assert again["ingested"] == 0 and again["already_stored_skipped"] == 4
+
+    changed = [*rows, {"id": "ep9", "query": "a new one", "reward": 0.5}]
+    changed[1] = {**rows[1], "reward": 0.99}  # another episode under a stored id
+    second = write_jsonl(tmp_path / "second.jsonl", changed)
+    code, out, err = run(capsys, "--persist-dir", persist, "ingest", str(second))
     assert code == 2 and out == ""
-    assert f"{first}:2: id 'ep1' is already stored in namespace 'default'" in err
-    assert "--skip-existing" in err
-
-    more = write_jsonl(tmp_path / "more.jsonl", rows)  # three stored, one new
-    assert run(capsys, "--persist-dir", persist, "ingest", str(more))[0] == 2
-    result = run_json(capsys, "--persist-dir", persist, "ingest", str(more), "--skip-existing")
-    assert result["ingested"] == 1 and result["already_stored_skipped"] == 3
+    assert f"{second}:2: id 'ep1' is stored in namespace 'default' with another reward" in err
+    assert "--skip-existing" in err and "nothing was ingested" in err
+    result = run_json(capsys, "--persist-dir", persist, "ingest", str(second), "--skip-existing")
+    assert result["ingested"] == 1 and result["already_stored_skipped"] == 4
     stats = run_json(capsys, "--persist-dir", persist, "stats")
-    assert stats["namespaces"]["default"]["episodes"] == 4
+    assert stats["namespaces"]["default"]["episodes"] == 5
+    stored = {e["id"]: e for e in map(json.loads, run(capsys, "--persist-dir", persist,
+                                                          "export")[1].splitlines())}
+    assert stored["ep1"]["reward"] == rows[1]["reward"]  # --skip-existing keeps the stored one
 
 
 def test_export_then_ingest_round_trips(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"id": "a", "query": "How do I reset my password?", "response": "Use the link.",
          "reward": 0.9, "metadata": {"topic": "account", "n": 3, "ok": True, "x": 1.5}},
         {"id": "b", "query": "Refund after a year?", "response": "", "reward": None,
@@ -230,6 +241,127 @@ def test_export_then_ingest_round_trips(capsys: pytest.CaptureFixture[str], tmp_
     code, out, _ = run(capsys, "--persist-dir", str(tmp_path / "db1"), "--namespace", "user/42",
                        "export")
     assert code == 0 and len(out.splitlines()) == 2
+
+
+# ----------------------------------------------------------------------------- interrupted ingest
+
+
+def kd_memory_script() -> Path:
+    script = Path(sys.executable).parent / "kd-memory"
+    if not script.exists():
+        pytest.skip("the kd-memory script is not installed in this environment")
+    return script
+
+
+def unrated_rows(n: int) -> list[dict[str, Any]]:
+    """Short episodes, most without an id or a response (cheap to embed); two identical lines."""
+    rows: list[dict[str, Any]] = [{"query": f"question {i}", "reward": i % 5} for i in range(n)]
+    for i in range(0, n, 7):
+        rows[i] = {**rows[i], "id": f"given-{i}", "response": f"answer {i}"}
+    rows[2] = dict(rows[1])  # the same line twice: two episodes
+    return rows
+
+
+class Ingest:
+    """`kd-memory -v ingest` as a subprocess whose progress lines can be waited for."""
+
+    def __init__(self, persist: Path, source: Path, batch_size: int) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        self.process = subprocess.Popen(
+            [str(kd_memory_script()), "-v", "--persist-dir", str(persist), "ingest", str(source),
+             "--batch-size", str(batch_size)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.stderr.append(line)
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_until_stored(self, count: int) -> None:
+        """Block until the ingest reports at least `count` episodes stored."""
+        while (line := self.lines.get(timeout=300)) is not None:
+            found = re.search(r"stored (\d+) of (\d+) episodes", line)
+            if found and int(found[1]) >= count:
+                return
+        raise AssertionError(f"the ingest ended before storing {count}: {''.join(self.stderr)}")
+
+    def stop(self, signum: int) -> int:
+        self.process.send_signal(signum)
+        code = self.process.wait(timeout=300)
+        while self.lines.get(timeout=60) is not None:
+            pass
+        return code
+
+
+def stored_count(capsys: pytest.CaptureFixture[str], persist: Path) -> int:
+    namespaces = run_json(capsys, "--persist-dir", str(persist), "stats")["namespaces"]
+    return sum(row["episodes"] for row in namespaces.values())
+
+
+def test_sigterm_mid_ingest_stores_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """SIGTERM (kill, timeout, a container stop) rolls back like Ctrl-C."""
+    source = write_jsonl(tmp_path / "many.jsonl", unrated_rows(3000))
+    persist = tmp_path / "db"
+    ingest = Ingest(persist, source, batch_size=50)
+    ingest.wait_until_stored(100)
+    assert ingest.stop(signal.SIGTERM) == 128 + signal.SIGTERM
+    err = "".join(ingest.stderr)
+    assert "were removed again: nothing was ingested" in err and "Traceback" not in err
+    assert stored_count(capsys, persist) == 0
+
+
+def test_rerun_after_sigkill_stores_every_episode_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """SIGKILL cannot be caught and leaves the first batches; the same command completes it."""
+    rows = unrated_rows(300)
+    source = write_jsonl(tmp_path / "some.jsonl", rows)
+    persist = tmp_path / "db"
+    ingest = Ingest(persist, source, batch_size=20)
+    ingest.wait_until_stored(60)
+    assert ingest.stop(signal.SIGKILL) == -signal.SIGKILL
+    left = stored_count(capsys, persist)
+    assert 60 <= left < len(rows)  # a prefix survived the kill
+
+    result = run_json(capsys, "--persist-dir", str(persist), "ingest", str(source))
+    assert result["already_stored_skipped"] == left
+    assert result["ingested"] == len(rows) - left
+    exported = [json.loads(line) for line in run(capsys, "--persist-dir", str(persist),
+                                                 "export")[1].splitlines()]
+    def key(row: dict[str, Any]) -> tuple[str, str, float]:
+        return row["query"], row.get("response", ""), float(row["reward"])
+
+    assert sorted(map(key, exported)) == sorted(map(key, rows))  # each exactly once
+    assert len({row["id"] for row in exported}) == len(rows)
+    again = run_json(capsys, "--persist-dir", str(persist), "ingest", str(source))
+    assert again["ingested"] == 0 and again["already_stored_skipped"] == len(rows)
+
+
+def test_derived_ids_do_not_depend_on_the_path_or_blank_lines(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy read from another directory, with blank lines added, adds nothing twice."""
+    rows = unrated_rows(8)
+    persist = str(tmp_path / "db")
+    first = write_jsonl(tmp_path / "a.jsonl", rows)
+    assert run_json(capsys, "--persist-dir", persist, "ingest", str(first))["ingested"] == 8
+    elsewhere = tmp_path / "copy"
+    elsewhere.mkdir()
+    (elsewhere / "b.jsonl").write_text("\n\n" + first.read_text().replace("\n", "\n\n"))
+    monkeypatch.chdir(elsewhere)
+    again = run_json(capsys, "--persist-dir", persist, "ingest", "b.jsonl")
+    assert again["ingested"] == 0 and again["already_stored_skipped"] == 8
+    other = run_json(capsys, "--persist-dir", persist, "--namespace", "other", "ingest",
+                     "b.jsonl")
+    assert other["ingested"] == 8  # another namespace: other ids, nothing shared
 
 
 # ----------------------------------------------------------------------------- the model
