@@ -177,6 +177,20 @@ def _read_lines(handle: IO[bytes]) -> Iterator[tuple[int, str | None]]:
             yield number, text
 
 
+_LINE_ERRORS = (ValueError, OverflowError, RecursionError)
+"""What a bad line can raise: the package's input errors (ValueErrors), and what json, float
+and Chroma raise on huge numbers or deep nesting whatever the library checks first."""
+
+
+def _reason(exc: BaseException) -> str:
+    """The FILE:LINE reason for an error a line raised."""
+    if isinstance(exc, OverflowError):
+        return f"a number is too large to store ({exc})"
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply to read (metadata values are scalars)"
+    return str(exc)
+
+
 def _derived_id(data: dict[str, Any], seen: dict[str, int]) -> str:
     """A UUID5 of the line's content (namespace resolved) and of how often it came before.
 
@@ -201,6 +215,8 @@ def _parse_line(text: str | None, namespace: str, seen: dict[str, int]) -> tuple
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON: {exc.msg} (column {exc.colno})") from exc
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise ValueError(f"unreadable JSON: {str(exc).split(';')[0]}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
     if data.get("namespace") is None:
@@ -221,8 +237,8 @@ def _parse_file(
     for number, text in _read_lines(handle):
         try:
             episode, dated = _parse_line(text, namespace, seen)
-        except ValueError as exc:  # the package's input errors are ValueErrors too
-            invalid.append((number, str(exc)))
+        except _LINE_ERRORS as exc:
+            invalid.append((number, _reason(exc)))
             continue
         key = (episode.namespace, episode.id)
         if key in first_line:
@@ -241,8 +257,8 @@ def _storable(store: EpisodeStore, lines: list[_Line]) -> tuple[list[_Line], lis
         try:
             store.check_episodes([line.episode])  # Chroma's metadata limits, reward range
             accepted.append(line)
-        except ValueError as exc:
-            refused.append((line.number, str(exc)))
+        except _LINE_ERRORS as exc:
+            refused.append((line.number, _reason(exc)))
     return accepted, refused
 
 

@@ -181,6 +181,32 @@ def test_ingest_reports_every_bad_line_and_stores_nothing(
     assert stats["namespaces"]["default"]["episodes"] == 2
 
 
+def test_huge_numbers_and_deep_nesting_are_line_errors(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """What json or float raise on such lines (OverflowError, RecursionError, ValueError) is a
+    FILE:LINE reason: exit 2, or the line is skipped with --skip-invalid; never a traceback."""
+    deep = "[" * 100_000 + "]" * 100_000
+    source = tmp_path / "extreme.jsonl"
+    source.write_text("\n".join([
+        json.dumps({"query": "fine"}),                                   # 1 ok
+        '{"query": "q", "reward": 1' + "0" * 400 + "}",                  # 2 401-digit reward
+        '{"query": "q", "metadata": {"n": 1' + "0" * 400 + "}}",         # 3 401-digit metadata
+        deep,                                                            # 4 nested 100k deep
+        '{"query": "q", "metadata": {"x": ' + deep + "}}",               # 5 deep inside
+        '{"query": "q", "reward": 1' + "0" * 5000 + "}",                 # 6 5001 digits
+        '{"query": "q", "reward": 1e400}',                               # 7 inf
+    ]) + "\n")
+    persist = str(tmp_path / "db")
+    code, out, err = run(capsys, "--persist-dir", persist, "ingest", str(source))
+    assert code == 2 and out == "" and "Traceback" not in err
+    reported = [line for line in err.splitlines() if line.startswith(f"{source}:")]
+    assert [int(line.split(":")[1]) for line in reported] == [2, 3, 4, 5, 6, 7]
+    assert f"{source}:4: JSON nested too deeply" in err
+    result = run_json(capsys, "--persist-dir", persist, "ingest", str(source), "--skip-invalid")
+    assert result["ingested"] == 1 and result["invalid_lines_skipped"] == [2, 3, 4, 5, 6, 7]
+
+
 def test_reingest_skips_identical_episodes_and_refuses_changed_ones(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
