@@ -415,8 +415,10 @@ def _cmd_ingest(args: argparse.Namespace, console: _Console) -> int:
 
 def _cmd_consolidate(args: argparse.Namespace, console: _Console) -> int:
     memory = _open_memory(args)
-    if args.seed is not None:
-        memory.distillation.config = replace(memory.distillation.config, seed=args.seed)
+    # Set after opening: a loaded checkpoint brings its own settings.
+    overrides = {"seed": args.seed, "min_episodes": args.min_episodes}
+    chosen = {name: value for name, value in overrides.items() if value is not None}
+    memory.distillation.config = replace(memory.distillation.config, **chosen)
     console.info(f"training on the rated episodes of namespace {memory.namespace!r} ...")
     report = memory.consolidate(
         max_training_episodes=args.max_episodes,
@@ -740,7 +742,8 @@ in --model-dir. Uses the stored embeddings: nothing is embedded again.
 
 examples:
   kd-memory consolidate
-  kd-memory --namespace user42 consolidate --epochs 20 --seed 0""",
+  kd-memory --namespace user42 consolidate --epochs 20 --seed 0
+  kd-memory consolidate --min-episodes 50   # wait for more ratings before training""",
     ),
     "score": (
         "predict the reward of a query with the student",
@@ -878,6 +881,9 @@ exit codes: 0 success, 2 bad usage or input (nothing changed), 1 other errors,
                              help="train on at most this many, the most recent (default 10000)")
     consolidate.add_argument("--seed", type=_seed, default=None,
                              help="seed for a reproducible split and training")
+    consolidate.add_argument("--min-episodes", type=_number(int, 2), default=None, metavar="N",
+                             help="fewest rated episodes to train on (default: the model's "
+                             "min_episodes setting)")
 
     score = _subparser(commands, "score", _cmd_score)
     score.add_argument("query", help="the query to score")

@@ -403,6 +403,20 @@ def test_consolidate_reports_and_saves_a_checkpoint(trained: tuple[str, dict[str
     assert 1 <= report["student"]["best_epoch"] <= report["student"]["epochs_run"] <= 6
 
 
+def test_consolidate_min_episodes_flag(
+    capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]]
+) -> None:
+    """--min-episodes sets the one minimum, also over the settings of a loaded checkpoint."""
+    persist, _ = trained
+    code, out, err = run(capsys, "--persist-dir", persist, "consolidate", "--min-episodes", "61")
+    assert code == 1 and out == ""
+    assert "60 rated episodes" in err and "at least 61" in err and "Traceback" not in err
+    code, _, err = run(capsys, "--persist-dir", persist, "consolidate", "--min-episodes", "1")
+    assert code == 2 and "--min-episodes" in err
+    stats = run_json(capsys, "--persist-dir", persist, "stats")
+    assert stats["model"]["checkpoint_version"] == 1  # nothing was trained
+
+
 def test_score_prints_estimate_quantiles_and_histogram(
     capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]]
 ) -> None:
