@@ -61,7 +61,7 @@ def main() -> None:
         )
         record_cb = ConsolidationCallback(recording, every_n_episodes=10**9)
         train_cb = ConsolidationCallback(
-            training, every_n_episodes=10, reward_fn=lambda inputs, outputs: len(str(inputs)) % 5
+            training, every_n_episodes=10, reward_fn=lambda run: len(run.query) % 5
         )
         settings: dict[str, Callable[[str], object]] = {
             "no memory": lambda q: agent.invoke({"question": q}),

@@ -30,7 +30,6 @@ import logging
 import os
 import tempfile
 import time
-from typing import Any
 
 import numpy as np
 from langchain_core.language_models import GenericFakeChatModel
@@ -42,6 +41,7 @@ from langchain_kd_memory import (
     ConsolidationCallback,
     DistilledEpisodicMemory,
     Episode,
+    FinishedRun,
     ModelDistillation,
     default_embeddings,
 )
@@ -110,8 +110,8 @@ def run(args: argparse.Namespace, directory: str) -> None:
     held = HeldOut(memory, held_out)
     ratings = {e.query + "\n" + e.response: float(e.reward or 0.0) for e in stream}
 
-    def reward_fn(inputs: dict[str, Any], output: str) -> float:
-        return ratings[inputs["input"] + "\n" + output]  # the human rating of this conversation
+    def reward_fn(run: FinishedRun) -> float:
+        return ratings[run.query + "\n" + run.response]  # the human rating of this conversation
 
     # The agent: a real chain whose chat model replays the recorded human replies in order.
     model = GenericFakeChatModel(messages=iter([AIMessage(e.response) for e in stream]))

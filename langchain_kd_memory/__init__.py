@@ -31,6 +31,7 @@ from langchain_kd_memory.errors import (
 )
 from langchain_kd_memory.memory import ConsolidationReport, DistilledEpisodicMemory
 from langchain_kd_memory.middleware import EpisodicMemoryMiddleware, MemoryMiddlewareStatus
+from langchain_kd_memory.runs import FinishedRun
 from langchain_kd_memory.storage import EpisodeStore
 from langchain_kd_memory.store import EpisodeBaseStore
 
@@ -52,6 +53,7 @@ __all__ = [
     "EpisodeNotFoundError",
     "EpisodeStore",
     "EpisodicMemoryMiddleware",
+    "FinishedRun",
     "InsufficientDataError",
     "InvalidArgumentError",
     "InvalidEpisodeError",

@@ -7,7 +7,8 @@ whose id is the run id, so feedback that arrives later can find it:
 .. code-block:: python
 
     memory = DistilledEpisodicMemory(persist_directory="./kd_memory")
-    callback = ConsolidationCallback(memory, every_n_episodes=50, reward_fn=my_reward)
+    callback = ConsolidationCallback(memory, every_n_episodes=50,
+                                     reward_fn=lambda run: 1.0 if "refund" in run.response else 0.0)
     run_id = uuid.uuid4()
     answer = agent.invoke(inputs, config={"callbacks": [callback], "run_id": run_id})
     memory.record_feedback(run_id, reward=1.0)   # thumbs up, later
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
@@ -30,17 +30,16 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 
 from langchain_kd_memory.errors import InsufficientDataError, InvalidArgumentError
-from langchain_kd_memory.memory import (
-    ConsolidationReport,
-    DistilledEpisodicMemory,
+from langchain_kd_memory.memory import ConsolidationReport, DistilledEpisodicMemory
+from langchain_kd_memory.runs import (
+    FinishedRun,
+    RewardFn,
     extract_query,
     extract_response,
+    rate,
 )
 
 logger = logging.getLogger(__name__)
-
-RewardFn = Callable[[Any, Any], "float | None"]
-"""`reward_fn(inputs, outputs) -> reward or None`: rates a finished run (None = not rated)."""
 
 
 @dataclass
@@ -49,15 +48,19 @@ class ConsolidationStatus:
 
     Attributes:
         episodes_recorded: Episodes recorded from finished top-level runs.
+        recorded_by_middleware: Runs left to an `EpisodicMemoryMiddleware` over the same memory
+            that recorded them (each run is recorded once).
         ratings_since_consolidation: Ratings counted towards the next consolidation.
         consolidations_run: Consolidations that finished successfully.
-        errors: Errors caught (reward_fn, recording, consolidation).
+        errors: Errors caught (reward_fn raising or returning a non-number, recording,
+            consolidation); a run whose reward_fn failed is recorded unrated.
         last_error: The most recent error caught, or None.
         last_report: The report of the most recent successful consolidation, or None.
         training_in_progress: Whether a consolidation is running now.
     """
 
     episodes_recorded: int = 0
+    recorded_by_middleware: int = 0
     ratings_since_consolidation: int = 0
     consolidations_run: int = 0
     errors: int = 0
@@ -71,8 +74,11 @@ class ConsolidationCallback(BaseCallbackHandler):
 
     - On a top-level `on_chain_start` (no parent run) it remembers the inputs by run id; at the
       matching `on_chain_end` it adds one episode (query and response extracted from inputs and
-      outputs, reward from `reward_fn`, id = `str(run_id)`). Nested chain, model and tool runs
-      are not episodes; a top-level run that fails is dropped.
+      outputs, reward from `reward_fn(FinishedRun)`, id = `str(run_id)`). Nested chain, model
+      and tool runs are not episodes; a top-level run that fails is dropped. A `reward_fn` that
+      raises or returns something other than a finite number is counted in `status.errors`
+      and the run is recorded unrated. When an `EpisodicMemoryMiddleware` over the same memory
+      runs inside the agent, it records the run (under this run id) and the callback does not.
     - Each rating in `namespace` (a reward from `reward_fn` or any later
       `memory.record_feedback`) counts; every `every_n_episodes` of them start
       `memory.consolidate(namespace)`. With `background=True` it runs on one worker thread:
@@ -85,7 +91,7 @@ class ConsolidationCallback(BaseCallbackHandler):
         .. code-block:: python
 
             callback = ConsolidationCallback(memory, every_n_episodes=20,
-                                             reward_fn=lambda inputs, outputs: 1.0)
+                                             reward_fn=lambda run: 1.0)
             chain.invoke({"question": "hi"}, config={"callbacks": [callback]})
             callback.wait()
             print(callback.status)
@@ -106,7 +112,7 @@ class ConsolidationCallback(BaseCallbackHandler):
         Args:
             memory: Where episodes are recorded and consolidated.
             every_n_episodes: Ratings between two consolidations (>= 1).
-            reward_fn: `reward_fn(inputs, outputs) -> float | None` rates each run; None
+            reward_fn: `reward_fn(run: FinishedRun) -> float | None` rates each run; None
                 leaves runs unrated until feedback arrives.
             background: Consolidate on a worker thread (True) or inline in the thread that
                 made the N-th rating (False).
@@ -130,6 +136,8 @@ class ConsolidationCallback(BaseCallbackHandler):
         self.background = background
         self.namespace = memory.resolve_namespace(namespace)
         self._inputs: dict[UUID, Any] = {}
+        self._root: dict[UUID, UUID] = {}  # every chain run in flight -> its top-level run
+        self._claimed: set[UUID] = set()  # top-level runs a middleware recorded
         self._status = ConsolidationStatus()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -152,10 +160,13 @@ class ConsolidationCallback(BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        """Remember the inputs of a top-level run."""
-        if parent_run_id is None:
-            with self._lock:
+        """Remember the inputs of a top-level run, and the top-level run of a nested one."""
+        with self._lock:
+            if parent_run_id is None:
                 self._inputs[run_id] = inputs
+                self._root[run_id] = run_id
+            elif parent_run_id in self._root:
+                self._root[run_id] = self._root[parent_run_id]
 
     def on_chain_error(
         self,
@@ -167,8 +178,7 @@ class ConsolidationCallback(BaseCallbackHandler):
     ) -> None:
         """Forget a top-level run that failed: it is not an episode."""
         if parent_run_id is None:
-            with self._lock:
-                self._inputs.pop(run_id, None)
+            self._finish(run_id)
 
     def on_chain_end(
         self,
@@ -181,32 +191,56 @@ class ConsolidationCallback(BaseCallbackHandler):
         """Record a finished top-level run as an episode."""
         if parent_run_id is not None:
             return
-        with self._lock:
-            if run_id not in self._inputs:
-                return  # started before this callback was attached
-            inputs = self._inputs.pop(run_id)
+        known, inputs, claimed = self._finish(run_id)
+        if not known:
+            return  # started before this callback was attached
+        if claimed:
+            with self._lock:
+                self._status.recorded_by_middleware += 1
+            return
         try:
             self._record(inputs, outputs, run_id)
         except Exception as exc:  # never raise into the agent
             self._fail("recording run %s failed", run_id, exc)
+
+    def _finish(self, run_id: UUID) -> tuple[bool, Any, bool]:
+        """Forget a top-level run: (whether it was known, its inputs, whether it was claimed)."""
+        with self._lock:
+            known = run_id in self._inputs
+            inputs = self._inputs.pop(run_id, None)
+            for nested in [r for r, root in self._root.items() if root == run_id]:
+                del self._root[nested]
+            claimed = run_id in self._claimed
+            self._claimed.discard(run_id)
+        return known, inputs, claimed
+
+    def claim(self, run_id: UUID | None) -> UUID | None:
+        """Take over the recording of the top-level run that `run_id` belongs to.
+
+        Called by `EpisodicMemoryMiddleware` while the run is in flight; this callback then
+        does not record it.
+
+        Returns:
+            The top-level run's id (the episode id to use), or None if `run_id` is not a run
+            this callback is following.
+        """
+        with self._lock:
+            root = self._root.get(run_id) if run_id is not None else None
+            if root is not None:
+                self._claimed.add(root)
+            return root
 
     def _record(self, inputs: Any, outputs: Any, run_id: UUID) -> None:
         query = extract_query(inputs)
         if not query.strip():
             logger.warning("run %s has no query text; it is not recorded", run_id)
             return
-        reward = None
-        if self.reward_fn is not None:
-            try:
-                reward = self.reward_fn(inputs, outputs)
-            except Exception as exc:
-                self._fail("reward_fn failed on run %s; recording it unrated", run_id, exc)
+        run = FinishedRun(str(run_id), query, extract_response(outputs), inputs, outputs)
+        reward, error = rate(self.reward_fn, run)
+        if error is not None:
+            self._fail("reward_fn failed on run %s; recording it unrated", run_id, error)
         self.memory.add_episode(
-            query,
-            extract_response(outputs),
-            reward=reward,
-            namespace=self.namespace,
-            episode_id=str(run_id),
+            run.query, run.response, reward=reward, namespace=self.namespace, episode_id=run.run_id
         )
         with self._lock:
             self._status.episodes_recorded += 1

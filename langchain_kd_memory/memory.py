@@ -29,13 +29,7 @@ from langchain_core.callbacks import (
 )
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
-from langchain_core.messages import (
-    AIMessage,
-    BaseMessage,
-    HumanMessage,
-    convert_to_messages,
-    get_buffer_string,
-)
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, get_buffer_string
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables.config import run_in_executor
 from pydantic import Field, PrivateAttr, field_validator
@@ -54,12 +48,14 @@ from langchain_kd_memory.errors import (
     ConfigError,
     EmbedderMismatchError,
     EmbeddingError,
+    EpisodeNotFoundError,
     InsufficientDataError,
     InvalidArgumentError,
     InvalidEpisodeError,
     KDMemoryError,
     NotTrainedError,
 )
+from langchain_kd_memory.runs import extract_query, extract_response
 from langchain_kd_memory.storage import (
     DEFAULT_PERSIST_DIRECTORY,
     EpisodeStore,
@@ -79,66 +75,6 @@ NEUTRAL_VALUE = 0.5
 
 RatingListener = Callable[[str], None]
 """Called with the namespace each time an episode there gets a reward."""
-
-_TEXT_KEYS = ("input", "question", "query", "output", "answer", "result", "text", "content")
-
-
-# ----------------------------------------------------------------------------- text of runs
-
-
-def _messages(value: object) -> list[BaseMessage] | None:
-    """`value` as a list of messages if it is one (messages, role dicts, tuples), else None."""
-    if isinstance(value, BaseMessage):
-        return [value]
-    if isinstance(value, Sequence) and not isinstance(value, str) and value:
-        try:
-            return convert_to_messages(value)  # type: ignore[arg-type]
-        except (ValueError, TypeError, NotImplementedError):
-            return None
-    return None
-
-
-def _text(value: object, prefer: type[BaseMessage]) -> str:
-    """The text in a run's input or output, from the last message of type `prefer` if any."""
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, Mapping):
-        if "messages" in value:
-            return _text(value["messages"], prefer)
-        for key in _TEXT_KEYS:
-            if key in value:
-                return _text(value[key], prefer)
-        if len(value) == 1:
-            return _text(next(iter(value.values())), prefer)
-        return "\n".join(f"{key}: {_text(item, prefer)}" for key, item in value.items())
-    messages = _messages(value)
-    if messages is not None:
-        chosen = [m for m in messages if isinstance(m, prefer) and str(m.text).strip()]
-        return str((chosen or messages)[-1].text)
-    to_string = getattr(value, "to_string", None)  # PromptValue
-    if callable(to_string):
-        return str(to_string())
-    return "" if value is None else str(value)
-
-
-def extract_query(inputs: object) -> str:
-    """The user's query in a run's inputs.
-
-    Handles a string, a message or list of messages (the last human message wins), agent state
-    ``{"messages": [...]}``, and dicts with a key such as "input", "question" or "query" or a
-    single value.
-    """
-    return _text(inputs, HumanMessage)
-
-
-def extract_response(outputs: object) -> str:
-    """The answer in a run's outputs.
-
-    Handles a string, an `AIMessage`, agent state (the last AI message with text), and dicts
-    with a key such as "output", "answer" or "result" or a single value.
-    """
-    return _text(outputs, AIMessage)
-
 
 # ----------------------------------------------------------------------------- report
 
@@ -455,7 +391,7 @@ class DistilledEpisodicMemory(BaseRetriever):
                 f"episodes must be a list of Episode or dicts, got {type(episodes).__name__}"
             )
         batch = [
-            e if isinstance(e, Episode) else Episode.from_dict({"namespace": self.namespace, **e})
+            e if isinstance(e, Episode) else Episode.from_dict(e, namespace=self.namespace)
             for e in episodes
         ]
         if not batch:
@@ -474,20 +410,27 @@ class DistilledEpisodicMemory(BaseRetriever):
         Args:
             episode_id: The episode's id; a run id (UUID) is accepted as is.
             reward: A finite number.
-            namespace: The episode's namespace; the memory's if None.
+            namespace: The episode's namespace. If None, the memory's namespace is searched
+                first, then every other one (a run recorded in a user's namespace by the
+                middleware is found by its id alone).
 
         Returns:
             The updated episode.
 
         Raises:
             InvalidRewardError: `reward` is not a finite number.
-            EpisodeNotFoundError: No such episode in the namespace.
+            EpisodeNotFoundError: No such episode (in `namespace`, if given).
         """
         if reward is None:
             raise InvalidArgumentError("reward is None; to rate an episode pass a finite number")
-        episode = self.store.update_reward(
-            str(episode_id), reward, namespace=self.resolve_namespace(namespace)
-        )
+        try:
+            episode = self.store.update_reward(
+                str(episode_id), reward, namespace=self.resolve_namespace(namespace)
+            )
+        except EpisodeNotFoundError:
+            if namespace is not None:
+                raise
+            episode = self.store.update_reward(str(episode_id), reward, namespace=None)
         self._notify_rated([episode.namespace])
         return episode
 

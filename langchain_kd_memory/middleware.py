@@ -14,20 +14,22 @@ import dataclasses
 import logging
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse
 from langchain_core.documents import Document
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, SystemMessage
 from langchain_core.runnables.config import run_in_executor
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
-from langchain_kd_memory.episodes import RewardEstimate, validate_namespace, validate_reward
+from langchain_kd_memory.callbacks import ConsolidationCallback
+from langchain_kd_memory.episodes import RewardEstimate, validate_namespace
 from langchain_kd_memory.errors import InvalidArgumentError
 from langchain_kd_memory.memory import DistilledEpisodicMemory
+from langchain_kd_memory.runs import FinishedRun, RewardFn, extract_query, extract_response, rate
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,6 @@ DEFAULT_PROMPT_TEMPLATE = (
 
 ModelHandler = Callable[[ModelRequest[Any]], ModelResponse[Any]]
 AsyncModelHandler = Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]]
-RewardFn = Callable[[Mapping[str, Any]], "float | None"]
 
 
 @dataclasses.dataclass
@@ -54,7 +55,8 @@ class MemoryMiddlewareStatus:
         score_failures: Estimates that failed.
         recorded: Episodes recorded after a run.
         record_failures: Runs whose episode could not be recorded.
-        reward_failures: Runs whose `reward_fn` raised (recorded without a reward).
+        reward_failures: Runs whose `reward_fn` raised or returned something other than a
+            finite number (recorded without a reward).
         last_error: The latest failure, as "what: ErrorType: message".
         last_episode_id: The id of the latest recorded episode.
     """
@@ -70,12 +72,12 @@ class MemoryMiddlewareStatus:
     last_episode_id: str | None = None
 
 
-def _latest(messages: Sequence[AnyMessage], kind: type[AnyMessage]) -> AnyMessage | None:
-    return next((m for m in reversed(messages) if isinstance(m, kind)), None)
-
-
-def _text(message: AnyMessage | None) -> str:
-    return message.text.strip() if message is not None else ""
+def _config() -> Mapping[str, Any]:
+    """The config of the runnable being run, or {} outside one."""
+    try:
+        return get_config()
+    except RuntimeError:
+        return {}
 
 
 def _clip(text: str, limit: int) -> str:
@@ -102,12 +104,16 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     Namespace of a run (for recall and recording), first found: the runtime context's
     `namespace_key` (attribute or dict key, from ``create_agent(context_schema=...)``), then
     ``config["configurable"][namespace_key]``, then `namespace`, then the memory's namespace.
-    ``config["configurable"]["episode_id"]`` chooses the recorded episode's id (for later
-    `memory.record_feedback`); otherwise it is a new UUID, also kept in `status`.
+
+    The recorded episode's id is the run id (``config={"run_id": ...}``, as for
+    `ConsolidationCallback`), so ``memory.record_feedback(run_id, reward)`` finds it later, in
+    whatever namespace it was recorded; without one, ``config["configurable"]["episode_id"]``,
+    else a new UUID (kept in `status.last_episode_id`). With a `ConsolidationCallback` over the
+    same memory attached to the run, the middleware records the run under the callback's run
+    id and the callback does not: each run is recorded once.
 
     The recorded episode is the run's last human message (query) and last AI message
-    (response), with ``reward_fn(state)`` as reward when given (None = rate it later). If a
-    `ConsolidationCallback` already records runs, pass ``record=False`` to avoid duplicates.
+    (response), with ``reward_fn(FinishedRun)`` as reward when given (None = rate it later).
     """
 
     def __init__(
@@ -138,7 +144,8 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             include_estimate: Add the value model's expected reward ± std for the request
                 (only once the model is trained).
             record: Record one episode per completed run.
-            reward_fn: ``reward_fn(final_state) -> float | None``: the reward of a run.
+            reward_fn: ``reward_fn(run: FinishedRun) -> float | None``: the reward of a run;
+                ``run.outputs`` is the agent's final state.
             namespace: Default namespace of runs; the memory's if None.
             namespace_key: Key of the namespace in the runtime context or configurable.
 
@@ -232,17 +239,14 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
 
     @staticmethod
     def _configurable() -> Mapping[str, Any]:
-        try:
-            configurable = get_config().get("configurable") or {}
-        except RuntimeError:  # outside a runnable context
-            return {}
+        configurable = _config().get("configurable") or {}
         return configurable if isinstance(configurable, Mapping) else {}
 
     # ----------------------------------------------------------------- recall
 
     def _recall_kwargs(self, request: ModelRequest[Any]) -> dict[str, Any] | None:
         """Arguments of the recall for this request, or None if it has no user text."""
-        query = _text(_latest(request.messages, HumanMessage))
+        query = extract_query(request.messages).strip()
         if not query:
             return None
         return {
@@ -331,26 +335,41 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
 
     def _episode(self, state: Mapping[str, Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
         """The `add_episode` arguments for a finished run, or None if there is nothing to record."""
-        messages = state.get("messages") or []
-        query = _text(_latest(messages, HumanMessage)) if self.record else ""
+        query = extract_query(state).strip() if self.record else ""
         if not query:
             return None
-        reward = None
-        if self.reward_fn is not None:
-            with self._guard("reward_fn", "reward_failures"):
-                reward = validate_reward(self.reward_fn(state))
+        run = FinishedRun(self._run_id(runtime), query, extract_response(state), None, state)
+        reward, error = rate(self.reward_fn, run)
+        if error is not None:
+            logger.warning("episodic memory: reward_fn failed, recording unrated: %s", error)
+            with self._lock:
+                self._status.reward_failures += 1
+                self._status.last_error = f"reward_fn: {type(error).__name__}: {error}"
         metadata: dict[str, str | int | float | bool] = {"source": "agent"}
         info = getattr(runtime, "execution_info", None)
         if getattr(info, "thread_id", None):
             metadata["thread_id"] = str(info.thread_id)  # type: ignore[union-attr]
         return {
-            "query": query,
-            "response": _text(_latest(messages, AIMessage)),
+            "query": run.query,
+            "response": run.response,
             "reward": reward,
             "metadata": metadata,
             "namespace": self._namespace(runtime),
-            "episode_id": str(self._configurable().get("episode_id") or uuid.uuid4()),
+            "episode_id": run.run_id,
         }
+
+    def _run_id(self, runtime: Runtime[Any]) -> str:
+        """The episode id of this run: its run id, claimed from a callback if one follows it."""
+        callbacks = _config().get("callbacks")
+        root = None
+        for handler in getattr(callbacks, "handlers", None) or []:
+            if isinstance(handler, ConsolidationCallback) and handler.memory is self.memory:
+                root = handler.claim(getattr(callbacks, "parent_run_id", None)) or root
+        info = getattr(runtime, "execution_info", None)
+        return str(
+            getattr(info, "run_id", None) or root
+            or self._configurable().get("episode_id") or uuid.uuid4()
+        )
 
     def after_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
         """Record the finished run as an episode."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import threading
 import uuid
 import weakref
@@ -26,8 +27,9 @@ from langchain_kd_memory.callbacks import ConsolidationCallback
 from langchain_kd_memory.config import StudentConfig, TeacherConfig
 from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.embeddings import LocalEmbeddings
-from langchain_kd_memory.errors import InvalidArgumentError, NotTrainedError
+from langchain_kd_memory.errors import InvalidArgumentError, InvalidRewardError, NotTrainedError
 from langchain_kd_memory.memory import ConsolidationReport, DistilledEpisodicMemory
+from langchain_kd_memory.runs import FinishedRun
 from langchain_kd_memory.storage import EpisodeStore
 
 QUESTIONS = [
@@ -37,8 +39,8 @@ QUESTIONS = [
 ]
 
 
-def topic_reward(inputs: Any, outputs: Any) -> float:
-    return 0.9 if "refund" in inputs["question"] else 0.1
+def topic_reward(run: FinishedRun) -> float:
+    return 0.9 if "refund" in run.inputs["question"] else 0.1
 
 
 class TrackedMemory(DistilledEpisodicMemory):
@@ -170,7 +172,7 @@ def test_triggers_during_training_are_coalesced(memory: TrackedMemory) -> None:
 def test_raising_reward_fn_does_not_break_the_agent(
     memory: TrackedMemory, chain: Runnable
 ) -> None:
-    def broken(inputs: Any, outputs: Any) -> float:
+    def broken(run: FinishedRun) -> float:
         raise ValueError("reward service down")
 
     callback = ConsolidationCallback(memory, reward_fn=broken)
@@ -224,7 +226,7 @@ def agent_model() -> ToolCallingFakeModel:
 
 
 def test_create_agent_run_is_one_episode(memory: TrackedMemory) -> None:
-    callback = ConsolidationCallback(memory, reward_fn=lambda inputs, outputs: 1.0)
+    callback = ConsolidationCallback(memory, reward_fn=lambda run: 1.0)
     agent = create_agent(agent_model(), tools=[add])
     run_id = uuid.uuid4()
     result = agent.invoke(
@@ -284,3 +286,16 @@ def test_memory_does_not_keep_dropped_callbacks_alive(memory: TrackedMemory) -> 
     memory.remove_rating_listener(kept._on_rating)
     memory.add_episode("another rated question", reward=1.0)
     assert kept.status.ratings_since_consolidation == 1
+
+
+@pytest.mark.parametrize("bad", [math.nan, "0.5", True, math.inf, 10**400, [1.0]])
+def test_a_bad_reward_is_counted_and_the_run_recorded_unrated(
+    memory: TrackedMemory, chain: Runnable, bad: Any
+) -> None:
+    callback = ConsolidationCallback(memory, reward_fn=lambda run: bad)
+    run_id = uuid.uuid4()
+    chain.invoke({"question": QUESTIONS[0]}, config={"callbacks": [callback], "run_id": run_id})
+    status = callback.status
+    assert status.episodes_recorded == 1 and status.errors == 1
+    assert isinstance(status.last_error, InvalidRewardError)
+    assert memory.store.get([str(run_id)])[0].reward is None

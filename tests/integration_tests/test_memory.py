@@ -276,3 +276,15 @@ def test_a_student_that_learned_nothing_does_not_rerank(
     assert not memory.distillation.student_beats_mean
     doc = next(d for d in memory.invoke("refund for my order", k=10) if d.id == unrated)
     assert doc.metadata["value_source"] == "neutral" and doc.metadata["value"] == 0.5
+
+
+def test_a_dict_episode_with_namespace_none_stays_in_the_memorys_namespace(
+    tmp_store: EpisodeStore,
+) -> None:
+    """A tenant leak: None used to send the episode to "default", another tenant's namespace."""
+    tenant = DistilledEpisodicMemory(store=tmp_store, namespace="user-42")
+    other = DistilledEpisodicMemory(store=tmp_store)
+    [episode_id] = tenant.add_episodes([{"query": "my account number is 1234", "namespace": None}])
+    assert tmp_store.get([episode_id])[0].namespace == "user-42"
+    assert other.invoke("what is my account number?") == []
+    assert [d.metadata["id"] for d in tenant.invoke("account number")] == [episode_id]

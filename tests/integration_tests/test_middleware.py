@@ -5,6 +5,7 @@ Only the chat model is fake: LangChain's `FakeMessagesListChatModel`, recording 
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from langchain_core.language_models.fake_chat_models import FakeMessagesListChat
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatResult
 
+from langchain_kd_memory.callbacks import ConsolidationCallback
 from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.embeddings import LocalEmbeddings
 from langchain_kd_memory.errors import InvalidArgumentError
@@ -126,7 +128,7 @@ def test_min_score_and_empty_memory_leave_the_prompt_alone(tmp_store: EpisodeSto
 
 def test_run_is_recorded_as_an_episode(memory: DistilledEpisodicMemory):
     middleware = EpisodicMemoryMiddleware(
-        memory, reward_fn=lambda state: 1.0 if "link" in state["messages"][-1].text else 0.0
+        memory, reward_fn=lambda run: 1.0 if "link" in run.outputs["messages"][-1].text else 0.0
     )
     agent = create_agent(_model("Use the reset link."), [], middleware=[middleware])
     config = {"configurable": {"namespace": "user-7", "episode_id": "run-1", "thread_id": "t"}}
@@ -220,7 +222,7 @@ async def test_broken_memory_never_breaks_the_agent(tmp_path: Path, failure: str
 
 
 def test_raising_reward_fn_records_without_reward(memory: DistilledEpisodicMemory):
-    def reward_fn(state: Any) -> float:
+    def reward_fn(run: Any) -> float:
         raise ValueError("grader crashed")
 
     middleware = EpisodicMemoryMiddleware(memory, reward_fn=reward_fn)
@@ -252,3 +254,34 @@ def test_bad_options_raise(memory: DistilledEpisodicMemory, kwargs: dict[str, An
 def test_memory_must_be_a_distilled_episodic_memory():
     with pytest.raises(InvalidArgumentError):
         EpisodicMemoryMiddleware("memory")  # type: ignore[arg-type]
+
+
+def test_the_run_id_is_the_episode_id_and_feedback_finds_its_namespace(
+    memory: DistilledEpisodicMemory,
+):
+    agent = create_agent(_model(), [], middleware=[EpisodicMemoryMiddleware(memory)])
+    run_id = uuid.uuid4()
+    config = {"run_id": run_id, "configurable": {"namespace": "user-9"}}
+    agent.invoke(_ask("How do I export my data?"), config=config)  # type: ignore[arg-type]
+    assert memory.store.get([str(run_id)], namespace="user-9")[0].reward is None
+    memory.record_feedback(run_id, 1.0)  # no namespace: found where the run was recorded
+    assert memory.store.get([str(run_id)], namespace="user-9")[0].reward == 1.0
+
+
+@pytest.mark.parametrize("give_run_id", [True, False])
+def test_middleware_and_callback_together_record_each_run_once(
+    memory: DistilledEpisodicMemory, give_run_id: bool
+):
+    middleware = EpisodicMemoryMiddleware(memory)
+    callback = ConsolidationCallback(memory)
+    agent = create_agent(_model(), [], middleware=[middleware])
+    before = memory.store.count()
+    run_id = uuid.uuid4()
+    config: dict[str, Any] = {"callbacks": [callback]}
+    if give_run_id:
+        config["run_id"] = run_id
+    agent.invoke(_ask("How do I export my data?"), config=config)  # type: ignore[arg-type]
+    assert memory.store.count() == before + 1
+    assert middleware.status.recorded == 1 and middleware.status.record_failures == 0
+    if give_run_id:
+        assert memory.store.get([str(run_id)])[0].query == "How do I export my data?"

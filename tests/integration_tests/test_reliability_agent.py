@@ -10,7 +10,6 @@ again on the same port and data directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from conftest import ChromaServer
 from langchain.agents import create_agent
@@ -24,6 +23,7 @@ from langchain_kd_memory.embeddings import LocalEmbeddings
 from langchain_kd_memory.errors import CheckpointError, EmbeddingError, StoreError
 from langchain_kd_memory.memory import DistilledEpisodicMemory
 from langchain_kd_memory.middleware import EpisodicMemoryMiddleware
+from langchain_kd_memory.runs import FinishedRun
 from langchain_kd_memory.storage import EpisodeStore
 
 REPLY = "Here is what I would do."
@@ -47,8 +47,8 @@ def small_memory(store: EpisodeStore, model_dir: Path) -> DistilledEpisodicMemor
     return memory
 
 
-def topic_reward(inputs: Any, outputs: Any) -> float:
-    return 1.0 if "refund" in str(inputs).lower() else 0.0
+def topic_reward(run: FinishedRun) -> float:
+    return 1.0 if "refund" in run.query.lower() else 0.0
 
 
 class Agent:

@@ -20,6 +20,7 @@ EXPECTED_ALL = [
     "EpisodeNotFoundError",
     "EpisodeStore",
     "EpisodicMemoryMiddleware",
+    "FinishedRun",
     "InsufficientDataError",
     "InvalidArgumentError",
     "InvalidEpisodeError",
