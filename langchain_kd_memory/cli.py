@@ -32,7 +32,7 @@ from typing import IO, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from langchain_kd_memory.checkpoint import manifest_path
+from langchain_kd_memory.checkpoint import load_checkpoint, manifest_path
 from langchain_kd_memory.episodes import DEFAULT_NAMESPACE, Episode, RewardEstimate
 from langchain_kd_memory.errors import (
     ConfigError,
@@ -128,13 +128,13 @@ def _open_memory(args: argparse.Namespace) -> DistilledEpisodicMemory:
 
 
 def _checkpoint_manifest(memory: DistilledEpisodicMemory) -> dict[str, Any] | None:
+    """The current checkpoint's manifest, verified as loading verifies it, with its path."""
     assert memory.model_dir is not None
-    path = manifest_path(Path(memory.model_dir) / CHECKPOINT_NAME)
-    if not path.exists():
+    prefix = Path(memory.model_dir) / CHECKPOINT_NAME
+    checkpoint = load_checkpoint(prefix, embedder=memory.store.identity)
+    if checkpoint is None:
         return None
-    manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    manifest["path"] = str(path)
-    return manifest
+    return {**checkpoint.manifest, "path": str(manifest_path(prefix))}
 
 
 def _require_trained(memory: DistilledEpisodicMemory) -> None:

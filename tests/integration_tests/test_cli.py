@@ -12,6 +12,7 @@ import os
 import queue
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -490,6 +491,21 @@ def test_stats_describes_store_and_model(
                                  "dimension": 384}
     code, out, _ = run(capsys, "--persist-dir", persist, "stats")
     assert code == 0 and "checkpoint v1" in out and "all-MiniLM-L6-v2" in out
+
+
+def test_stats_refuses_an_edited_manifest(
+    capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The manifest stats reports is the checksummed one: an edited one is a clear error."""
+    copy = tmp_path / "db"
+    shutil.copytree(trained[0], copy)
+    manifest = copy / "models" / "value_model_config.json"
+    data = json.loads(manifest.read_text())
+    data["metrics"]["num_train"] = 1_000_000
+    manifest.write_text(json.dumps(data))
+    code, out, err = run(capsys, "--persist-dir", str(copy), "stats")
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert "SHA-256" in err
 
 
 def test_plot_writes_three_pngs(
