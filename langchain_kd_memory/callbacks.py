@@ -29,6 +29,7 @@ from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 
+from langchain_kd_memory._validate import check_callable, check_int
 from langchain_kd_memory.errors import InsufficientDataError, InvalidArgumentError
 from langchain_kd_memory.memory import ConsolidationReport, DistilledEpisodicMemory
 from langchain_kd_memory.runs import (
@@ -122,17 +123,9 @@ class ConsolidationCallback(BaseCallbackHandler):
             raise InvalidArgumentError(
                 f"memory must be a DistilledEpisodicMemory, got {type(memory).__name__}"
             )
-        if isinstance(every_n_episodes, bool) or not isinstance(every_n_episodes, int) or (
-            every_n_episodes < 1
-        ):
-            raise InvalidArgumentError(
-                f"every_n_episodes must be an int >= 1, got {every_n_episodes!r}"
-            )
-        if reward_fn is not None and not callable(reward_fn):
-            raise InvalidArgumentError("reward_fn must be callable or None")
         self.memory = memory
-        self.every_n_episodes = every_n_episodes
-        self.reward_fn = reward_fn
+        self.every_n_episodes = check_int("every_n_episodes", every_n_episodes, low=1)
+        self.reward_fn = check_callable("reward_fn", reward_fn)
         self.background = background
         self.namespace = memory.resolve_namespace(namespace)
         self._inputs: dict[UUID, Any] = {}

@@ -13,16 +13,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from langchain_kd_memory._validate import check_int
 from langchain_kd_memory.episodes import MAX_TEXT_LENGTH, Episode
-from langchain_kd_memory.errors import InvalidArgumentError
 
 RATING_KEYS = ("witty", "upbeat", "interesting")
 """The three human ratings of a conversation, each from 1 to 10."""
-
-
-def _check_int(value: object, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _turn_text(turn: Sequence[Mapping[str, Any]]) -> str:
@@ -101,10 +96,10 @@ def load_chitchat(
         ImportError: If the `chitchat-dataset` package is not installed.
     """
     if limit is not None:
-        _check_int(limit, "limit", 0)
-    _check_int(query_messages, "query_messages", 1)
+        check_int("limit", limit, low=0)
+    check_int("query_messages", query_messages, low=1)
     if seed is not None:
-        _check_int(seed, "seed", 0)
+        check_int("seed", seed, low=0)
     try:
         import chitchat_dataset
     except ImportError as exc:

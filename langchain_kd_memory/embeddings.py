@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import math
 import os
 import threading
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from typing import Any
 
 from langchain_core.embeddings import Embeddings
 
+from langchain_kd_memory._validate import check_int, check_number, check_text, optional
 from langchain_kd_memory.errors import (
     EmbeddingDimensionError,
     EmbeddingError,
@@ -72,18 +72,6 @@ def check_vectors(vectors: Sequence[Sequence[float]], count: int, dimension: int
             )
 
 
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
-    """Raise `InvalidArgumentError` unless `value` is an int (not a bool) in low..high."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < low
-        or (high is not None and value > high)
-    ):
-        bounds = f">= {low}" if high is None else f"in {low}..{high}"
-        raise InvalidArgumentError(f"{name} must be an int {bounds}, got {value!r}")
-
-
 _MODEL_CACHE: dict[tuple[str, str], Any] = {}
 _MODEL_LOCK = threading.Lock()
 
@@ -135,7 +123,7 @@ class LocalEmbeddings(Embeddings):
             device: Torch device for the encoder.
             batch_size: Texts per forward pass.
         """
-        _check_int("batch_size", batch_size, 1)
+        check_int("batch_size", batch_size, low=1)
         self.model_path = model_path
         self.device = device
         self.batch_size = batch_size
@@ -246,18 +234,12 @@ class OpenAIEmbedder(Embeddings):
         """
         import openai
 
-        if not isinstance(model, str) or not model:
-            raise InvalidArgumentError(f"model must be a non-empty str, got {model!r}")
-        _check_int("batch_size", batch_size, 1, 2048)
-        if dimensions is not None:
-            _check_int("dimensions", dimensions, 1)
-        _check_int("max_retries", max_retries, 0)
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
-            or not 0 < timeout < math.inf
-        ):
-            raise InvalidArgumentError(f"timeout must be a finite number > 0, got {timeout!r}")
+        check_text("model", model)
+        check_int("batch_size", batch_size, low=1, high=2048)
+        optional(check_int, "dimensions", dimensions, low=1)
+        check_int("max_retries", max_retries, low=0)
+        if check_number("timeout", timeout, low=0.0) == 0.0:
+            raise InvalidArgumentError("timeout must be > 0, got 0")
         self.model = model
         self.dimensions = dimensions
         self.batch_size = batch_size

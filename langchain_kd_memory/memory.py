@@ -34,6 +34,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables.config import run_in_executor
 from pydantic import Field, PrivateAttr, field_validator
 
+from langchain_kd_memory._validate import check_int, check_number
 from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.embeddings import check_vectors
 from langchain_kd_memory.episodes import (
@@ -497,8 +498,7 @@ class DistilledEpisodicMemory(BaseRetriever):
         limit = self.max_training_episodes if max_training_episodes is None else (
             max_training_episodes
         )
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
-            raise InvalidArgumentError(f"max_training_episodes must be an int >= 2, got {limit!r}")
+        limit = check_int("max_training_episodes", limit, low=2)
         with self._consolidation_lock:
             start = time.perf_counter()
             arrays = self.store.training_arrays(namespace=ns, limit=limit)
@@ -565,14 +565,11 @@ class DistilledEpisodicMemory(BaseRetriever):
             reward_weight: The weight `w` of the value; the memory's if None.
         """
         check_search_query(query)
-        k = self.k if k is None else k
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InvalidArgumentError(f"k must be an int >= 1, got {k!r}")
-        weight = self.reward_weight if reward_weight is None else reward_weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
-            0.0 <= weight <= 1.0
-        ):
-            raise InvalidArgumentError(f"reward_weight must lie in [0, 1], got {weight!r}")
+        k = check_int("k", self.k if k is None else k, low=1)
+        weight = check_number(
+            "reward_weight", self.reward_weight if reward_weight is None else reward_weight,
+            low=0.0, high=1.0,
+        )
         ns = self.resolve_namespace(namespace)
         candidates = self.store.search_by_vector(
             self._embed([query], query=True)[0], k=max(k, self.fetch_k), namespace=ns, where=filter

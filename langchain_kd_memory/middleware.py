@@ -25,6 +25,13 @@ from langchain_core.runnables.config import run_in_executor
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
+from langchain_kd_memory._validate import (
+    check_callable,
+    check_int,
+    check_number,
+    check_text,
+    optional,
+)
 from langchain_kd_memory.callbacks import ConsolidationCallback
 from langchain_kd_memory.episodes import RewardEstimate, validate_namespace
 from langchain_kd_memory.errors import InvalidArgumentError
@@ -157,20 +164,12 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             raise InvalidArgumentError(
                 f"memory must be a DistilledEpisodicMemory, got {type(memory).__name__}"
             )
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InvalidArgumentError(f"k must be an int >= 1, got {k!r}")
-        if reward_weight is not None and (
-            isinstance(reward_weight, bool)
-            or not isinstance(reward_weight, (int, float))
-            or not 0.0 <= reward_weight <= 1.0
-        ):
-            raise InvalidArgumentError(f"reward_weight must lie in [0, 1], got {reward_weight!r}")
-        if min_score is not None and (
-            isinstance(min_score, bool) or not isinstance(min_score, (int, float))
-        ):
-            raise InvalidArgumentError(f"min_score must be a number or None, got {min_score!r}")
-        if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 10:
-            raise InvalidArgumentError(f"max_chars must be an int >= 10, got {max_chars!r}")
+        self.k = check_int("k", k, low=1)
+        self.reward_weight = optional(check_number, "reward_weight", reward_weight, low=0, high=1)
+        self.min_score = optional(check_number, "min_score", min_score)
+        self.max_chars = check_int("max_chars", max_chars, low=10)
+        self.reward_fn = check_callable("reward_fn", reward_fn)
+        self.namespace_key = check_text("namespace_key", namespace_key)
         if not isinstance(prompt_template, str) or "{episodes}" not in prompt_template:
             raise InvalidArgumentError("prompt_template must be a str containing '{episodes}'")
         try:
@@ -179,23 +178,11 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             raise InvalidArgumentError(
                 f"prompt_template may use only {{episodes}} and {{estimate}}: {exc!r}"
             ) from exc
-        if reward_fn is not None and not callable(reward_fn):
-            raise InvalidArgumentError(f"reward_fn must be callable, got {reward_fn!r}")
-        if not isinstance(namespace_key, str) or not namespace_key:
-            raise InvalidArgumentError(
-                f"namespace_key must be a non-empty str, got {namespace_key!r}"
-            )
         self.memory = memory
-        self.k = k
-        self.reward_weight = reward_weight
-        self.min_score = min_score
         self.prompt_template = prompt_template
-        self.max_chars = max_chars
         self.include_estimate = include_estimate
         self.record = record
-        self.reward_fn = reward_fn
         self.namespace = None if namespace is None else validate_namespace(namespace)
-        self.namespace_key = namespace_key
         self._status = MemoryMiddlewareStatus()
         self._lock = threading.Lock()
 

@@ -8,7 +8,7 @@ Example:
     .. code-block:: python
 
         from langchain_kd_memory import DistilledEpisodicMemory
-        from langchain_kd_memory.plots import write_all
+from langchain_kd_memory.plots import write_all
 
         memory = DistilledEpisodicMemory(persist_directory="./kd_memory")
         memory.consolidate()
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from langchain_kd_memory._validate import check_int, check_number
 from langchain_kd_memory.config import DistillationConfig
 from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.episodes import RewardEstimate, TrainingArrays, validate_query
@@ -131,12 +132,9 @@ def held_out_predictions(
     """
     if not isinstance(arrays, TrainingArrays):
         raise InvalidArgumentError(f"arrays must be TrainingArrays, got {type(arrays).__name__}")
-    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not (
-        0.0 < holdout <= 0.5
-    ):
-        raise InvalidArgumentError(f"holdout must lie in (0, 0.5], got {holdout!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InvalidArgumentError(f"seed must be an int >= 0, got {seed!r}")
+    if check_number("holdout", holdout, low=0.0, high=0.5) == 0.0:
+        raise InvalidArgumentError(f"holdout must be > 0, got {holdout!r}")
+    check_int("seed", seed, low=0)
     n = len(arrays)
     n_test = max(1, round(n * holdout))
     if n - n_test < config.min_episodes:

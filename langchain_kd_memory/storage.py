@@ -45,6 +45,7 @@ from chromadb.config import Settings
 from chromadb.errors import NotFoundError
 from langchain_core.embeddings import Embeddings
 
+from langchain_kd_memory._validate import check_int, check_text, optional
 from langchain_kd_memory.embeddings import EmbedderIdentity, default_embeddings, embedder_identity
 from langchain_kd_memory.episodes import (
     DEFAULT_NAMESPACE,
@@ -159,12 +160,6 @@ def _check_ids(ids: object) -> list[str]:
     return list(ids)
 
 
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
-
-
 _check_namespace = validate_namespace
 
 
@@ -209,10 +204,8 @@ def http_client(host: str, port: int = 8000) -> ClientAPI:
         InvalidArgumentError: If `host` is blank or `port` is not in 1..65535.
         StoreError: If the server cannot be reached.
     """
-    if not isinstance(host, str) or not host.strip():
-        raise InvalidArgumentError(f"host must be a non-empty str, got {host!r}")
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise InvalidArgumentError(f"port must be an int in 1..65535, got {port!r}")
+    check_text("host", host)
+    check_int("port", port, low=1, high=65535)
     with _chroma(f"connect to the Chroma server at {host}:{port}"):
         return chromadb.HttpClient(
             host=host, port=port, settings=Settings(anonymized_telemetry=False)
@@ -913,10 +906,8 @@ class EpisodeStore:
             offset: How many episodes to skip first.
         """
         ns = DEFAULT_NAMESPACE if namespace is None else _check_namespace(namespace)
-        if limit is not None:
-            limit = _check_positive_int(limit, "limit")
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise InvalidArgumentError(f"offset must be an int >= 0, got {offset!r}")
+        limit = optional(check_int, "limit", limit, low=1)
+        offset = check_int("offset", offset, low=0)
         collection = self._collection(ns)
         if collection is None:
             return []
@@ -988,7 +979,7 @@ class EpisodeStore:
         k: object, namespace: object, where: object
     ) -> tuple[int, str, dict[str, Any] | None]:
         return (
-            _check_positive_int(k, "k"),
+            check_int("k", k, low=1),
             DEFAULT_NAMESPACE if namespace is None else _check_namespace(namespace),
             _check_where(where),
         )
@@ -1115,7 +1106,7 @@ class EpisodeStore:
         Yields:
             `TrainingArrays` of at most `batch_size` rows.
         """
-        batch_size = _check_positive_int(batch_size, "batch_size")
+        batch_size = check_int("batch_size", batch_size, low=1)
         if since is not None and not isinstance(since, datetime):
             raise InvalidArgumentError(f"since must be a datetime or None, got {since!r}")
         if namespace is not None:
@@ -1141,7 +1132,7 @@ class EpisodeStore:
             The arrays (zero rows if nothing is rated).
         """
         if limit is not None:
-            limit = _check_positive_int(limit, "limit")
+            limit = check_int("limit", limit, low=1)
         namespaces = self._resolve_namespaces(namespace)
         cutoff = None if limit is None else self._recent_cutoff(namespaces, limit)
         pages = list(self._rated_pages(namespaces, _TRAINING_PAGE, cutoff))

@@ -52,6 +52,7 @@ from langgraph.store.base import (
 )
 from langgraph.store.base import InvalidNamespaceError as LangGraphNamespaceError
 
+from langchain_kd_memory._validate import check_int, check_number, optional
 from langchain_kd_memory.episodes import (
     MAX_ID_LENGTH,
     MAX_METADATA_STRING,
@@ -205,20 +206,15 @@ def _check_filter(filter_: object) -> dict[str, Any]:
             raise InvalidArgumentError(
                 f"unsupported filter operator {key!r}; use one of {sorted(_OPERATORS)}"
             )
-        if key in _ORDERINGS and (
-            isinstance(condition, bool) or not isinstance(condition, (int, float))
-        ):
-            raise InvalidArgumentError(f"{key} needs a number, got {condition!r}")
+        if key in _ORDERINGS:
+            check_number(key, condition)
         if isinstance(condition, Mapping):
             _check_filter(condition)
     return dict(filter_)
 
 
 def _check_page(limit: object, offset: object) -> tuple[int, int]:
-    for name, number in (("limit", limit), ("offset", offset)):
-        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
-            raise InvalidArgumentError(f"{name} must be an int >= 0, got {number!r}")
-    return int(limit), int(offset)  # type: ignore[call-overload]
+    return check_int("limit", limit, low=0), check_int("offset", offset, low=0)
 
 
 def _does_match(condition: MatchCondition, namespace: tuple[str, ...]) -> bool:
@@ -599,12 +595,7 @@ class EpisodeBaseStore(BaseStore):
 
     def _list_namespaces(self, op: ListNamespacesOp) -> list[tuple[str, ...]]:
         limit, offset = _check_page(op.limit, op.offset)
-        if op.max_depth is not None and (
-            isinstance(op.max_depth, bool) or not isinstance(op.max_depth, int) or op.max_depth < 1
-        ):
-            raise InvalidArgumentError(
-                f"max_depth must be an int >= 1 or None, got {op.max_depth!r}"
-            )
+        optional(check_int, "max_depth", op.max_depth, low=1)
         found: set[tuple[str, ...]] = set()
         for namespace in self.episodes.namespaces():
             labels = decode_namespace(namespace)
