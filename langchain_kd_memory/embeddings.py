@@ -1,8 +1,9 @@
-"""Embedders: the local default (all-MiniLM-L6-v2, offline), an OpenAI one, and embedder identity.
+"""Embedders: the local default (all-MiniLM-L6-v2, offline), an OpenAI one, identity, `Embedder`.
 
 Any LangChain `Embeddings` works with the library. Its identity (a name and a dimension) is
 recorded by the store and in every checkpoint, so that vectors from different models are never
-mixed.
+mixed. The store, the memory and the value model embed only through `Embedder`, which wraps any
+`Embeddings` with batching, checks and error handling.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from langchain_core.embeddings import Embeddings
 
 from langchain_kd_memory._validate import check_int, check_number, check_text, optional
@@ -22,7 +24,11 @@ from langchain_kd_memory.errors import (
     EmbeddingDimensionError,
     EmbeddingError,
     InvalidArgumentError,
+    KDMemoryError,
 )
+
+if TYPE_CHECKING:
+    from langchain_kd_memory.episodes import Episode
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 KNOWN_OPENAI_DIMENSIONS = {
@@ -55,7 +61,12 @@ def embedder_identity(embeddings: Embeddings) -> EmbedderIdentity:
         return own
     model = getattr(embeddings, "model", None) or getattr(embeddings, "model_name", None)
     name = type(embeddings).__name__ + (f":{model}" if isinstance(model, str) else "")
-    probe = embeddings.embed_query("dimension probe")
+    try:
+        probe = embeddings.embed_query("dimension probe")
+    except KDMemoryError:
+        raise
+    except Exception as exc:
+        raise EmbeddingError(f"{name} failed to embed a probe text: {exc}") from exc
     if not probe:
         raise EmbeddingError(f"{name} returned an empty embedding")
     return EmbedderIdentity(name=name, dimension=len(probe))
@@ -70,6 +81,99 @@ def check_vectors(vectors: Sequence[Sequence[float]], count: int, dimension: int
             raise EmbeddingDimensionError(
                 f"embedding has dimension {len(vector)}, expected {dimension}"
             )
+
+
+class Embedder:
+    """The package's one path from text to vectors.
+
+    Wraps any LangChain `Embeddings`: knows its identity, embeds a batch in one call, gives an
+    empty text a zero vector without embedding it, checks the shape and finiteness of what comes
+    back (and of vectors a caller passes in), and turns any failure of the embedder into an
+    `EmbeddingError`.
+
+    Example:
+        .. code-block:: python
+
+            embedder = Embedder()                       # the local MiniLM
+            vectors = embedder.texts(["hello", ""])     # (2, 384) float32, second row zeros
+            queries, responses = embedder.episodes(episodes)   # one embedder call
+    """
+
+    def __init__(self, embeddings: Embeddings | None = None) -> None:
+        """Wrap `embeddings` (the process-wide local MiniLM if None).
+
+        Raises:
+            InvalidArgumentError: `embeddings` is not a LangChain `Embeddings`.
+            EmbeddingError: Measuring its dimension failed.
+        """
+        if embeddings is not None and not (
+            hasattr(embeddings, "embed_documents") and hasattr(embeddings, "embed_query")
+        ):
+            raise InvalidArgumentError(
+                f"embeddings must be a LangChain Embeddings, got {type(embeddings).__name__}"
+            )
+        self.embeddings: Embeddings = embeddings or default_embeddings()
+        self.identity = embedder_identity(self.embeddings)
+
+    def __repr__(self) -> str:
+        return f"Embedder({self.identity})"
+
+    @property
+    def dimension(self) -> int:
+        """Length of one vector."""
+        return self.identity.dimension
+
+    def texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of `texts`, shape (n, dimension), float32, from one embedder call.
+
+        Empty texts get zero vectors and are not sent to the embedder.
+        """
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        rows = [i for i, text in enumerate(texts) if text]
+        if rows:
+            vectors = self._call(lambda: self.embeddings.embed_documents([texts[i] for i in rows]))
+            out[rows] = self.check(vectors, len(rows), f"output of embedder {self.identity}")
+        return out
+
+    def query(self, text: str) -> np.ndarray:
+        """The vector of one search query (the embedder's `embed_query`), shape (dimension,)."""
+        vector = self._call(lambda: self.embeddings.embed_query(text))
+        return self.check([vector], 1, f"output of embedder {self.identity}")[0]
+
+    def episodes(self, episodes: Sequence[Episode]) -> tuple[np.ndarray, np.ndarray]:
+        """Query and response vectors of `episodes`, from ONE embedder call for both."""
+        vectors = self.texts([e.query for e in episodes] + [e.response for e in episodes])
+        return vectors[: len(episodes)], vectors[len(episodes) :]
+
+    def check(self, values: object, rows: int, source: str) -> np.ndarray:
+        """`values` as a (rows, dimension) float32 matrix of finite numbers, or raise.
+
+        Raises:
+            EmbeddingDimensionError: The vectors have another dimension.
+            EmbeddingError: Not a numeric (rows, dim) array, or not finite.
+        """
+        try:
+            matrix = np.asarray(values, dtype=np.float32)
+        except (ValueError, TypeError) as exc:
+            raise EmbeddingError(f"{source} is not a numeric (n, dim) array: {exc}") from exc
+        if matrix.ndim != 2 or matrix.shape[0] != rows:
+            raise EmbeddingError(f"{source} has shape {matrix.shape}, expected ({rows}, dim)")
+        if matrix.shape[1] != self.dimension:
+            raise EmbeddingDimensionError(
+                f"{source} has dimension {matrix.shape[1]}, expected {self.dimension} "
+                f"({self.identity})"
+            )
+        if not np.all(np.isfinite(matrix)):
+            raise EmbeddingError(f"{source} contains NaN or infinite values")
+        return matrix
+
+    def _call(self, embed: Any) -> Any:
+        try:
+            return embed()
+        except KDMemoryError:
+            raise
+        except Exception as exc:
+            raise EmbeddingError(f"embedder {self.identity} failed: {exc}") from exc
 
 
 _MODEL_CACHE: dict[tuple[str, str], Any] = {}

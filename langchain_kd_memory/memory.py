@@ -36,7 +36,6 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from langchain_kd_memory._validate import check_int, check_number
 from langchain_kd_memory.distillation import ModelDistillation
-from langchain_kd_memory.embeddings import check_vectors
 from langchain_kd_memory.episodes import (
     DEFAULT_NAMESPACE,
     Episode,
@@ -48,12 +47,10 @@ from langchain_kd_memory.errors import (
     CheckpointError,
     ConfigError,
     EmbedderMismatchError,
-    EmbeddingError,
     EpisodeNotFoundError,
     InsufficientDataError,
     InvalidArgumentError,
     InvalidEpisodeError,
-    KDMemoryError,
     NotTrainedError,
 )
 from langchain_kd_memory.runs import extract_query, extract_response
@@ -313,30 +310,6 @@ class DistilledEpisodicMemory(BaseRetriever):
         assert self.model_dir is not None
         return str(Path(self.model_dir) / CHECKPOINT_NAME)
 
-    def _embed(self, texts: list[str], *, query: bool = False) -> np.ndarray:
-        """Embed texts with the store's embedder (`embed_query` for one search query)."""
-        embedder = self.store.embeddings
-        try:
-            vectors = [embedder.embed_query(texts[0])] if query else embedder.embed_documents(texts)
-        except KDMemoryError:
-            raise
-        except Exception as exc:
-            raise EmbeddingError(f"embedder {self.store.identity} failed: {exc}") from exc
-        check_vectors(vectors, len(texts), self.store.dimension)
-        return np.asarray(vectors, dtype=np.float32)
-
-    def _embed_episodes(self, batch: list[Episode]) -> tuple[np.ndarray, np.ndarray]:
-        """Query and response embeddings of a batch from ONE embedder call.
-
-        An empty response gets a zero vector, as in the store. One call instead of the store's
-        two halves the embedder overhead of recording a run.
-        """
-        answered = [i for i, e in enumerate(batch) if e.response]
-        vectors = self._embed([e.query for e in batch] + [batch[i].response for i in answered])
-        responses = np.zeros((len(batch), self.store.dimension), dtype=np.float32)
-        responses[answered] = vectors[len(batch) :]
-        return vectors[: len(batch)], responses
-
     # ------------------------------------------------------------------ episodes
 
     def add_episode(
@@ -379,7 +352,7 @@ class DistilledEpisodicMemory(BaseRetriever):
         return self.add_episodes([Episode(**fields)])[0]
 
     def add_episodes(self, episodes: Sequence[Episode | Mapping[str, Any]]) -> list[str]:
-        """Store many episodes in one batch (one embedder call for queries, one for responses).
+        """Store many episodes in one batch (one embedder call for their queries and responses).
 
         Dicts take the fields of `Episode.from_dict`; a dict without a namespace goes to the
         memory's namespace, an `Episode` keeps its own.
@@ -395,11 +368,7 @@ class DistilledEpisodicMemory(BaseRetriever):
             e if isinstance(e, Episode) else Episode.from_dict(e, namespace=self.namespace)
             for e in episodes
         ]
-        if not batch:
-            return []
-        self.store.check_episodes(batch)  # before paying for the embeddings
-        queries, responses = self._embed_episodes(batch)
-        ids = self.store.add(batch, query_embeddings=queries, response_embeddings=responses)
+        ids = self.store.add(batch)
         self._notify_rated([e.namespace for e in batch if e.is_rated])
         return ids
 
@@ -572,7 +541,7 @@ class DistilledEpisodicMemory(BaseRetriever):
         )
         ns = self.resolve_namespace(namespace)
         candidates = self.store.search_by_vector(
-            self._embed([query], query=True)[0], k=max(k, self.fetch_k), namespace=ns, where=filter
+            self.store.embedder.query(query), k=max(k, self.fetch_k), namespace=ns, where=filter
         )
         values = self._values([episode for episode, _ in candidates], ns, weight > 0)
         ranked = sorted(

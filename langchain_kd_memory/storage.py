@@ -46,7 +46,7 @@ from chromadb.errors import NotFoundError
 from langchain_core.embeddings import Embeddings
 
 from langchain_kd_memory._validate import check_int, check_text, optional
-from langchain_kd_memory.embeddings import EmbedderIdentity, default_embeddings, embedder_identity
+from langchain_kd_memory.embeddings import Embedder, EmbedderIdentity
 from langchain_kd_memory.episodes import (
     DEFAULT_NAMESPACE,
     MAX_TEXT_LENGTH,
@@ -62,8 +62,6 @@ from langchain_kd_memory.errors import (
     ConfigError,
     DuplicateEpisodeError,
     EmbedderMismatchError,
-    EmbeddingDimensionError,
-    EmbeddingError,
     EpisodeNotFoundError,
     InvalidArgumentError,
     InvalidEpisodeError,
@@ -283,18 +281,12 @@ class EpisodeStore:
                 "collection_name must be 3-63 characters of [a-zA-Z0-9_-] starting and ending "
                 f"with a letter or digit, got {collection_name!r}"
             )
-        if embeddings is not None and not (
-            hasattr(embeddings, "embed_documents") and hasattr(embeddings, "embed_query")
-        ):
-            raise InvalidArgumentError(
-                f"embeddings must be a LangChain Embeddings, got {type(embeddings).__name__}"
-            )
         if persist_directory is not None and client is not None:
             raise InvalidArgumentError("pass persist_directory or client, not both")
         self.reward_range = validate_reward_range(reward_range)
         self.collection_name = collection_name
-        self.embeddings: Embeddings = embeddings or default_embeddings()
-        self._identity = embedder_identity(self.embeddings)
+        self.embedder = Embedder(embeddings)
+        self._identity = self.embedder.identity
         if client is None:
             with _chroma("open the database"):
                 client = chromadb.PersistentClient(
@@ -313,6 +305,11 @@ class EpisodeStore:
 
     def __repr__(self) -> str:
         return f"EpisodeStore(collection_name={self.collection_name!r}, embedder={self._identity})"
+
+    @property
+    def embeddings(self) -> Embeddings:
+        """The LangChain `Embeddings` this store embeds with."""
+        return self.embedder.embeddings
 
     @property
     def identity(self) -> EmbedderIdentity:
@@ -430,44 +427,6 @@ class EpisodeStore:
         return self.namespaces() if namespace is None else [_check_namespace(namespace)]
 
     # ----------------------------------------------------------------- vectors
-
-    def _as_matrix(self, values: object, rows: int, source: str) -> np.ndarray:
-        try:
-            matrix = np.asarray(values, dtype=np.float32)
-        except (ValueError, TypeError) as exc:
-            raise EmbeddingError(f"{source} is not a numeric (n, dim) array: {exc}") from exc
-        if matrix.ndim != 2 or matrix.shape[0] != rows:
-            raise EmbeddingError(f"{source} has shape {matrix.shape}, expected ({rows}, dim)")
-        if matrix.shape[1] != self.dimension:
-            raise EmbeddingDimensionError(
-                f"{source} has dimension {matrix.shape[1]}, but this store holds "
-                f"{self._identity} vectors"
-            )
-        if not np.all(np.isfinite(matrix)):
-            raise EmbeddingError(f"{source} contains NaN or infinite values")
-        return matrix
-
-    def _embed(self, texts: list[str], *, query: bool = False) -> np.ndarray:
-        """Embed texts in one call (`embed_query` for a single search query)."""
-        try:
-            vectors = (
-                [self.embeddings.embed_query(texts[0])]
-                if query
-                else self.embeddings.embed_documents(texts)
-            )
-        except KDMemoryError:
-            raise
-        except Exception as exc:
-            raise EmbeddingError(f"embedder {self._identity} failed: {exc}") from exc
-        return self._as_matrix(vectors, len(texts), f"output of embedder {self._identity}")
-
-    def _response_vectors(self, episodes: list[Episode]) -> np.ndarray:
-        """Embed the non-empty responses; an empty response gets a zero vector."""
-        vectors = np.zeros((len(episodes), self.dimension), dtype=np.float32)
-        rows = [i for i, ep in enumerate(episodes) if ep.response]
-        if rows:
-            vectors[rows] = self._embed([episodes[i].response for i in rows])
-        return vectors
 
     def _decode_vector(self, text: object, episode_id: str) -> np.ndarray:
         try:
@@ -640,18 +599,14 @@ class EpisodeStore:
         response_embeddings: object,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Vectors of `batch[rows]`: the given ones checked, the missing ones embedded."""
-        chosen = [batch[r] for r in rows]
-        queries = (
-            self._embed([ep.query for ep in chosen])
-            if query_embeddings is None
-            else self._as_matrix(query_embeddings, len(batch), "query_embeddings")[rows]
+        if query_embeddings is None and response_embeddings is None:
+            return self.embedder.episodes([batch[r] for r in rows])
+        return (
+            self.embedder.texts([batch[r].query for r in rows]) if query_embeddings is None
+            else self.embedder.check(query_embeddings, len(batch), "query_embeddings")[rows],
+            self.embedder.texts([batch[r].response for r in rows]) if response_embeddings is None
+            else self.embedder.check(response_embeddings, len(batch), "response_embeddings")[rows],
         )
-        responses = (
-            self._response_vectors(chosen)
-            if response_embeddings is None
-            else self._as_matrix(response_embeddings, len(batch), "response_embeddings")[rows]
-        )
-        return queries, responses
 
     def _unstored(self, batch: list[Episode], rows: list[int]) -> list[int]:
         """The rows whose episode is not stored yet; raise if one is stored with other fields."""
@@ -952,7 +907,7 @@ class EpisodeStore:
         collection = self._collection(ns)
         if collection is None:
             return []
-        return self._query(collection, ns, self._embed([query], query=True), k, clean_where)
+        return self._query(collection, ns, self.embedder.query(query)[None, :], k, clean_where)
 
     def search_by_vector(
         self,
@@ -968,7 +923,7 @@ class EpisodeStore:
             EmbeddingError: If `embedding` is not a finite vector.
         """
         k, ns, clean_where = self._check_search(k, namespace, where)
-        matrix = self._as_matrix([embedding], 1, "embedding")
+        matrix = self.embedder.check([embedding], 1, "embedding")
         collection = self._collection(ns)
         if collection is None:
             return []

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+import numpy as np
 from langchain_core.runnables.config import run_in_executor
 from langgraph.store.base import (
     BaseStore,
@@ -61,7 +62,6 @@ from langchain_kd_memory.episodes import (
     validate_reward,
 )
 from langchain_kd_memory.errors import (
-    EmbeddingError,
     EpisodeNotFoundError,
     InvalidArgumentError,
     InvalidNamespaceError,
@@ -539,10 +539,7 @@ class EpisodeBaseStore(BaseStore):
             raise InvalidArgumentError(f"query must be a str or None, got {op.query!r}")
         if not op.query or not op.query.strip():  # as in LangGraph's stores: no query, a listing
             return self._scan(namespaces, filter_, limit, offset)
-        try:
-            vector = self.episodes.embeddings.embed_query(op.query)
-        except Exception as exc:
-            raise EmbeddingError(f"could not embed the search query: {exc}") from exc
+        vector = self.episodes.embedder.query(op.query)
         need = offset + limit
         hits: list[SearchItem] = []
         for namespace in namespaces:
@@ -550,7 +547,7 @@ class EpisodeBaseStore(BaseStore):
         return rank_by_score(hits)[offset:need]
 
     def _nearest(
-        self, namespace: str, vector: list[float], filter_: dict[str, Any], need: int
+        self, namespace: str, vector: np.ndarray, filter_: dict[str, Any], need: int
     ) -> list[SearchItem]:
         """The `need` most similar indexed items of one namespace that pass the filter."""
         total = self.episodes.count(namespace)

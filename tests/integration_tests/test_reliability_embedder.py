@@ -148,10 +148,11 @@ def test_every_write_path_stores_nothing_when_the_server_fails(
 
 
 @pytest.mark.parametrize("write", ["store.add", "LangGraph put"])
-def test_queries_embedded_then_responses_failing_store_nothing(
+def test_a_batch_whose_later_request_fails_stores_nothing(
     memory: DistilledEpisodicMemory, server: ScriptedServer, write: str
 ) -> None:
-    """These paths embed queries and responses in two calls: the second one fails here."""
+    """One text per request: the first request succeeds, the next one fails."""
+    memory.store.embeddings.batch_size = 1  # type: ignore[attr-defined]
     assert_refused(memory, server, WRITES[write], ["ok", "500", "500", "500"], 4, "500")
 
 

@@ -293,7 +293,7 @@ def test_update_reward_changes_metadata_only(
     filled: tuple[EpisodeStore, list[Episode]], counting_embeddings: LocalEmbeddings
 ) -> None:
     store, episodes = filled
-    store.embeddings = counting_embeddings
+    store.embedder.embeddings = counting_embeddings
     before = store.training_arrays()
     vector_before = _stored_query_vector(store, "locked")
     updated = store.update_reward("locked", 6)
@@ -327,7 +327,7 @@ def test_training_data_comes_from_storage_not_the_embedder(
         for i in range(7)
     ] + [Episode("unrated question", "unrated answer", namespace="a")]
     store.add(episodes)
-    assert counting_embeddings.calls == 2  # one batched call for queries, one for responses
+    assert counting_embeddings.calls == 1  # one batched call for queries and responses
     assert counting_embeddings.texts == 8 + 4  # empty responses are not embedded
     counting_embeddings.calls = 0
 
