@@ -13,6 +13,8 @@ from typing import Any
 from langchain_kd_memory.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
+REMOVED = ("num_threads",)
+"""Removed settings: `from_dict` drops them (old checkpoints), `ModelDistillation` warns."""
 MAX_HIDDEN_LAYERS = 32
 """Most hidden layers a network may have (the defaults have 4 and 2)."""
 
@@ -92,9 +94,11 @@ class DistillationConfig:
         warm_start: Start from the previous weights when retraining with the same shapes.
         seed: Random seed for the split, the initial weights and the shuffling; None = random.
         device: "auto" (CUDA if available, else CPU), "cpu" or "cuda".
-        num_threads: Upper bound on CPU threads torch uses while training. 1 by default:
-            training runs beside the agent, and on a busy 2-core machine two threads were
-            about 5x slower than one.
+
+    Training uses torch's thread count as the process has it and never changes it (it is
+    process-wide: a cap set for a background training also capped the agent's threads). To cap
+    it, call `torch.set_num_threads(n)` at the start of your program (on a busy 2-core machine,
+    1 thread trained several times faster than 2: see BENCHMARKS.md).
         teacher: Shape of the teacher.
         student: Shape of the student.
     """
@@ -119,7 +123,6 @@ class DistillationConfig:
     warm_start: bool = False
     seed: int | None = None
     device: str = "auto"
-    num_threads: int = 1
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
 
@@ -135,8 +138,7 @@ class DistillationConfig:
                 raise ConfigError(f"{name} must be a number, got {value!r}")
             if not math.isfinite(value):
                 raise ConfigError(f"{name} must be finite, got {value}")
-        for name in ("num_bins", "cross_fit_folds", "patience", "max_epochs", "min_episodes",
-                     "num_threads"):
+        for name in ("num_bins", "cross_fit_folds", "patience", "max_epochs", "min_episodes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{name} must be an int, got {value!r}")
@@ -203,8 +205,6 @@ class DistillationConfig:
             raise ConfigError(f"seed must be an int or None, got {self.seed!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
-        if self.num_threads < 1:
-            raise ConfigError(f"num_threads must be >= 1, got {self.num_threads}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (tuples become lists)."""
@@ -212,11 +212,14 @@ class DistillationConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DistillationConfig:
-        """Rebuild a config from `to_dict` output; unknown keys raise `ConfigError`."""
+        """Rebuild a config from `to_dict` output; unknown keys raise `ConfigError`.
+
+        Keys of settings that were removed (`REMOVED`, found in older checkpoints) are dropped.
+        """
         if not isinstance(data, dict):
             raise ConfigError(f"expected a dict, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        unknown = set(data) - known - set(REMOVED)
         if unknown:
             raise ConfigError(f"unknown config keys: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**{key: value for key, value in data.items() if key in known})

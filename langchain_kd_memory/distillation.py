@@ -30,15 +30,15 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from langchain_kd_memory.binning import RewardBinner
 from langchain_kd_memory.checkpoint import load_checkpoint, save_checkpoint
-from langchain_kd_memory.config import DistillationConfig
+from langchain_kd_memory.config import REMOVED, DistillationConfig
 from langchain_kd_memory.embeddings import (
     EmbedderIdentity,
     check_vectors,
@@ -70,6 +70,7 @@ from langchain_kd_memory.models import (
     StudentNetwork,
     TeacherNetwork,
     count_parameters,
+    set_dropout_generator,
     tensor_shapes,
 )
 
@@ -227,18 +228,18 @@ def _fit(
     return history
 
 
-@contextlib.contextmanager
-def _training_environment(seed: int, device: torch.device, threads: int) -> Iterator[None]:
-    """Seed torch without touching the caller's RNG state, and cap CPU threads meanwhile."""
-    previous_threads = torch.get_num_threads()
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        torch.set_num_threads(max(1, min(threads, previous_threads)))
-        try:
-            yield
-        finally:
-            torch.set_num_threads(previous_threads)
+Network = TypeVar("Network", bound=nn.Module)
+
+
+def _prepared(
+    network: Network, warm: nn.Module | None, device: torch.device, masks: torch.Generator
+) -> Network:
+    """`network` on `device`, with `warm`'s weights if given and dropout masks from `masks`."""
+    if warm is not None:
+        network.load_state_dict(warm.state_dict())
+    network = network.to(device)
+    set_dropout_generator(network, masks)
+    return network
 
 
 def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -312,6 +313,15 @@ class ModelDistillation:
         Raises:
             ConfigError: An invalid or unknown setting.
         """
+        for name in set(options) & set(REMOVED):
+            warnings.warn(
+                f"{name} is ignored and will be removed: training never changes torch's thread "
+                "count, which is process-wide; call torch.set_num_threads(n) at the start of "
+                "your program to cap it",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            del options[name]
         known = {f.name for f in fields(DistillationConfig)}
         unknown = set(options) - known
         if unknown:
@@ -525,11 +535,10 @@ class ModelDistillation:
             self._check_dimension(data.dimension)
             seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**31)
             device = self._device()
-            with _training_environment(seed, device, cfg.num_threads):
-                state, results = self._train(
-                    data, epochs=epochs, batch_size=batch, fraction=fraction, seed=seed,
-                    device=device, quiet=quiet,
-                )
+            state, results = self._train(
+                data, epochs=epochs, batch_size=batch, fraction=fraction, seed=seed,
+                device=device, quiet=quiet,
+            )
             results.update(num_skipped=skipped, seconds=time.perf_counter() - start)
             self._state = state
         logger.info(
@@ -552,12 +561,15 @@ class ModelDistillation:
             return None
         return state
 
-    def _new_teacher(self, dim: int, warm: _Trained | None, device: torch.device) -> TeacherNetwork:
+    def _new_teacher(
+        self, dim: int, warm: _Trained | None, device: torch.device,
+        generator: torch.Generator, masks: torch.Generator,
+    ) -> TeacherNetwork:
         cfg = self.config
-        teacher = TeacherNetwork(dim, cfg.num_bins, cfg.teacher, cfg.privileged)
-        if warm is not None:
-            teacher.load_state_dict(warm.teacher.state_dict())
-        return teacher.to(device)
+        teacher = TeacherNetwork(
+            dim, cfg.num_bins, cfg.teacher, cfg.privileged, generator=generator
+        )
+        return _prepared(teacher, warm.teacher if warm else None, device, masks)
 
     def _train(
         self,
@@ -572,7 +584,10 @@ class ModelDistillation:
     ) -> tuple[_Trained, dict[str, Any]]:
         cfg = self.config
         rng = np.random.default_rng(seed)
-        generator = torch.Generator().manual_seed(seed)
+        # Private generators: torch's global RNG is never seeded nor drawn from, so that training
+        # in any thread is reproducible and leaves the other threads' random numbers alone.
+        generator = torch.Generator().manual_seed(seed)  # split shuffles and initial weights
+        masks = generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
         train_np, val_np = _split(len(data), fraction, rng)
         if batch_size is None:
             batch_size = min(MAX_AUTO_BATCH, max(MIN_AUTO_BATCH, len(train_np) // 16))
@@ -603,7 +618,7 @@ class ModelDistillation:
             )
 
         # Phase 1: the teacher, on every training row.
-        teacher = self._new_teacher(data.dimension, warm, device)
+        teacher = self._new_teacher(data.dimension, warm, device, generator, masks)
         teacher_history = fit_teacher(teacher, train_rows, "teacher")
         teacher_logits = _predict_logits(teacher, (query, response))
 
@@ -612,7 +627,7 @@ class ModelDistillation:
         fold_splits = np.array_split(rng.permutation(train_np), folds) if folds else []
         for k, held_out in enumerate(fold_splits):
             fold_rows = torch.from_numpy(np.setdiff1d(train_np, held_out)).to(device)
-            fold_teacher = self._new_teacher(data.dimension, None, device)
+            fold_teacher = self._new_teacher(data.dimension, None, device, generator, masks)
             fit_teacher(fold_teacher, fold_rows, f"teacher fold {k + 1}/{folds}")
             held = torch.from_numpy(held_out).to(device)
             teacher_logits[held] = _predict_logits(fold_teacher, (query, response), held)
@@ -623,10 +638,10 @@ class ModelDistillation:
                 logits, teacher_logits[rows], cfg.temperature
             ) + cfg.beta * label_loss(logits, rows)
 
-        student = StudentNetwork(data.dimension, cfg.num_bins, cfg.student)
-        if warm is not None:
-            student.load_state_dict(warm.student.state_dict())
-        student = student.to(device)
+        student = _prepared(
+            StudentNetwork(data.dimension, cfg.num_bins, cfg.student, generator=generator),
+            warm.student if warm else None, device, masks,
+        )
         student_history = _fit(
             student, (query,), student_loss, train_rows, val_rows,
             config=cfg, epochs=epochs, batch_size=batch_size, generator=generator,
@@ -651,6 +666,8 @@ class ModelDistillation:
             "cross_fit_folds": folds,
             "warm_started": warm is not None,
         }
+        for network in (teacher, student):
+            set_dropout_generator(network, None)  # trained: the generators stay with this run
         state = _Trained(
             teacher.cpu(), student.cpu(), binner, data.dimension, self.embedder_identity,
             replace(cfg), results,
@@ -821,10 +838,13 @@ class ModelDistillation:
             return False
         saved = _saved_networks(checkpoint.manifest, identity, prefix)
         config = replace(saved.config, device=self.config.device)
-        teacher = TeacherNetwork(saved.dim, config.num_bins, config.teacher, config.privileged)
-        student = StudentNetwork(saved.dim, config.num_bins, config.student)
-        teacher.load_state_dict(checkpoint.weights["teacher"])  # names and shapes checked
-        student.load_state_dict(checkpoint.weights["student"])
+        # Built on the meta device and given the loaded tensors: nothing is initialised or drawn.
+        teacher = TeacherNetwork(
+            saved.dim, config.num_bins, config.teacher, config.privileged, device="meta"
+        )
+        student = StudentNetwork(saved.dim, config.num_bins, config.student, device="meta")
+        teacher.load_state_dict(checkpoint.weights["teacher"], assign=True)  # shapes checked
+        student.load_state_dict(checkpoint.weights["student"], assign=True)
         with self._train_lock:
             self.config = config
             self._state = _Trained(

@@ -4,17 +4,42 @@ Both networks return logits over `num_bins` ordinal reward bins; the softmax (wi
 temperature) belongs to the loss and to prediction, never to the model. LayerNorm, not BatchNorm,
 so that a batch of one works in training and in evaluation.
 
+Given a `torch.Generator`, a network draws its initial weights and its dropout masks from it and
+never from torch's global RNG, so that a training in a background thread is reproducible and
+leaves every other thread's random numbers alone.
+
     teacher: [query | response] -> 1024 -> 512 -> 256 -> 128 -> num_bins   (privileged)
     student:  query             ->  256 -> 128 -> num_bins
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from langchain_kd_memory.config import StudentConfig, TeacherConfig
 from langchain_kd_memory.errors import EmbeddingDimensionError
+
+
+class Dropout(nn.Module):
+    """`nn.Dropout` that draws its masks from `generator` (torch's global RNG if None)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` with a share `p` of its values zeroed and the rest scaled by 1 / (1 - p)."""
+        if not self.training or self.p == 0.0:
+            return x
+        if self.generator is None:
+            return F.dropout(x, self.p, training=True)
+        keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator)
+        return x * keep / (1.0 - self.p)
 
 
 class RewardMLP(nn.Module):
@@ -27,18 +52,34 @@ class RewardMLP(nn.Module):
         num_bins: int,
         dropout: float,
         device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = input_dim
-        for hidden in hidden_sizes:
+        for hidden in hidden_sizes:  # on the meta device: torch's own init would draw globally
             layers += [
-                nn.Linear(width, hidden, device=device), nn.LayerNorm(hidden, device=device),
-                nn.GELU(), nn.Dropout(dropout),
+                nn.Linear(width, hidden, device="meta"), nn.LayerNorm(hidden, device="meta"),
+                nn.GELU(), Dropout(dropout),
             ]
             width = hidden
         self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(width, num_bins, device=device)
+        self.head = nn.Linear(width, num_bins, device="meta")
+        target = torch.device("cpu" if device is None else device)
+        if target.type != "meta":
+            self.to_empty(device=target)
+            self.reset_parameters(generator)
+        set_dropout_generator(self, generator)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Initialise as `nn.Linear` and `nn.LayerNorm` do, drawing from `generator`."""
+        for layer in self.modules():
+            if isinstance(layer, nn.Linear):
+                nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+                bound = 1 / math.sqrt(layer.in_features)
+                nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+            elif isinstance(layer, nn.LayerNorm):
+                layer.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits, shape (batch, num_bins)."""
@@ -63,6 +104,7 @@ class TeacherNetwork(nn.Module):
         privileged: bool = True,
         *,
         device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         """Build the teacher.
 
@@ -71,14 +113,19 @@ class TeacherNetwork(nn.Module):
             num_bins: Number of reward bins (output logits).
             config: Hidden sizes and dropout; `TeacherConfig()` if None.
             privileged: Whether the input is query and response (else the query alone).
-            device: Where to create the parameters; "meta" gives their shapes without memory.
+            device: Where to create the parameters (CPU if None); "meta" gives their shapes
+                without memory or initialisation.
+            generator: Draws the initial weights and the dropout masks (on `device`); torch's
+                global RNG if None.
         """
         super().__init__()
         config = config or TeacherConfig()
         self.embedding_dim = embedding_dim
         self.privileged = privileged
         input_dim = 2 * embedding_dim if privileged else embedding_dim
-        self.mlp = RewardMLP(input_dim, config.hidden_sizes, num_bins, config.dropout, device)
+        self.mlp = RewardMLP(
+            input_dim, config.hidden_sizes, num_bins, config.dropout, device, generator
+        )
 
     def forward(self, query: torch.Tensor, response: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (batch, num_bins) from query embeddings and, if privileged, response ones."""
@@ -101,6 +148,7 @@ class StudentNetwork(nn.Module):
         config: StudentConfig | None = None,
         *,
         device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         """Build the student.
 
@@ -108,17 +156,29 @@ class StudentNetwork(nn.Module):
             embedding_dim: Dimension of the query embedding.
             num_bins: Number of reward bins (output logits).
             config: Hidden sizes and dropout; `StudentConfig()` if None.
-            device: Where to create the parameters; "meta" gives their shapes without memory.
+            device: Where to create the parameters (CPU if None); "meta" gives their shapes
+                without memory or initialisation.
+            generator: Draws the initial weights and the dropout masks (on `device`); torch's
+                global RNG if None.
         """
         super().__init__()
         config = config or StudentConfig()
         self.embedding_dim = embedding_dim
-        self.mlp = RewardMLP(embedding_dim, config.hidden_sizes, num_bins, config.dropout, device)
+        self.mlp = RewardMLP(
+            embedding_dim, config.hidden_sizes, num_bins, config.dropout, device, generator
+        )
 
     def forward(self, query: torch.Tensor) -> torch.Tensor:
         """Logits (batch, num_bins) from query embeddings."""
         _check_input("query", query, self.embedding_dim)
         return self.mlp(query)
+
+
+def set_dropout_generator(module: nn.Module, generator: torch.Generator | None) -> None:
+    """Make every dropout layer of `module` draw its masks from `generator` (on its device)."""
+    for layer in module.modules():
+        if isinstance(layer, Dropout):
+            layer.generator = generator
 
 
 def tensor_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:

@@ -49,7 +49,8 @@ from langchain_kd_memory import checkpoint, distillation
 
 
 def stop_here():
-    (root / "reached").write_text(point)
+    (root / "reaching").write_text(point)  # renamed: the parent never sees it half-written
+    (root / "reaching").rename(root / "reached")
     time.sleep(600)
 
 
@@ -87,7 +88,7 @@ def open_memory(root: Path, seed: int = 0, embeddings: LocalEmbeddings | None = 
     """The memory of a directory (Chroma in root/chroma, checkpoints in root/models)."""
     embeddings = embeddings or LocalEmbeddings()
     model = ModelDistillation(
-        seed=seed, embeddings=embeddings, max_epochs=5, num_threads=1,
+        seed=seed, embeddings=embeddings, max_epochs=5,
         teacher=TeacherConfig(hidden_sizes=(64,)), student=StudentConfig(hidden_sizes=(16,)),
     )
     store = EpisodeStore("crash", embeddings=embeddings, persist_directory=str(root / "chroma"))

@@ -39,7 +39,7 @@ FLIPS_PER_FILE = 40
 
 def model(embeddings: LocalEmbeddings) -> ModelDistillation:
     return ModelDistillation(
-        seed=0, embeddings=embeddings, max_epochs=3, num_threads=1,
+        seed=0, embeddings=embeddings, max_epochs=3,
         teacher=TeacherConfig(hidden_sizes=(32,)), student=StudentConfig(hidden_sizes=(16,)),
     )
 

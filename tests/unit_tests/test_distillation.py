@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -83,6 +85,14 @@ def test_config_round_trips_through_a_dict():
     assert ModelDistillation.from_config(config).config == config
 
 
+def test_num_threads_is_gone_old_configs_still_load():
+    with pytest.warns(DeprecationWarning, match="torch.set_num_threads"):
+        kd = ModelDistillation(num_threads=1)
+    assert not hasattr(kd.config, "num_threads")
+    old = {**DistillationConfig().to_dict(), "num_threads": 1}  # what older checkpoints hold
+    assert DistillationConfig.from_dict(old) == DistillationConfig()
+
+
 # ----------------------------------------------------------------------------- losses
 
 
@@ -160,6 +170,59 @@ def test_training_does_not_change_the_callers_random_state():
     torch.manual_seed(3)
     model().distill_from_memories(clusters(20), num_epochs=1)
     assert torch.equal(torch.rand(1), before)
+
+
+def weights_of(kd: ModelDistillation) -> dict[str, bytes]:
+    """Every tensor of both networks, as bytes: equal means bit-identical."""
+    return {
+        f"{role}.{name}": tensor.numpy().tobytes()
+        for role, network in (("teacher", kd.teacher), ("student", kd.student))
+        for name, tensor in network.state_dict().items()
+    }
+
+
+def in_thread(target) -> threading.Thread:
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread
+
+
+def test_training_is_bit_identical_while_other_threads_train_and_use_torchs_rng():
+    data, other_data = clusters(120, seed=1), clusters(120, seed=2)
+    reference = model(seed=5)
+    reference.distill_from_memories(data, num_epochs=3)
+
+    torch.manual_seed(123)
+    expected_draws = torch.rand(100_000)
+    torch.manual_seed(123)
+    draws = [torch.rand(1)]
+    kd, other = model(seed=5), model(seed=9)
+    trainings = [
+        in_thread(lambda: kd.distill_from_memories(data, num_epochs=3)),
+        in_thread(lambda: other.distill_from_memories(other_data, num_epochs=3)),
+    ]
+    while any(t.is_alive() for t in trainings) and len(draws) < len(expected_draws):
+        draws.append(torch.rand(1))  # this thread's own use of torch's global RNG
+    for thread in trainings:
+        thread.join()
+    assert weights_of(kd) == weights_of(reference)
+    # Nor did the trainings touch this thread's random sequence.
+    assert torch.equal(torch.cat(draws), expected_draws[: len(draws)])
+
+
+def test_training_leaves_torchs_thread_count_alone():
+    """Neither the threads that exist nor those started during or after a training see
+    another thread count (a background consolidation must not cap the agent's threads)."""
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    kd = model(seed=1)
+    training = in_thread(lambda: kd.distill_from_memories(clusters(120), num_epochs=3))
+    while training.is_alive():
+        in_thread(lambda: seen.append(torch.get_num_threads())).join()
+        seen.append(torch.get_num_threads())
+    in_thread(lambda: seen.append(torch.get_num_threads())).join()
+    assert kd.is_trained and len(seen) > 2
+    assert set(seen) == {before}
 
 
 @pytest.mark.parametrize("n, batch_size", [(11, 1), (76, 64)])  # every batch / the last one of 1

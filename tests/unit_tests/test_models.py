@@ -82,3 +82,26 @@ def test_invalid_network_configs(kwargs):
         TeacherConfig(**kwargs)
     with pytest.raises(ConfigError):
         StudentConfig(**kwargs)
+
+
+def test_a_generator_gives_reproducible_weights_and_dropout_without_torchs_global_rng():
+    torch.manual_seed(0)
+    global_state = torch.get_rng_state()
+    runs = []
+    for _ in range(2):
+        generator = torch.Generator().manual_seed(7)
+        student = StudentNetwork(16, 8, StudentConfig((64,), 0.5), generator=generator)
+        student.train()
+        runs.append((student.state_dict(), student(torch.ones(4, 16))))
+    assert torch.equal(torch.get_rng_state(), global_state)  # never drawn from
+    for name, tensor in runs[0][0].items():
+        assert torch.equal(tensor, runs[1][0][name]), name
+    assert torch.equal(runs[0][1], runs[1][1])  # same dropout masks
+    other = StudentNetwork(16, 8, StudentConfig((64,), 0.5), generator=torch.Generator())
+    assert not torch.equal(other.mlp.head.weight, runs[0][0]["mlp.head.weight"])
+
+
+def test_meta_networks_give_shapes_without_memory():
+    teacher = TeacherNetwork(400_000, 64, TeacherConfig((1024,), 0.1), device="meta")
+    assert teacher.mlp.body[0].weight.is_meta
+    assert teacher.mlp.body[0].weight.shape == (1024, 800_000)
