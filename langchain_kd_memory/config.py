@@ -1,13 +1,15 @@
 """Settings of the value model, as dataclasses validated on construction.
 
 `DistillationConfig` holds everything that defines a trained model and how it is trained; it is
-saved in every checkpoint (`to_dict`) and restored from it (`from_dict`).
+saved in every checkpoint (`to_dict`). Loading a checkpoint restores only what defines its
+networks (`network_settings` and the reward range, see `with_networks_of`): how the next
+training runs stays the caller's choice.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from langchain_kd_memory.errors import ConfigError
@@ -205,6 +207,54 @@ class DistillationConfig:
             raise ConfigError(f"seed must be an int or None, got {self.seed!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
+
+    def network_settings(self) -> dict[str, Any]:
+        """The settings that define the networks' tensors (what a checkpoint restores)."""
+        return {
+            "teacher.hidden_sizes": self.teacher.hidden_sizes,
+            "student.hidden_sizes": self.student.hidden_sizes,
+            "num_bins": self.num_bins,
+            "privileged": self.privileged,
+        }
+
+    def with_networks_of(self, saved: DistillationConfig) -> DistillationConfig:
+        """This config with the network settings of a checkpoint's config `saved`.
+
+        The reward range is taken too unless this config declares one. Training settings
+        (temperature, alpha, beta, learning rate, epochs, dropout, seed, device, ...) stay.
+
+        Raises:
+            ConfigError: A network setting this config changed from its default differs from
+                the saved one, or both declare different reward ranges: the checkpoint does not
+                hold the networks asked for. The message names each difference.
+        """
+        mine, theirs = self.network_settings(), saved.network_settings()
+        default = DistillationConfig().network_settings()
+        conflicts = [
+            f"{name}={mine[name]!r} (the checkpoint has {theirs[name]!r})"
+            for name in mine
+            if mine[name] != default[name] and mine[name] != theirs[name]
+        ]
+        declared = self.reward_low is not None
+        mine_range, saved_range = (self.reward_low, self.reward_high), (
+            saved.reward_low, saved.reward_high
+        )
+        if declared and saved.reward_low is not None and mine_range != saved_range:
+            conflicts.append(
+                f"reward range {list(mine_range)} (the checkpoint has {list(saved_range)})"
+            )
+        if conflicts:
+            raise ConfigError("; ".join(conflicts))
+        merged = replace(
+            self,
+            teacher=replace(self.teacher, hidden_sizes=saved.teacher.hidden_sizes),
+            student=replace(self.student, hidden_sizes=saved.student.hidden_sizes),
+            num_bins=saved.num_bins,
+            privileged=saved.privileged,
+        )
+        return merged if declared else replace(
+            merged, reward_low=saved.reward_low, reward_high=saved.reward_high
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (tuples become lists)."""

@@ -551,11 +551,7 @@ class ModelDistillation:
         state = self._state
         if not self.config.warm_start or state is None:
             return None
-        same_shapes = (
-            state.config.teacher == self.config.teacher
-            and state.config.student == self.config.student
-            and state.config.privileged == self.config.privileged
-        )
+        same_shapes = state.config.network_settings() == self.config.network_settings()
         if state.binner != binner or state.embedding_dim != dim or not same_shapes:
             logger.info("warm start skipped: the reward bins, dimension or network shapes changed")
             return None
@@ -816,8 +812,12 @@ class ModelDistillation:
     def load_models(self, prefix: str, version: int | None = None) -> bool:
         """Load the checkpoint at `prefix`; False if there is none.
 
-        The checkpoint's config replaces this object's (the device setting is kept). If loading
-        fails, the model in use (if any) stays as it was.
+        Only what defines the saved networks is taken from the checkpoint: network shapes,
+        `num_bins`, `privileged`, the reward bins and, unless this model declares one, the
+        reward range. This model's training settings (temperature, alpha, beta, learning rate,
+        epochs, dropout, seed, device, ...) stay, so the next training runs with them. A network
+        setting this model was given (anything but its default) must match the checkpoint's.
+        If loading fails, the model in use (if any) stays as it was.
 
         Args:
             prefix: The prefix given to `save_models`.
@@ -825,9 +825,11 @@ class ModelDistillation:
                 instead of the latest, e.g. the previous one when the latest is damaged.
 
         Raises:
-            CheckpointError: A corrupted, tampered, truncated or unsafe checkpoint (pickle
-                files are refused, never opened), or a version that is not on disk.
+            CheckpointError: A corrupted, tampered, truncated, forged or unsafe checkpoint
+                (pickle files are refused, never opened), or a version that is not on disk.
             EmbedderMismatchError: It was trained with another embedder or dimension.
+            ConfigError: This model asks for other networks (e.g. `num_bins=32` against a
+                64-bin checkpoint) or another declared reward range than the checkpoint holds.
         """
         identity = self.embedder_identity
         checkpoint = load_checkpoint(
@@ -837,7 +839,14 @@ class ModelDistillation:
         if checkpoint is None:
             return False
         saved = _saved_networks(checkpoint.manifest, identity, prefix)
-        config = replace(saved.config, device=self.config.device)
+        try:
+            config = self.config.with_networks_of(saved.config)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"the checkpoint at {prefix!r} holds other networks than this model asks for: "
+                f"{exc}; leave these settings out (or give the checkpoint's) to use it, or give "
+                "another prefix (a memory: another model_dir) to train new networks with yours"
+            ) from exc
         # Built on the meta device and given the loaded tensors: nothing is initialised or drawn.
         teacher = TeacherNetwork(
             saved.dim, config.num_bins, config.teacher, config.privileged, device="meta"

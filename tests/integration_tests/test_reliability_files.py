@@ -27,7 +27,7 @@ from langchain_kd_memory import checkpoint
 from langchain_kd_memory.config import StudentConfig, TeacherConfig
 from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.embeddings import LocalEmbeddings
-from langchain_kd_memory.episodes import TrainingArrays
+from langchain_kd_memory.episodes import Episode, TrainingArrays
 from langchain_kd_memory.errors import CheckpointError
 from langchain_kd_memory.memory import CHECKPOINT_NAME, DistilledEpisodicMemory
 from langchain_kd_memory.storage import EpisodeStore
@@ -347,3 +347,29 @@ def test_a_fifo_in_place_of_a_checkpoint_file_is_refused_without_blocking(
     assert isinstance(outcome, CheckpointError), outcome
     assert "not a regular file" in str(outcome)
     assert not kd.is_trained
+
+
+# ------------------------------------------------------------------ settings of a loaded model
+
+
+def test_a_memory_keeps_its_models_training_settings_over_a_checkpoint(
+    saved: tuple[Path, list[bytes]], embeddings: LocalEmbeddings, chroma_client: ClientAPI
+) -> None:
+    prefix, scores = saved
+    store = EpisodeStore("relfiles-settings", embeddings=embeddings, client=chroma_client)
+    kd = ModelDistillation(seed=0, embeddings=embeddings, temperature=2.0, alpha=0.5, beta=0.5,
+                           max_epochs=2)
+    memory = DistilledEpisodicMemory(store=store, distillation=kd, model_dir=str(prefix.parent))
+    assert memory.is_trained and predictions(kd) == scores[1]
+    assert (kd.config.temperature, kd.config.alpha, kd.config.max_epochs) == (2.0, 0.5, 2)
+    assert kd.config.teacher.hidden_sizes == (32,)  # the checkpoint's network
+    # ...and the next consolidation trains, and saves, with the memory's settings.
+    data = arrays(3)
+    store.add([Episode(f"q{i}", reward=float(r)) for i, r in enumerate(data.rewards)],
+              query_embeddings=data.query_embeddings,
+              response_embeddings=data.response_embeddings)
+    report = memory.consolidate()
+    manifest = json.loads(checkpoint.manifest_path(prefix).read_text())
+    assert report.checkpoint_version == 3 and manifest["version"] == 3
+    assert (manifest["config"]["temperature"], manifest["config"]["max_epochs"]) == (2.0, 2)
+    assert report.metrics["teacher"]["epochs_run"] <= 2

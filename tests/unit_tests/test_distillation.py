@@ -367,9 +367,10 @@ def test_save_and_load_give_identical_predictions(trained, tmp_path):
     kd, _ = trained
     paths = kd.save_models(str(tmp_path / "kd"))
     assert set(paths) == {"teacher", "student", "config"}
-    fresh = ModelDistillation(temperature=2.0, alpha=0.5, beta=0.5)
+    fresh = ModelDistillation()
     assert fresh.load_models(str(tmp_path / "kd"))
-    assert fresh.config == kd.config and fresh.binner == kd.binner
+    assert fresh.config.network_settings() == kd.config.network_settings()
+    assert fresh.binner == kd.binner
     data = clusters(20, seed=9)
     for which in ("student", "teacher"):
         before = kd.predict_embeddings(data.query_embeddings, data.response_embeddings, model=which)
@@ -379,6 +380,66 @@ def test_save_and_load_give_identical_predictions(trained, tmp_path):
         for a, b in zip(before, after, strict=True):
             np.testing.assert_array_equal(a.distribution, b.distribution)
     assert fresh.metrics["num_train"] == kd.metrics["num_train"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint_32_bins(tmp_path_factory) -> str:
+    """A checkpoint of small networks with 32 bins, a declared range and a query-only teacher."""
+    prefix = str(tmp_path_factory.mktemp("ckpt") / "kd")
+    kd = model(num_bins=32, reward_low=0.0, reward_high=12.0, privileged=False)
+    kd.distill_from_memories(clusters(60), num_epochs=2)
+    kd.save_models(prefix)
+    return prefix
+
+
+def test_loading_restores_the_networks_and_keeps_the_callers_training_settings(
+    checkpoint_32_bins,
+):
+    training = {"temperature": 2.0, "alpha": 0.5, "beta": 0.5, "learning_rate": 0.01,
+                "max_epochs": 3, "patience": 2, "seed": 11, "min_episodes": 30,
+                "regression_weight": 0.0, "cross_fit_folds": 2}
+    kd = ModelDistillation(**training)
+    assert kd.load_models(checkpoint_32_bins)
+    config = kd.config
+    assert {name: getattr(config, name) for name in training} == training
+    # What defines the saved networks comes from the checkpoint.
+    assert (config.num_bins, config.privileged, config.reward_low, config.reward_high) == (
+        32, False, 0.0, 12.0)
+    assert config.teacher.hidden_sizes == SMALL["teacher"].hidden_sizes
+    assert config.student.hidden_sizes == SMALL["student"].hidden_sizes
+    assert kd.binner.num_bins == 32
+    # The next training uses the caller's settings, on the checkpoint's network shapes.
+    results = kd.distill_from_memories(clusters(60))
+    assert results["teacher"]["epochs_run"] <= 3 and results["cross_fit_folds"] == 2
+    assert kd.config == config
+
+
+@pytest.mark.parametrize(
+    "setting, named",
+    [
+        ({"num_bins": 16}, "num_bins=16"),
+        ({"privileged": True, "teacher": TeacherConfig((8,), 0.1)}, "teacher.hidden_sizes"),
+        ({"student": StudentConfig((64, 32), 0.1)}, "student.hidden_sizes"),
+        ({"reward_low": 0.0, "reward_high": 1.0}, "reward range"),
+    ],
+)
+def test_a_network_setting_that_contradicts_the_checkpoint_is_a_config_error(
+    checkpoint_32_bins, setting, named
+):
+    kd = ModelDistillation(**setting)
+    before = kd.config
+    with pytest.raises(ConfigError, match=f"{named}.*checkpoint.*another prefix") as info:
+        kd.load_models(checkpoint_32_bins)
+    assert checkpoint_32_bins in str(info.value)
+    assert not kd.is_trained and kd.config == before
+
+
+def test_a_declared_range_is_kept_over_a_checkpoint_without_one(trained, tmp_path):
+    trained[0].save_models(str(tmp_path / "kd"))  # bins from the data, no declared range
+    kd = ModelDistillation(reward_low=-5.0, reward_high=20.0)
+    assert kd.load_models(str(tmp_path / "kd"))
+    assert (kd.config.reward_low, kd.config.reward_high) == (-5.0, 20.0)
+    assert kd.binner == trained[0].binner  # the loaded networks keep their bins
 
 
 def test_load_missing_checkpoint_returns_false(tmp_path):
