@@ -53,6 +53,7 @@ from langchain_kd_memory.errors import (
     InvalidEpisodeError,
     NotTrainedError,
 )
+from langchain_kd_memory.recall import beats_mean, observed_range, rank, to_document
 from langchain_kd_memory.runs import extract_query, extract_response
 from langchain_kd_memory.storage import (
     DEFAULT_PERSIST_DIRECTORY,
@@ -68,8 +69,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "value_model"
 """Checkpoints live at `{model_dir}/value_model_*` (see `checkpoint.py` for the files)."""
 
-NEUTRAL_VALUE = 0.5
-"""The value of an episode whose reward is unknown and cannot be predicted."""
 
 RatingListener = Callable[[str], None]
 """Called with the namespace each time an episode there gets a reward."""
@@ -540,18 +539,16 @@ class DistilledEpisodicMemory(BaseRetriever):
             low=0.0, high=1.0,
         )
         ns = self.resolve_namespace(namespace)
-        candidates = self.store.search_by_vector(
+        hits = self.store.search_by_vector(
             self.store.embedder.query(query), k=max(k, self.fetch_k), namespace=ns, where=filter
         )
-        values = self._values([episode for episode, _ in candidates], ns, weight > 0)
-        ranked = sorted(
-            (
-                ((1.0 - weight) * similarity + weight * value, episode, similarity, value, source)
-                for (episode, similarity), (value, source) in zip(candidates, values, strict=True)
-            ),
-            key=lambda row: -row[0],
+        model = self.distillation
+        predicted = self._predicted_values(hits, ns) if weight > 0 else {}
+        reward_range = (
+            (model.binner.low, model.binner.high) if model.is_trained
+            else observed_range([episode for episode, _ in hits])
         )
-        return [_document(*row) for row in ranked[:k]]
+        return [to_document(c) for c in rank(hits, predicted, reward_range, weight)[:k]]
 
     async def _aget_relevant_documents(
         self,
@@ -566,36 +563,24 @@ class DistilledEpisodicMemory(BaseRetriever):
             **kwargs,
         )
 
-    def _values(
-        self, episodes: list[Episode], namespace: str, predict: bool
-    ) -> list[tuple[float, str]]:
-        """(value in [0, 1], source) of each candidate; see the class docs."""
+    def _predicted_values(
+        self, hits: Sequence[tuple[Episode, float]], namespace: str
+    ) -> dict[int, float]:
+        """The teacher's expected reward of the unrated hits, by index.
+
+        The teacher sees what the episode's answer was: its value comes from the stored query
+        and response vectors (nothing is embedded). Empty when the value model is untrained or
+        its teacher did not beat predicting the mean on its validation split.
+        """
         model = self.distillation
-        predicted: dict[int, float] = {}
-        if model.is_trained:
-            low, high = model.binner.low, model.binner.high
-            unrated = [i for i, e in enumerate(episodes) if not e.is_rated]
-            if predict and unrated and model.student_beats_mean:
-                vectors = self.store.query_embeddings(
-                    [episodes[i].id for i in unrated], namespace=namespace
-                )
-                estimates = model.predict_embeddings(vectors)
-                predicted = {i: est.expected for i, est in zip(unrated, estimates, strict=True)}
-        else:
-            observed = [e.reward for e in episodes if e.reward is not None]
-            low, high = (min(observed), max(observed)) if observed else (0.0, 0.0)
-        values: list[tuple[float, str]] = []
-        for i, episode in enumerate(episodes):
-            if episode.reward is not None:
-                raw, source = episode.reward, "observed"
-            elif i in predicted:
-                raw, source = predicted[i], "predicted"
-            else:
-                values.append((NEUTRAL_VALUE, "neutral"))
-                continue
-            value = NEUTRAL_VALUE if high <= low else (raw - low) / (high - low)
-            values.append((float(np.clip(value, 0.0, 1.0)), source))
-        return values
+        unrated = [i for i, (episode, _) in enumerate(hits) if not episode.is_rated]
+        if not unrated or not model.is_trained or not beats_mean(
+            model.metrics.get("validation"), "teacher"
+        ):
+            return {}
+        queries, responses = self.store.vectors([hits[i][0].id for i in unrated], namespace)
+        estimates = model.predict_embeddings(queries, responses, model="teacher")
+        return {i: estimate.expected for i, estimate in zip(unrated, estimates, strict=True)}
 
     # ------------------------------------------------------------------ classic memory
 
@@ -716,28 +701,3 @@ class DistilledEpisodicMemory(BaseRetriever):
         await run_in_executor(None, self.clear)
 
 
-def format_episode(query: str, response: str) -> str:
-    """The `page_content` of a recalled episode."""
-    return f"Query: {query}\nResponse: {response}" if response else f"Query: {query}"
-
-
-def _document(
-    score: float, episode: Episode, similarity: float, value: float, source: str
-) -> Document:
-    metadata: dict[str, Any] = {
-        **episode.metadata,
-        "id": episode.id,
-        "query": episode.query,
-        "response": episode.response,
-        "reward": episode.reward,
-        "similarity": similarity,
-        "value": value,
-        "value_source": source,
-        "score": score,
-        "namespace": episode.namespace,
-        "created_at": episode.created_at.isoformat(),
-    }
-    return Document(
-        id=episode.id, page_content=format_episode(episode.query, episode.response),
-        metadata=metadata,
-    )

@@ -839,16 +839,29 @@ class EpisodeStore:
                     total += len(collection.get(where={RATED_KEY: True}, include=[])["ids"])
         return total
 
-    def query_embeddings(self, ids: Sequence[str], namespace: str | None = None) -> np.ndarray:
-        """The stored query embeddings of these episodes, shape (len(ids), dimension), in order.
+    def vectors(
+        self, ids: Sequence[str], namespace: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The stored query and response embeddings of these episodes, in order (no embedding).
+
+        Returns:
+            Two float32 arrays of shape (len(ids), dimension); an empty response's is zeros.
 
         Raises:
             EpisodeNotFoundError: If an id is not stored.
         """
         wanted = _check_ids(ids)
-        found = self._fetch(wanted, namespace, ["embeddings"])
-        rows = [np.asarray(found[i][2]["embeddings"], dtype=np.float32) for i in wanted]
-        return np.stack(rows) if rows else np.zeros((0, self.dimension), dtype=np.float32)
+        found = self._fetch(wanted, namespace, ["embeddings", "metadatas"])
+        empty = np.zeros((0, self.dimension), dtype=np.float32)
+        if not wanted:
+            return empty, empty
+        records = [found[i][2] for i in wanted]
+        queries = np.stack([np.asarray(r["embeddings"], dtype=np.float32) for r in records])
+        responses = np.stack([
+            self._decode_vector(r["metadatas"][RESPONSE_EMBEDDING_KEY], i)
+            for i, r in zip(wanted, records, strict=True)
+        ])
+        return queries, responses
 
     def list_episodes(
         self, namespace: str | None = None, *, limit: int | None = None, offset: int = 0

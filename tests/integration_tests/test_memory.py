@@ -185,7 +185,7 @@ def test_consolidation_learns_from_stored_vectors_and_reloads(
     scores = memory.score_batch(["refund please", "weather forecast"])
     assert len(scores) == 2 and scores[0].expected > scores[1].expected
 
-    # Unrated episodes are valued by the student's prediction for their stored query vector.
+    # Unrated episodes are valued by the teacher, from their stored query and response vectors.
     recalled = memory.invoke("Can you help with the refund or the rain?", k=202)
     docs = {d.id: d for d in recalled if d.id in (unrated_good, unrated_bad)}
     assert {d.metadata["value_source"] for d in docs.values()} == {"predicted"}
@@ -261,11 +261,11 @@ async def test_async_twins(memory: DistilledEpisodicMemory) -> None:
     assert memory.store.count("default") == 0
 
 
-def test_a_student_that_learned_nothing_does_not_rerank(
+def test_a_value_model_that_learned_nothing_does_not_rerank(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:
-    """Rewards independent of the query: the student cannot beat the mean, so unrated episodes
-    keep the neutral value instead of noise."""
+    """Random rewards: the teacher cannot beat the mean, so unrated episodes keep the neutral
+    value instead of noise."""
     rng = random.Random(1)
     memory = make_memory(tmp_path, embeddings)
     noisy = [replace(e, reward=rng.uniform(0.0, 1.0)) for e in topic_episodes(120, seed=3)]
@@ -273,7 +273,8 @@ def test_a_student_that_learned_nothing_does_not_rerank(
     unrated = memory.add_episode("Can you help with the refund for my order?", "Sure.")
     memory.consolidate()
 
-    assert not memory.distillation.student_beats_mean
+    validation = memory.distillation.metrics["validation"]
+    assert validation["teacher_mae"] >= validation["mean_mae"]
     doc = next(d for d in memory.invoke("refund for my order", k=10) if d.id == unrated)
     assert doc.metadata["value_source"] == "neutral" and doc.metadata["value"] == 0.5
 
@@ -288,3 +289,59 @@ def test_a_dict_episode_with_namespace_none_stays_in_the_memorys_namespace(
     assert tmp_store.get([episode_id])[0].namespace == "user-42"
     assert other.invoke("what is my account number?") == []
     assert [d.metadata["id"] for d in tenant.invoke("account number")] == [episode_id]
+
+
+ANSWERS = {  # question: (an answer that helped, one that did not)
+    "How do I reset my password?": ("Click 'Forgot password' and follow the e-mailed link.",
+                                    "Passwords are not our business."),
+    "Where is my parcel?": ("Your parcel left our warehouse yesterday; tracking: ZX-41.",
+                            "Parcels are the courier's problem, not ours."),
+    "Can I get a refund?": ("Yes: open Orders, choose the item and press Return.",
+                            "Refunds are not possible, sorry."),
+    "How do I change my address?": ("Edit it under Account > Addresses before dispatch.",
+                                    "Addresses cannot be changed, sorry."),
+    "Do you sell gift cards?": ("Yes, from 10 to 200 euros, at /gift.",
+                                "We know nothing about gift cards."),
+    "How do I cancel my subscription?": ("Account > Subscription > Cancel, effective at once.",
+                                         "Subscriptions cannot be cancelled."),
+    "My e-book does not open.": ("Download it again as EPUB from Library > Downloads.",
+                                 "E-books are your responsibility."),
+    "Can I pay by invoice?": ("Yes, choose 'Invoice' at checkout; pay within 14 days.",
+                              "Invoices? No idea, sorry."),
+    "How long does delivery take?": ("Two to three working days within the country.",
+                                     "Delivery times are not our concern."),
+    "Is my card charged twice?": ("No: the second line is a pre-authorisation, gone in 3 days.",
+                                  "Card charges are your bank's problem."),
+    "How do I contact support?": ("Write to help@shop.example or call 0800 123 456.",
+                                  "Support is not available, sorry."),
+    "Can I change my order?": ("Yes, until it ships: Orders > Edit.",
+                               "Orders cannot be changed, sorry."),
+}
+
+
+def test_unrated_episodes_are_valued_by_the_teacher_from_their_answer(
+    tmp_path: Path, embeddings: LocalEmbeddings
+) -> None:
+    """The examples/chatbot.py case: questions that usually go well, answered helpfully (reward
+    1) or not (0). An unrated "Passwords are your responsibility, sorry." is valued low and ranks
+    below an unrated helpful answer, although its question alone (all the student sees)
+    predicts a good outcome: the student valued it 0.93 and ranked it second."""
+    memory = make_memory(tmp_path, embeddings, min_episodes_to_train=10)
+    rated = []
+    for question, (good, bad) in ANSWERS.items():
+        for prefix in ("", "Hi, ", "Quick question: "):
+            rated.append({"query": prefix + question, "response": good, "reward": 1.0})
+        rated.append({"query": question, "response": bad, "reward": 0.0})
+    memory.add_episodes(rated)
+    memory.consolidate()
+    refusal = memory.add_episode("Hello, how do I reset my password?",
+                                 "Passwords are your responsibility, sorry.")
+    helpful = memory.add_episode("Hello, how do I reset my password?",
+                                 "Use 'Forgot password' on the login page, then the e-mail link.")
+
+    docs = {d.id: d.metadata for d in memory.invoke("I forgot my password", k=20)}
+    assert docs[refusal]["value_source"] == docs[helpful]["value_source"] == "predicted"
+    assert docs[refusal]["value"] < 0.5 < docs[helpful]["value"]
+    ranked = [d.id for d in memory.invoke("I forgot my password", k=20)]
+    assert ranked.index(helpful) < ranked.index(refusal)
+    assert memory.score("Hello, how do I reset my password?").expected > 0.5  # the student

@@ -75,7 +75,7 @@ def test_scoring_and_feedback_use_the_namespaces_own_records(
     for ns in ("user/1", "user/10"):
         documents = memory.invoke(f"Unrated question of {ns}", k=50, namespace=ns)
         unrated = next(d for d in documents if d.id == "same-id")
-        vector = memory.store.query_embeddings(["same-id"], namespace=ns)
+        vector = memory.store.vectors(["same-id"], namespace=ns)[0]
         expected = memory.distillation.predict_embeddings(vector)[0].expected
         low, high = memory.distillation.binner.low, memory.distillation.binner.high
         assert unrated.metadata["value_source"] == "predicted"
@@ -89,7 +89,7 @@ def test_scoring_and_feedback_use_the_namespaces_own_records(
 
 
 def test_training_reads_only_its_namespace(memory: DistilledEpisodicMemory) -> None:
-    vectors = np.vstack([memory.store.query_embeddings([f"{ns}#0"], namespace=ns)
+    vectors = np.vstack([memory.store.vectors([f"{ns}#0"], namespace=ns)[0]
                          for ns in NAMESPACES])
     report = memory.consolidate(namespace="user/1")
     assert report.episodes_used == memory.store.count_rated("user/1") == 6
