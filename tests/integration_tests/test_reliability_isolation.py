@@ -75,8 +75,9 @@ def test_scoring_and_feedback_use_the_namespaces_own_records(
     for ns in ("user/1", "user/10"):
         documents = memory.invoke(f"Unrated question of {ns}", k=50, namespace=ns)
         unrated = next(d for d in documents if d.id == "same-id")
-        vector = memory.store.vectors(["same-id"], namespace=ns)[0]
-        expected = memory.distillation.predict_embeddings(vector)[0].expected
+        query, response = memory.store.vectors(["same-id"], namespace=ns)
+        [estimate] = memory.distillation.predict_embeddings(query, response, model="teacher")
+        expected = estimate.expected
         low, high = memory.distillation.binner.low, memory.distillation.binner.high
         assert unrated.metadata["value_source"] == "predicted"
         assert unrated.metadata["value"] == pytest.approx((expected - low) / (high - low))
