@@ -92,7 +92,9 @@ class DistillationConfig:
             episodes (n / 16, between 8 and 256: at least ~16 steps per epoch on small data,
             few large steps on large data, where each optimizer step costs as much as a
             forward and backward pass of 64 rows on CPU).
-        min_episodes: Fewest rated episodes that training accepts.
+        min_episodes: Fewest rated episodes that training accepts, wherever it is started
+            (`distill_from_memories`, a memory's `consolidate`, the callback, the CLI). 20 by
+            default: a 15% validation split then holds 3 episodes.
         warm_start: Start from the previous weights when retraining with the same shapes.
         seed: Random seed for the split, the initial weights and the shuffling; None = random.
         device: "auto" (CUDA if available, else CPU), "cpu" or "cuda".
@@ -121,7 +123,7 @@ class DistillationConfig:
     patience: int = 6
     max_epochs: int = 30
     batch_size: int | None = None
-    min_episodes: int = 8
+    min_episodes: int = 20
     warm_start: bool = False
     seed: int | None = None
     device: str = "auto"

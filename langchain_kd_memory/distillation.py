@@ -443,7 +443,7 @@ class ModelDistillation:
             )
         episodes = [_as_episode(m, i) for i, m in enumerate(memories)]
         rated = [e for e in episodes if e.is_rated]
-        self._check_count(len(rated), len(episodes) - len(rated))
+        self.check_trainable(len(rated), len(episodes) - len(rated))
         queries = self._embed([e.query for e in rated])
         if self.config.privileged:
             responses = self._embed([e.response for e in rated])
@@ -454,11 +454,33 @@ class ModelDistillation:
             episodes
         ) - len(rated)
 
-    def _check_count(self, rated: int, skipped: int) -> None:
-        if rated < self.config.min_episodes:
+    def check_trainable(
+        self, rated: int, skipped: int = 0, *, namespace: str | None = None
+    ) -> None:
+        """Refuse to train on fewer than `config.min_episodes` rated episodes.
+
+        Training checks this itself; a caller that counts episodes before reading them (a
+        memory's `consolidate`) calls it first, so every path refuses with the same message.
+
+        Args:
+            rated: Rated episodes available.
+            skipped: Unrated episodes that training skips (reported in the message).
+            namespace: Where the episodes are, for the message.
+
+        Raises:
+            InsufficientDataError: `rated < config.min_episodes`.
+            InvalidArgumentError: A count is not a non-negative int.
+        """
+        for name, value in (("rated", rated), ("skipped", skipped)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidArgumentError(f"{name} must be an int >= 0, got {value!r}")
+        need = self.config.min_episodes
+        if rated < need:
+            where = "there are" if namespace is None else f"namespace {namespace!r} has"
             raise InsufficientDataError(
-                f"{rated} rated episodes ({skipped} unrated skipped); training needs at least "
-                f"{self.config.min_episodes}: record more rewards first"
+                f"{where} {rated} rated episodes ({skipped} unrated); training needs at least "
+                f"{need} (min_episodes): record more rewards (add_episode(..., reward=...) or "
+                "record_feedback), or set a lower min_episodes"
             )
 
     def _check_dimension(self, dim: int) -> None:
@@ -531,7 +553,7 @@ class ModelDistillation:
         with self._train_lock:
             start = time.perf_counter()
             data, skipped = self._training_arrays(memories)
-            self._check_count(len(data), skipped)
+            self.check_trainable(len(data), skipped)
             self._check_dimension(data.dimension)
             seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**31)
             device = self._device()

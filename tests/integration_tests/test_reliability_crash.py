@@ -92,8 +92,7 @@ def open_memory(root: Path, seed: int = 0, embeddings: LocalEmbeddings | None = 
         teacher=TeacherConfig(hidden_sizes=(64,)), student=StudentConfig(hidden_sizes=(16,)),
     )
     store = EpisodeStore("crash", embeddings=embeddings, persist_directory=str(root / "chroma"))
-    return DistilledEpisodicMemory(store=store, distillation=model, min_episodes_to_train=8,
-                                   model_dir=str(root / "models"))
+    return DistilledEpisodicMemory(store=store, distillation=model, model_dir=str(root / "models"))
 
 
 def scores(memory: DistilledEpisodicMemory) -> tuple[bytes, float]:

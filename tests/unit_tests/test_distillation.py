@@ -227,7 +227,7 @@ def test_training_leaves_torchs_thread_count_alone():
 
 @pytest.mark.parametrize("n, batch_size", [(11, 1), (76, 64)])  # every batch / the last one of 1
 def test_batches_of_one_train_and_predict(n, batch_size):
-    kd = model(validation_fraction=0.15)
+    kd = model(validation_fraction=0.15, min_episodes=2)
     results = kd.distill_from_memories(clusters(n), num_epochs=2, batch_size=batch_size)
     assert (results["num_train"] - 1) % batch_size == 0
     assert results["batch_size"] == batch_size
@@ -302,6 +302,26 @@ def test_too_few_rated_episodes():
         model().distill_from_memories(episodes)
     with pytest.raises(InsufficientDataError):
         model().distill_from_memories(clusters(7))
+
+
+def test_one_minimum_one_message_and_a_check_before_reading_anything():
+    kd = model()
+    assert kd.config.min_episodes == 20  # a 15% validation split of 20 holds 3 episodes
+    kd.check_trainable(20)
+    with pytest.raises(InsufficientDataError) as checked:
+        kd.check_trainable(19, 4)
+    with pytest.raises(InsufficientDataError) as trained:
+        kd.distill_from_memories([Episode(f"q{i}", reward=float(i)) for i in range(19)]
+                                 + [Episode("unrated")] * 4)
+    assert str(checked.value) == str(trained.value)
+    assert "19 rated episodes (4 unrated)" in str(checked.value)
+    assert "at least 20 (min_episodes)" in str(checked.value)
+    with pytest.raises(InsufficientDataError, match=r"namespace 'user-1' has 3 rated episodes"):
+        kd.check_trainable(3, namespace="user-1")
+    model(min_episodes=3).check_trainable(3)
+    for bad in (-1, 2.5, True, "3"):
+        with pytest.raises(InvalidArgumentError):
+            kd.check_trainable(bad)
 
 
 @pytest.mark.parametrize(
