@@ -3,6 +3,7 @@
 from langchain_kd_memory.binning import RewardBinner
 from langchain_kd_memory.callbacks import ConsolidationCallback, ConsolidationStatus
 from langchain_kd_memory.config import DistillationConfig, StudentConfig, TeacherConfig
+from langchain_kd_memory.decisions import RankedResponse
 from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.embeddings import (
     EmbedderIdentity,
@@ -31,6 +32,7 @@ from langchain_kd_memory.errors import (
 )
 from langchain_kd_memory.memory import ConsolidationReport, DistilledEpisodicMemory
 from langchain_kd_memory.middleware import EpisodicMemoryMiddleware, MemoryMiddlewareStatus
+from langchain_kd_memory.router import RouterStatus, ValueRouter
 from langchain_kd_memory.runs import FinishedRun
 from langchain_kd_memory.storage import EpisodeStore
 from langchain_kd_memory.store import EpisodeBaseStore
@@ -65,12 +67,15 @@ __all__ = [
     "ModelDistillation",
     "NotTrainedError",
     "OpenAIEmbedder",
+    "RankedResponse",
     "RewardBinner",
     "RewardEstimate",
+    "RouterStatus",
     "StoreError",
     "StudentConfig",
     "TeacherConfig",
     "TrainingArrays",
+    "ValueRouter",
     "default_embeddings",
     "embedder_identity",
 ]

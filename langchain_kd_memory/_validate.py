@@ -65,7 +65,7 @@ def check_number(
     return number
 
 
-def check_text(
+def check_str(
     name: str, value: object, *, error: type[KDMemoryError] = InvalidArgumentError
 ) -> str:
     """`value` if it is a non-blank str."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
-from langchain_kd_memory._validate import check_int, check_number, check_text, optional
+from langchain_kd_memory._validate import check_int, check_number, check_str, optional
 from langchain_kd_memory.errors import (
     EmbeddingDimensionError,
     EmbeddingError,
@@ -338,7 +338,7 @@ class OpenAIEmbedder(Embeddings):
         """
         import openai
 
-        check_text("model", model)
+        check_str("model", model)
         check_int("batch_size", batch_size, low=1, high=2048)
         optional(check_int, "dimensions", dimensions, low=1)
         check_int("max_retries", max_retries, low=0)

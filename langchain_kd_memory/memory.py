@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,16 +32,25 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, get_buffer_string
 from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import Runnable
 from langchain_core.runnables.config import run_in_executor
 from pydantic import Field, PrivateAttr, field_validator
 
 from langchain_kd_memory._validate import check_int, check_number
+from langchain_kd_memory.decisions import (
+    Exploration,
+    RankedResponse,
+    discounted_returns,
+    rank_estimates,
+)
 from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.episodes import (
     DEFAULT_NAMESPACE,
     Episode,
     RewardEstimate,
     validate_namespace,
+    validate_query,
+    validate_reward,
     validate_reward_range,
 )
 from langchain_kd_memory.errors import (
@@ -54,6 +64,7 @@ from langchain_kd_memory.errors import (
     NotTrainedError,
 )
 from langchain_kd_memory.recall import beats_mean, observed_range, rank, to_document
+from langchain_kd_memory.router import ValueRouter
 from langchain_kd_memory.runs import extract_query, extract_response
 from langchain_kd_memory.storage import (
     DEFAULT_PERSIST_DIRECTORY,
@@ -95,6 +106,43 @@ class ConsolidationReport:
     metrics: dict[str, Any] = field(repr=False)
     checkpoint_version: int | None = None
     checkpoint_path: str | None = None
+
+
+TRAJECTORY_KEYS = ("trajectory_id", "trajectory_step", "trajectory_steps", "trajectory_gamma")
+"""Metadata `add_trajectory` gives each step: the run's id, the step's index, the run's length
+and its discount."""
+
+
+def _sequence(value: object, name: str) -> Sequence[Any]:
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        raise InvalidEpisodeError(f"{name} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _step(step: object, index: int) -> tuple[str, str]:
+    """(query, response) of one trajectory step given as a pair or a dict."""
+    if isinstance(step, Mapping) and "query" in step:
+        return step["query"], step.get("response", "")
+    if isinstance(step, (tuple, list)) and len(step) == 2:
+        return step[0], step[1]
+    raise InvalidEpisodeError(
+        f"steps[{index}] must be a (query, response) pair or a dict with 'query' and "
+        f"'response', got {step!r}"
+    )
+
+
+def _returns(rewards: object, steps: int, gamma: float) -> list[float] | None:
+    """The discounted return of each step, or None when the run is not rated yet."""
+    if rewards is None:
+        return None
+    if isinstance(rewards, (int, float, np.integer, np.floating)) and not isinstance(rewards, bool):
+        per_step = [0.0] * (steps - 1) + [rewards]
+    else:
+        per_step = list(_sequence(rewards, "rewards"))
+        if len(per_step) != steps:
+            raise InvalidEpisodeError(f"{len(per_step)} rewards for {steps} steps")
+    values = [validate_reward(r, allow_none=False) for r in per_step]
+    return discounted_returns([float(v) for v in values if v is not None], gamma)
 
 
 # ----------------------------------------------------------------------------- memory
@@ -371,20 +419,81 @@ class DistilledEpisodicMemory(BaseRetriever):
         self._notify_rated([e.namespace for e in batch if e.is_rated])
         return ids
 
+    def add_trajectory(
+        self,
+        steps: Sequence[tuple[str, str] | Mapping[str, str]],
+        rewards: float | Sequence[float] | None = None,
+        *,
+        gamma: float = 0.9,
+        trajectory_id: str | UUID | None = None,
+        namespace: str | None = None,
+        metadata: Mapping[str, str | int | float | bool] | None = None,
+    ) -> list[str]:
+        """Record a run of several steps, crediting each with the discounted return that followed.
+
+        Each step (the state or query it acted on, and what it did) becomes an episode whose
+        reward is `G_t = r_t + gamma * G_{t+1}`: with a final reward R alone, the step k moves
+        before the end gets `gamma**k * R`, so steps closer to the outcome carry more of it.
+        The steps are one batch: one embedder call, all stored or none.
+
+        Args:
+            steps: (query, response) pairs, or dicts with "query" and "response", in order.
+            rewards: None (rate the run later with `record_feedback(trajectory_id, reward)`),
+                one number (the final reward, after the last step), or one number per step.
+            gamma: Discount in [0, 1] (1 = every step gets the whole return).
+            trajectory_id: The run's id (e.g. a run id); a new UUID if None. Step i is stored
+                as the episode ``f"{trajectory_id}/{i}"``.
+            namespace: The steps' namespace; the memory's if None.
+            metadata: Scalar metadata for every step; the memory adds `trajectory_id`,
+                `trajectory_step`, `trajectory_steps` and `trajectory_gamma`.
+
+        Returns:
+            The ids of the steps' episodes, in order.
+
+        Raises:
+            InvalidEpisodeError: No steps, a malformed step or reward list, or metadata using
+                the trajectory keys.
+            InvalidRewardError: A return outside the declared reward range.
+        """
+        pairs = [_step(step, i) for i, step in enumerate(_sequence(steps, "steps"))]
+        if not pairs:
+            raise InvalidEpisodeError("a trajectory needs at least one step")
+        gamma = check_number("gamma", gamma, low=0.0, high=1.0)
+        returns = _returns(rewards, len(pairs), gamma)
+        clash = set(metadata or {}) & set(TRAJECTORY_KEYS)
+        if clash:
+            raise InvalidEpisodeError(f"metadata keys {sorted(clash)} are set by add_trajectory")
+        tid = str(trajectory_id) if trajectory_id is not None else str(uuid.uuid4())
+        ns = self.resolve_namespace(namespace)
+        return self.add_episodes([
+            Episode(
+                query, response, reward=None if returns is None else returns[i],
+                metadata={
+                    **(metadata or {}),
+                    **dict(zip(TRAJECTORY_KEYS, (tid, i, len(pairs), gamma), strict=True)),
+                },
+                namespace=ns, id=f"{tid}/{i}",
+            )
+            for i, (query, response) in enumerate(pairs)
+        ])
+
     def record_feedback(
         self, episode_id: str | UUID, reward: float, namespace: str | None = None
     ) -> Episode:
         """Set the reward of a stored episode (e.g. a thumbs up that arrives later).
 
+        The id of a trajectory (`add_trajectory`, or a multi-step run recorded by the callback
+        or middleware) rates all its steps: each gets the discounted share of `reward`.
+
         Args:
-            episode_id: The episode's id; a run id (UUID) is accepted as is.
+            episode_id: The episode's (or trajectory's) id; a run id (UUID) is accepted as is.
             reward: A finite number.
             namespace: The episode's namespace. If None, the memory's namespace is searched
                 first, then every other one (a run recorded in a user's namespace by the
                 middleware is found by its id alone).
 
         Returns:
-            The updated episode.
+            The updated episode (for a trajectory, its last step).
 
         Raises:
             InvalidRewardError: `reward` is not a finite number.
@@ -392,47 +501,139 @@ class DistilledEpisodicMemory(BaseRetriever):
         """
         if reward is None:
             raise InvalidArgumentError("reward is None; to rate an episode pass a finite number")
+        target = str(episode_id)
         try:
-            episode = self.store.update_reward(
-                str(episode_id), reward, namespace=self.resolve_namespace(namespace)
-            )
+            episode = self._locate(target, namespace)
         except EpisodeNotFoundError:
-            if namespace is not None:
-                raise
-            episode = self.store.update_reward(str(episode_id), reward, namespace=None)
+            try:
+                first = self._locate(f"{target}/0", namespace)
+            except EpisodeNotFoundError:
+                raise EpisodeNotFoundError(
+                    f"no episode or trajectory with id {target!r}"
+                    + ("" if namespace is None else f" in namespace {namespace!r}")
+                ) from None
+            steps = int(first.metadata.get(TRAJECTORY_KEYS[2], 1))
+            gamma = float(first.metadata.get(TRAJECTORY_KEYS[3], 1.0))
+            returns = _returns(reward, steps, gamma)
+            assert returns is not None
+            updated = self.store.update_rewards(
+                {f"{target}/{i}": value for i, value in enumerate(returns)}, first.namespace
+            )
+            episode = updated[-1]
+        else:
+            episode = self.store.update_reward(episode.id, reward, namespace=episode.namespace)
         self._notify_rated([episode.namespace])
         return episode
 
+    def _locate(self, episode_id: str, namespace: str | None) -> Episode:
+        """The stored episode: in `namespace`, or the memory's namespace first, then any."""
+        try:
+            return self.store.get([episode_id], namespace=self.resolve_namespace(namespace))[0]
+        except EpisodeNotFoundError:
+            if namespace is not None:
+                raise
+            return self.store.get([episode_id], namespace=None)[0]
+
     # ------------------------------------------------------------------ value model
 
-    def _not_trained(self) -> NotTrainedError:
-        rated = self.store.count_rated(self.namespace)
-        return NotTrainedError(
-            f"the value model is not trained yet: namespace {self.namespace!r} has {rated} rated "
-            f"episodes and training needs at least {self.min_episodes_to_train}; record rewards "
-            "(add_episode(..., reward=...) or record_feedback) and call consolidate(), or attach "
-            "a ConsolidationCallback"
-        )
+    def _model_for(self, namespace: str) -> ModelDistillation:
+        """The value model that answers for `namespace`."""
+        return self.distillation
 
-    def score(self, query: str) -> RewardEstimate:
+    def _trained_model(self, namespace: str) -> ModelDistillation:
+        model = self._model_for(namespace)
+        if not model.is_trained:
+            rated = self.store.count_rated(namespace)
+            raise NotTrainedError(
+                f"the value model is not trained yet: namespace {namespace!r} has {rated} rated "
+                f"episodes and training needs at least {self.min_episodes_to_train}; record "
+                "rewards (add_episode(..., reward=...) or record_feedback) and call "
+                "consolidate(), or attach a ConsolidationCallback"
+            )
+        return model
+
+    def score(self, query: str, *, namespace: str | None = None) -> RewardEstimate:
         """The student's estimate of the reward of `query` (before any response exists).
+
+        End to end this is one embedding call plus a forward pass of the student (~0.1 ms).
 
         Raises:
             NotTrainedError: Before the first consolidation (or checkpoint load); the message
                 says how many rated episodes exist and how many are needed.
             InvalidEpisodeError: `query` is blank.
         """
-        return self.score_batch([query])[0]
+        return self.score_batch([query], namespace=namespace)[0]
 
-    def score_batch(self, queries: Sequence[str]) -> list[RewardEstimate]:
+    def score_batch(
+        self, queries: Sequence[str], *, namespace: str | None = None
+    ) -> list[RewardEstimate]:
         """Student estimates for many queries (embedded in one call).
 
         Raises:
             NotTrainedError: Before the first consolidation (or checkpoint load).
+            InvalidArgumentError: `queries` is not a list of strings.
+            InvalidEpisodeError: A query is blank.
         """
-        if not self.is_trained:
-            raise self._not_trained()
-        return self.distillation.score_batch(queries)
+        if isinstance(queries, str) or not isinstance(queries, Sequence):
+            raise InvalidArgumentError("queries must be a list of strings")
+        for query in queries:
+            validate_query(query)
+        model = self._trained_model(self.resolve_namespace(namespace))
+        if not queries:
+            return []
+        return model.predict_embeddings(self.store.embedder.texts(list(queries)))
+
+    def rank_responses(
+        self,
+        query: str,
+        candidates: Sequence[str],
+        *,
+        explore: float = 0.0,
+        exploration: Exploration = "ucb",
+        namespace: str | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> list[RankedResponse]:
+        """Candidate responses (or actions) to `query`, best first, each with its value.
+
+        The value of (query, candidate) is the teacher's `RewardEstimate`: the teacher is the
+        network that sees responses. One embedder call embeds the query and every candidate,
+        one forward pass scores them all. Best-of-N for an LLM agent (sample N answers, keep
+        the first), action choice for a tool-using one.
+
+        Args:
+            query: The query or state the candidates answer.
+            candidates: The responses to compare (at least one).
+            explore: 0 ranks by expected reward. Above 0 it explores while learning: see
+                `decisions.rank_estimates` ("ucb": expected + explore * std; "thompson":
+                a draw from the predicted distribution, blended in by `explore`).
+            exploration: "ucb" or "thompson".
+            namespace: Whose value model answers; the memory's namespace if None.
+            rng: Random generator for Thompson draws (seed it for reproducible runs).
+
+        Returns:
+            `RankedResponse`s (response, index in `candidates`, estimate, score), best first.
+
+        Raises:
+            NotTrainedError: Before the first consolidation.
+            ConfigError: The teacher does not see responses (`privileged=False`).
+            InvalidArgumentError: `candidates` is empty or holds something other than str.
+        """
+        validate_query(query)
+        if isinstance(candidates, str) or not isinstance(candidates, Sequence) or not candidates:
+            raise InvalidArgumentError("candidates must be a non-empty list of strings")
+        for candidate in candidates:
+            validate_query(candidate, "candidate")
+        model = self._trained_model(self.resolve_namespace(namespace))
+        if not model.config.privileged:
+            raise ConfigError(
+                "rank_responses needs a teacher that sees responses: train with "
+                "ModelDistillation(privileged=True) (the default)"
+            )
+        vectors = self.store.embedder.texts([query, *candidates])
+        queries = np.repeat(vectors[:1], len(candidates), axis=0)
+        estimates = model.predict_embeddings(queries, vectors[1:], model="teacher")
+        order = rank_estimates(estimates, explore=explore, exploration=exploration, rng=rng)
+        return [RankedResponse(candidates[i], i, estimates[i], score) for i, score in order]
 
     def consolidate(
         self,
@@ -651,6 +852,23 @@ class DistilledEpisodicMemory(BaseRetriever):
         self.store.delete_namespace(self.namespace)
 
     # ------------------------------------------------------------------ LangGraph
+
+    def as_router(
+        self,
+        default: Runnable[Any, Any],
+        strong: Runnable[Any, Any],
+        *,
+        threshold: float | None = None,
+        budget: float | None = None,
+        namespace: str | None = None,
+    ) -> ValueRouter:
+        """A `Runnable` that escalates the inputs the student expects to go badly.
+
+        See `ValueRouter`; give a `threshold` (expected reward) or a `budget` (share of inputs).
+        """
+        return ValueRouter(
+            self, default, strong, threshold=threshold, budget=budget, namespace=namespace
+        )
 
     def as_store(self, **kwargs: Any) -> EpisodeBaseStore:
         """A LangGraph `BaseStore` over this memory's episodes (see `EpisodeBaseStore`)."""

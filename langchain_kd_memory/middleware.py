@@ -29,7 +29,7 @@ from langchain_kd_memory._validate import (
     check_callable,
     check_int,
     check_number,
-    check_text,
+    check_str,
     optional,
 )
 from langchain_kd_memory.callbacks import ConsolidationCallback
@@ -169,7 +169,7 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         self.min_score = optional(check_number, "min_score", min_score)
         self.max_chars = check_int("max_chars", max_chars, low=10)
         self.reward_fn = check_callable("reward_fn", reward_fn)
-        self.namespace_key = check_text("namespace_key", namespace_key)
+        self.namespace_key = check_str("namespace_key", namespace_key)
         if not isinstance(prompt_template, str) or "{episodes}" not in prompt_template:
             raise InvalidArgumentError("prompt_template must be a str containing '{episodes}'")
         try:

@@ -45,7 +45,7 @@ from chromadb.config import Settings
 from chromadb.errors import NotFoundError
 from langchain_core.embeddings import Embeddings
 
-from langchain_kd_memory._validate import check_int, check_text, optional
+from langchain_kd_memory._validate import check_int, check_str, optional
 from langchain_kd_memory.embeddings import Embedder, EmbedderIdentity
 from langchain_kd_memory.episodes import (
     DEFAULT_NAMESPACE,
@@ -202,7 +202,7 @@ def http_client(host: str, port: int = 8000) -> ClientAPI:
         InvalidArgumentError: If `host` is blank or `port` is not in 1..65535.
         StoreError: If the server cannot be reached.
     """
-    check_text("host", host)
+    check_str("host", host)
     check_int("port", port, low=1, high=65535)
     with _chroma(f"connect to the Chroma server at {host}:{port}"):
         return chromadb.HttpClient(
@@ -771,19 +771,55 @@ class EpisodeStore:
             InvalidRewardError: If `reward` is not a finite number or None.
             EpisodeNotFoundError: If the episode does not exist.
         """
-        episode_id = _check_ids([episode_id])[0]
-        value = validate_reward(reward)
+        return self.update_rewards({episode_id: reward}, namespace)[0]
+
+    def update_rewards(
+        self, rewards: Mapping[str, float | None], namespace: str | None = None
+    ) -> list[Episode]:
+        """Set the rewards of several episodes of one namespace in one request: all or none.
+
+        Args:
+            rewards: {episode id: reward, or None to mark it not rated}.
+            namespace: Where the episodes are; every namespace of the store if None (they must
+                then all be found in one namespace).
+
+        Returns:
+            The updated episodes, in the order of `rewards`.
+
+        Raises:
+            InvalidRewardError: If a reward is not a finite number or None, or lies outside the
+                namespace's reward range (nothing is written).
+            EpisodeNotFoundError: If an episode does not exist.
+            InvalidArgumentError: If the episodes lie in different namespaces.
+        """
+        if not isinstance(rewards, Mapping):
+            raise InvalidArgumentError(f"rewards must be a dict of id -> reward, got {rewards!r}")
+        ids = _check_ids(list(rewards))
+        values = [validate_reward(rewards[i]) for i in ids]
         with self._lock:
-            found = self._fetch([episode_id], namespace, ["documents", "metadatas"])
-            ns, collection, record = found[episode_id]
-            if value is not None:
-                check_reward_in_range(value, self._reward_range(ns))
-            with _chroma(f"update episode {episode_id!r}"):
-                collection.update(
-                    ids=[episode_id], metadatas=[{REWARD_KEY: value, RATED_KEY: value is not None}]
+            found = self._fetch(ids, namespace, ["documents", "metadatas"])
+            spaces = {found[i][0] for i in ids}
+            if len(spaces) > 1:
+                raise InvalidArgumentError(
+                    f"update_rewards changes one namespace at a time, got {sorted(spaces)}"
                 )
-        episode = self._episode(episode_id, record["documents"], record["metadatas"], ns)
-        return dataclasses.replace(episode, reward=value)
+            for value in values:
+                if value is not None:
+                    check_reward_in_range(value, self._reward_range(found[ids[0]][0]))
+            if ids:
+                ns, collection, _ = found[ids[0]]
+                with _chroma(f"update the rewards of {len(ids)} episodes of namespace {ns!r}"):
+                    collection.update(
+                        ids=ids,
+                        metadatas=[{REWARD_KEY: v, RATED_KEY: v is not None} for v in values],
+                    )
+        return [
+            dataclasses.replace(
+                self._episode(i, found[i][2]["documents"], found[i][2]["metadatas"], found[i][0]),
+                reward=value,
+            )
+            for i, value in zip(ids, values, strict=True)
+        ]
 
     def delete(self, ids: Sequence[str], namespace: str | None = None) -> None:
         """Delete episodes; all of them or, if one is missing, none.

@@ -11,7 +11,7 @@ from langchain_kd_memory._validate import (
     check_callable,
     check_int,
     check_number,
-    check_text,
+    check_str,
     optional,
 )
 from langchain_kd_memory.errors import ConfigError, InvalidArgumentError
@@ -46,10 +46,10 @@ def test_the_error_type_can_be_chosen() -> None:
 
 
 def test_text_callable_and_optional() -> None:
-    assert check_text("host", "localhost") == "localhost"
+    assert check_str("host", "localhost") == "localhost"
     for bad in ("", "  ", None, 7):
         with pytest.raises(InvalidArgumentError, match="host must be a non-empty str"):
-            check_text("host", bad)
+            check_str("host", bad)
     assert check_callable("fn", None) is None and check_callable("fn", len) is len
     with pytest.raises(InvalidArgumentError, match="fn must be callable or None"):
         check_callable("fn", 3)

@@ -1,0 +1,92 @@
+"""How value estimates become decisions: rank candidates, credit steps, pick what to escalate.
+
+Pure functions over `RewardEstimate`s and numbers (no Chroma, no torch), used by
+`DistilledEpisodicMemory.rank_responses`, `add_trajectory` and `as_router`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from langchain_kd_memory._validate import check_number
+from langchain_kd_memory.episodes import RewardEstimate
+from langchain_kd_memory.errors import InsufficientDataError, InvalidArgumentError
+
+Exploration = Literal["ucb", "thompson"]
+EXPLORATIONS: tuple[Exploration, ...] = ("ucb", "thompson")
+
+
+@dataclass(frozen=True)
+class RankedResponse:
+    """A candidate response with the teacher's estimate of its reward.
+
+    Attributes:
+        response: The candidate text.
+        index: Its position in the list given to `rank_responses`.
+        estimate: The teacher's `RewardEstimate` of (query, response).
+        score: What the ranking used: `estimate.expected` without exploration, else the
+            optimistic or sampled value (see `rank_estimates`).
+    """
+
+    response: str
+    index: int
+    estimate: RewardEstimate
+    score: float
+
+
+def rank_estimates(
+    estimates: Sequence[RewardEstimate],
+    *,
+    explore: float = 0.0,
+    exploration: Exploration = "ucb",
+    rng: np.random.Generator | None = None,
+) -> list[tuple[int, float]]:
+    """(index, score) of each estimate, best score first (ties keep the given order).
+
+    Args:
+        estimates: One estimate per candidate.
+        explore: 0 ranks by expected reward (greedy). Above 0, with "ucb" the score is
+            `expected + explore * std` (optimism where the model is unsure); with "thompson" it
+            is `expected + explore * (draw - expected)`, where `draw` is a reward sampled from
+            the predicted distribution (explore=1 is plain Thompson sampling).
+        exploration: "ucb" or "thompson".
+        rng: Random generator for Thompson draws; a fresh unseeded one if None.
+    """
+    explore = check_number("explore", explore, low=0.0)
+    if exploration not in EXPLORATIONS:
+        raise InvalidArgumentError(
+            f"exploration must be one of {EXPLORATIONS}, got {exploration!r}"
+        )
+    scores = []
+    for estimate in estimates:
+        score = estimate.expected
+        if explore > 0 and exploration == "ucb":
+            score += explore * estimate.std
+        elif explore > 0:
+            generator = rng if rng is not None else np.random.default_rng()
+            draw = float(generator.choice(estimate.bin_centers, p=estimate.distribution))
+            score += explore * (draw - estimate.expected)
+        scores.append(score)
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    return [(i, scores[i]) for i in order]
+
+
+def discounted_returns(rewards: Sequence[float], gamma: float) -> list[float]:
+    """The return that followed each step: `G_t = r_t + gamma * G_{t+1}`."""
+    returns: list[float] = []
+    following = 0.0
+    for reward in reversed(rewards):
+        following = reward + gamma * following
+        returns.append(following)
+    return returns[::-1]
+
+
+def threshold_for_budget(values: Sequence[float], budget: float) -> float:
+    """The value below which a share `budget` of `values` lies (what to escalate)."""
+    if not len(values):
+        raise InsufficientDataError("no stored queries to calibrate the escalation budget on")
+    return float(np.quantile(np.asarray(values, dtype=np.float64), budget))
