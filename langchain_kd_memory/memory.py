@@ -40,7 +40,6 @@ from langchain_kd_memory._validate import check_int, check_number
 from langchain_kd_memory.decisions import (
     Exploration,
     RankedResponse,
-    discounted_returns,
     rank_estimates,
 )
 from langchain_kd_memory.distillation import ModelDistillation
@@ -50,7 +49,6 @@ from langchain_kd_memory.episodes import (
     RewardEstimate,
     validate_namespace,
     validate_query,
-    validate_reward,
     validate_reward_range,
 )
 from langchain_kd_memory.errors import (
@@ -71,6 +69,7 @@ from langchain_kd_memory.storage import (
     EpisodeStore,
     check_search_query,
 )
+from langchain_kd_memory.trajectories import trajectory_episodes, trajectory_rewards
 
 if TYPE_CHECKING:
     from langchain_kd_memory.store import EpisodeBaseStore
@@ -106,43 +105,6 @@ class ConsolidationReport:
     metrics: dict[str, Any] = field(repr=False)
     checkpoint_version: int | None = None
     checkpoint_path: str | None = None
-
-
-TRAJECTORY_KEYS = ("trajectory_id", "trajectory_step", "trajectory_steps", "trajectory_gamma")
-"""Metadata `add_trajectory` gives each step: the run's id, the step's index, the run's length
-and its discount."""
-
-
-def _sequence(value: object, name: str) -> Sequence[Any]:
-    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
-        raise InvalidEpisodeError(f"{name} must be a list, got {type(value).__name__}")
-    return value
-
-
-def _step(step: object, index: int) -> tuple[str, str]:
-    """(query, response) of one trajectory step given as a pair or a dict."""
-    if isinstance(step, Mapping) and "query" in step:
-        return step["query"], step.get("response", "")
-    if isinstance(step, (tuple, list)) and len(step) == 2:
-        return step[0], step[1]
-    raise InvalidEpisodeError(
-        f"steps[{index}] must be a (query, response) pair or a dict with 'query' and "
-        f"'response', got {step!r}"
-    )
-
-
-def _returns(rewards: object, steps: int, gamma: float) -> list[float] | None:
-    """The discounted return of each step, or None when the run is not rated yet."""
-    if rewards is None:
-        return None
-    if isinstance(rewards, (int, float, np.integer, np.floating)) and not isinstance(rewards, bool):
-        per_step = [0.0] * (steps - 1) + [rewards]
-    else:
-        per_step = list(_sequence(rewards, "rewards"))
-        if len(per_step) != steps:
-            raise InvalidEpisodeError(f"{len(per_step)} rewards for {steps} steps")
-    values = [validate_reward(r, allow_none=False) for r in per_step]
-    return discounted_returns([float(v) for v in values if v is not None], gamma)
 
 
 # ----------------------------------------------------------------------------- memory
@@ -455,27 +417,11 @@ class DistilledEpisodicMemory(BaseRetriever):
                 the trajectory keys.
             InvalidRewardError: A return outside the declared reward range.
         """
-        pairs = [_step(step, i) for i, step in enumerate(_sequence(steps, "steps"))]
-        if not pairs:
-            raise InvalidEpisodeError("a trajectory needs at least one step")
-        gamma = check_number("gamma", gamma, low=0.0, high=1.0)
-        returns = _returns(rewards, len(pairs), gamma)
-        clash = set(metadata or {}) & set(TRAJECTORY_KEYS)
-        if clash:
-            raise InvalidEpisodeError(f"metadata keys {sorted(clash)} are set by add_trajectory")
-        tid = str(trajectory_id) if trajectory_id is not None else str(uuid.uuid4())
-        ns = self.resolve_namespace(namespace)
-        return self.add_episodes([
-            Episode(
-                query, response, reward=None if returns is None else returns[i],
-                metadata={
-                    **(metadata or {}),
-                    **dict(zip(TRAJECTORY_KEYS, (tid, i, len(pairs), gamma), strict=True)),
-                },
-                namespace=ns, id=f"{tid}/{i}",
-            )
-            for i, (query, response) in enumerate(pairs)
-        ])
+        return self.add_episodes(trajectory_episodes(
+            steps, rewards, gamma=gamma,
+            trajectory_id=str(trajectory_id) if trajectory_id is not None else str(uuid.uuid4()),
+            namespace=self.resolve_namespace(namespace), metadata=metadata,
+        ))
 
     def record_feedback(
         self, episode_id: str | UUID, reward: float, namespace: str | None = None
@@ -512,12 +458,8 @@ class DistilledEpisodicMemory(BaseRetriever):
                     f"no episode or trajectory with id {target!r}"
                     + ("" if namespace is None else f" in namespace {namespace!r}")
                 ) from None
-            steps = int(first.metadata.get(TRAJECTORY_KEYS[2], 1))
-            gamma = float(first.metadata.get(TRAJECTORY_KEYS[3], 1.0))
-            returns = _returns(reward, steps, gamma)
-            assert returns is not None
             updated = self.store.update_rewards(
-                {f"{target}/{i}": value for i, value in enumerate(returns)}, first.namespace
+                trajectory_rewards(first, reward), first.namespace
             )
             episode = updated[-1]
         else:

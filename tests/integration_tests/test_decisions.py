@@ -143,7 +143,7 @@ def test_add_trajectory_checks_its_input_and_the_reward_range(
             memory.add_trajectory(*bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidRewardError, match="outside the declared reward_range"):
         memory.add_trajectory(steps, [1.0, 1.0], gamma=1.0)  # the first return is 2
-    with pytest.raises(InvalidEpisodeError, match="set by add_trajectory"):
+    with pytest.raises(InvalidEpisodeError, match="are set for trajectories"):
         memory.add_trajectory(steps, 1.0, metadata={"trajectory_step": 3})
     assert memory.store.count() == 0
     memory.add_trajectory(steps, trajectory_id="t")
