@@ -29,15 +29,17 @@ from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 
-from langchain_kd_memory._validate import check_callable, check_int
+from langchain_kd_memory._validate import check_callable, check_int, check_number
 from langchain_kd_memory.errors import InsufficientDataError, InvalidArgumentError
 from langchain_kd_memory.memory import ConsolidationReport, DistilledEpisodicMemory
 from langchain_kd_memory.runs import (
     FinishedRun,
     RewardFn,
+    agent_steps,
     extract_query,
     extract_response,
     rate,
+    run_episodes,
 )
 
 logger = logging.getLogger(__name__)
@@ -75,8 +77,11 @@ class ConsolidationCallback(BaseCallbackHandler):
 
     - On a top-level `on_chain_start` (no parent run) it remembers the inputs by run id; at the
       matching `on_chain_end` it adds one episode (query and response extracted from inputs and
-      outputs, reward from `reward_fn(FinishedRun)`, id = `str(run_id)`). Nested chain, model
-      and tool runs are not episodes; a top-level run that fails is dropped. A `reward_fn` that
+      outputs, reward from `reward_fn(FinishedRun)`, id = `str(run_id)`). An agent run of
+      several model steps (tool calls) is recorded as a trajectory instead: one episode per
+      step, ids ``f"{run_id}/{i}"``, each credited with the discounted return (`gamma`), and
+      feedback for the run id rates them all. Nested chain, model and tool runs are not
+      episodes; a top-level run that fails is dropped. A `reward_fn` that
       raises or returns something other than a finite number is counted in `status.errors`
       and the run is recorded unrated. When an `EpisodicMemoryMiddleware` over the same memory
       runs inside the agent, it records the run (under this run id) and the callback does not.
@@ -107,6 +112,7 @@ class ConsolidationCallback(BaseCallbackHandler):
         reward_fn: RewardFn | None = None,
         background: bool = True,
         namespace: str | None = None,
+        gamma: float = 0.9,
     ) -> None:
         """Create the callback and subscribe it to the memory's ratings.
 
@@ -118,6 +124,8 @@ class ConsolidationCallback(BaseCallbackHandler):
             background: Consolidate on a worker thread (True) or inline in the thread that
                 made the N-th rating (False).
             namespace: Namespace of the episodes; the memory's namespace if None.
+            gamma: Discount of a run of several model steps (an agent calling tools), recorded
+                as a trajectory: each step gets the discounted share of the run's reward.
         """
         if not isinstance(memory, DistilledEpisodicMemory):
             raise InvalidArgumentError(
@@ -126,6 +134,7 @@ class ConsolidationCallback(BaseCallbackHandler):
         self.memory = memory
         self.every_n_episodes = check_int("every_n_episodes", every_n_episodes, low=1)
         self.reward_fn = check_callable("reward_fn", reward_fn)
+        self.gamma = check_number("gamma", gamma, low=0.0, high=1.0)
         self.background = background
         self.namespace = memory.resolve_namespace(namespace)
         self._inputs: dict[UUID, Any] = {}
@@ -228,12 +237,14 @@ class ConsolidationCallback(BaseCallbackHandler):
         if not query.strip():
             logger.warning("run %s has no query text; it is not recorded", run_id)
             return
-        run = FinishedRun(str(run_id), query, extract_response(outputs), inputs, outputs)
+        run = FinishedRun(
+            str(run_id), query, extract_response(outputs), inputs, outputs, agent_steps(outputs)
+        )
         reward, error = rate(self.reward_fn, run)
         if error is not None:
             self._fail("reward_fn failed on run %s; recording it unrated", run_id, error)
-        self.memory.add_episode(
-            run.query, run.response, reward=reward, namespace=self.namespace, episode_id=run.run_id
+        self.memory.add_episodes(
+            run_episodes(run, reward, namespace=self.namespace, gamma=self.gamma)
         )
         with self._lock:
             self._status.episodes_recorded += 1

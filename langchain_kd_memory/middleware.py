@@ -33,10 +33,19 @@ from langchain_kd_memory._validate import (
     optional,
 )
 from langchain_kd_memory.callbacks import ConsolidationCallback
-from langchain_kd_memory.episodes import RewardEstimate, validate_namespace
+from langchain_kd_memory.episodes import Episode, RewardEstimate, validate_namespace
 from langchain_kd_memory.errors import InvalidArgumentError
 from langchain_kd_memory.memory import DistilledEpisodicMemory
-from langchain_kd_memory.runs import FinishedRun, RewardFn, extract_query, extract_response, rate
+from langchain_kd_memory.runs import (
+    FinishedRun,
+    RewardFn,
+    agent_steps,
+    extract_query,
+    extract_response,
+    rate,
+    run_episodes,
+)
+from langchain_kd_memory.trajectories import TRAJECTORY_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +130,8 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
 
     The recorded episode is the run's last human message (query) and last AI message
     (response), with ``reward_fn(FinishedRun)`` as reward when given (None = rate it later).
+    A run of several model steps (tool calls) is recorded as a trajectory: one episode per
+    step (`runs.agent_steps`), each credited with its discounted share of the reward.
     """
 
     def __init__(
@@ -137,6 +148,7 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         reward_fn: RewardFn | None = None,
         namespace: str | None = None,
         namespace_key: str = "namespace",
+        gamma: float = 0.9,
     ) -> None:
         """Configure the middleware.
 
@@ -155,6 +167,8 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
                 ``run.outputs`` is the agent's final state.
             namespace: Default namespace of runs; the memory's if None.
             namespace_key: Key of the namespace in the runtime context or configurable.
+            gamma: Discount of a run of several model steps (tool calls), recorded as a
+                trajectory: each step gets the discounted share of the run's reward.
 
         Raises:
             InvalidArgumentError: If an argument is invalid.
@@ -170,6 +184,7 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         self.max_chars = check_int("max_chars", max_chars, low=10)
         self.reward_fn = check_callable("reward_fn", reward_fn)
         self.namespace_key = check_str("namespace_key", namespace_key)
+        self.gamma = check_number("gamma", gamma, low=0.0, high=1.0)
         if not isinstance(prompt_template, str) or "{episodes}" not in prompt_template:
             raise InvalidArgumentError("prompt_template must be a str containing '{episodes}'")
         try:
@@ -320,12 +335,14 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
 
     # ----------------------------------------------------------------- record
 
-    def _episode(self, state: Mapping[str, Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """The `add_episode` arguments for a finished run, or None if there is nothing to record."""
+    def _episodes(self, state: Mapping[str, Any], runtime: Runtime[Any]) -> list[Episode]:
+        """The episodes of a finished run ([] if there is nothing to record)."""
         query = extract_query(state).strip() if self.record else ""
         if not query:
-            return None
-        run = FinishedRun(self._run_id(runtime), query, extract_response(state), None, state)
+            return []
+        run = FinishedRun(
+            self._run_id(runtime), query, extract_response(state), None, state, agent_steps(state)
+        )
         reward, error = rate(self.reward_fn, run)
         if error is not None:
             logger.warning("episodic memory: reward_fn failed, recording unrated: %s", error)
@@ -336,14 +353,10 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         info = getattr(runtime, "execution_info", None)
         if getattr(info, "thread_id", None):
             metadata["thread_id"] = str(info.thread_id)  # type: ignore[union-attr]
-        return {
-            "query": run.query,
-            "response": run.response,
-            "reward": reward,
-            "metadata": metadata,
-            "namespace": self._namespace(runtime),
-            "episode_id": run.run_id,
-        }
+        namespace = self._namespace(runtime) or self.memory.namespace
+        return run_episodes(
+            run, reward, namespace=namespace, metadata=metadata, gamma=self.gamma
+        )
 
     def _run_id(self, runtime: Runtime[Any]) -> str:
         """The episode id of this run: its run id, claimed from a callback if one follows it."""
@@ -361,9 +374,11 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     def after_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
         """Record the finished run as an episode."""
         with self._guard("record", "record_failures"):
-            fields = self._episode(state, runtime)
-            if fields is not None:
-                self._count("recorded", self.memory.add_episode(**fields))
+            episodes = self._episodes(state, runtime)
+            if episodes:
+                self.memory.add_episodes(episodes)
+                run_id = episodes[0].metadata.get(TRAJECTORY_KEYS[0], episodes[0].id)
+                self._count("recorded", str(run_id))
         return None
 
     async def aafter_agent(

@@ -1,19 +1,33 @@
-"""Finished agent runs: their text, how they are rated. Shared by the callback and the middleware.
+"""Finished agent runs: their text, their steps, how they are rated, the episodes they become.
 
-A run's inputs and outputs come in many shapes (a string, a dict of variables, a message list,
-agent state); `extract_query` and `extract_response` find the text in each. A `reward_fn`
-rates a `FinishedRun`; `rate` calls it and turns whatever it returns into a reward or None.
+Shared by the callback and the middleware. A run's inputs and outputs come in many shapes (a
+string, a dict of variables, a message list, agent state); `extract_query` and
+`extract_response` find the text in each, `agent_steps` the model's steps of an agent run. A
+`reward_fn` rates a `FinishedRun`; `rate` turns whatever it returns into a reward or None, and
+`run_episodes` makes the episodes to store: one for a single-step run, one per step (credited
+with the discounted return) for a run of several model steps.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, convert_to_messages
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    ToolMessage,
+    convert_to_messages,
+)
 
-from langchain_kd_memory.episodes import validate_reward
+from langchain_kd_memory.episodes import Episode, MetadataValue, validate_reward
+from langchain_kd_memory.trajectories import trajectory_episodes
+
+OBSERVATION_CHARS = 1000
+"""Longest tool result quoted in the state of the next step."""
 
 _TEXT_KEYS = ("input", "question", "query", "output", "answer", "result", "text", "content")
 
@@ -29,6 +43,8 @@ class FinishedRun:
         inputs: What the run was invoked with (None when only the final state is known, as in
             the middleware).
         outputs: What it returned; for an agent, its final state (``{"messages": [...]}``).
+        steps: (state, action) of each model step, when the run took several (an agent that
+            called tools): see `agent_steps`. Empty for a single-step run.
     """
 
     run_id: str
@@ -36,6 +52,7 @@ class FinishedRun:
     response: str
     inputs: Any
     outputs: Any
+    steps: tuple[tuple[str, str], ...] = ()
 
 
 RewardFn = Callable[[FinishedRun], "float | None"]
@@ -108,3 +125,58 @@ def extract_response(outputs: object) -> str:
     with a key such as "output", "answer" or "result" or a single value.
     """
     return _text(outputs, AIMessage)
+
+
+def _action(message: AIMessage) -> str:
+    """What an AI message did: its tool calls as ``name({args})``, then its text."""
+    calls = [
+        f"{call['name']}({json.dumps(call.get('args', {}), sort_keys=True, default=str)})"
+        for call in message.tool_calls
+    ]
+    return "\n".join([*calls, str(message.text).strip()]).strip()
+
+
+def agent_steps(outputs: object) -> tuple[tuple[str, str], ...]:
+    """The model's steps in an agent run: one (state, action) per AI message after the request.
+
+    The state of a step is the request (the last human message) followed by the actions and
+    tool observations before it; the action is the AI message's tool calls, or its answer.
+    Returns () unless the run took two steps or more.
+    """
+    value = outputs.get("messages") if isinstance(outputs, Mapping) else outputs
+    messages = _messages(value) or []
+    humans = [i for i, m in enumerate(messages) if isinstance(m, HumanMessage)]
+    if not humans:
+        return ()
+    lines = [str(messages[humans[-1]].text)]
+    steps: list[tuple[str, str]] = []
+    for message in messages[humans[-1] + 1 :]:
+        if isinstance(message, AIMessage) and (action := _action(message)):
+            steps.append(("\n".join(lines), action))
+            lines.append(f"Action: {action}")
+        elif isinstance(message, ToolMessage):
+            lines.append(f"Observation: {str(message.text)[:OBSERVATION_CHARS]}")
+    return tuple(steps) if len(steps) > 1 else ()
+
+
+def run_episodes(
+    run: FinishedRun,
+    reward: float | None,
+    *,
+    namespace: str,
+    metadata: Mapping[str, MetadataValue] | None = None,
+    gamma: float = 0.9,
+) -> list[Episode]:
+    """The episodes to store for a finished run.
+
+    A single-step run is one episode with the run's id. A run of several steps is a
+    trajectory: one episode per step (ids ``f"{run_id}/{i}"``), each credited with its
+    discounted share of `reward`; feedback for the run's id later rates them all.
+    """
+    if run.steps:
+        return trajectory_episodes(
+            run.steps, reward, gamma=gamma, trajectory_id=run.run_id, namespace=namespace,
+            metadata=metadata,
+        )
+    return [Episode(run.query, run.response, reward=reward, metadata=dict(metadata or {}),
+                    namespace=namespace, id=run.run_id)]

@@ -14,6 +14,7 @@ from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatResult
+from langchain_core.tools import tool
 
 from langchain_kd_memory.callbacks import ConsolidationCallback
 from langchain_kd_memory.distillation import ModelDistillation
@@ -285,3 +286,50 @@ def test_middleware_and_callback_together_record_each_run_once(
     assert middleware.status.recorded == 1 and middleware.status.record_failures == 0
     if give_run_id:
         assert memory.store.get([str(run_id)])[0].query == "How do I export my data?"
+
+
+@tool
+def lookup_order(order_id: str) -> str:
+    """Look up an order by its number."""
+    return f"order {order_id}: shipped yesterday"
+
+
+def _tool_then_answer() -> RecordingModel:
+    call = {"name": "lookup_order", "args": {"order_id": "42"}, "id": "call-1"}
+    return RecordingModel(responses=[AIMessage("", tool_calls=[call]),
+                                     AIMessage("Your order 42 shipped yesterday.")], received=[])
+
+
+def test_a_run_with_tool_calls_is_recorded_as_a_credited_trajectory(
+    memory: DistilledEpisodicMemory,
+):
+    middleware = EpisodicMemoryMiddleware(memory, reward_fn=lambda run: 1.0, gamma=0.5)
+    agent = create_agent(_tool_then_answer(), [lookup_order], middleware=[middleware])
+    run_id = uuid.uuid4()
+    agent.invoke(_ask("Where is order 42?"), config={"run_id": run_id})  # type: ignore[arg-type]
+    ids = [f"{run_id}/0", f"{run_id}/1"]
+    first, last = memory.store.get(ids)
+    assert first.query == "Where is order 42?"
+    assert first.response == 'lookup_order({"order_id": "42"})'
+    assert last.query.startswith("Where is order 42?\nAction: lookup_order(")
+    assert "Observation: order 42: shipped yesterday" in last.query
+    assert last.response == "Your order 42 shipped yesterday."
+    assert (first.reward, last.reward) == (0.5, 1.0)
+    assert middleware.status.last_episode_id == str(run_id)
+    memory.record_feedback(run_id, 0.0)  # a later correction reaches every step
+    assert [e.reward for e in memory.store.get(ids)] == [0.0, 0.0]
+
+
+def test_the_callback_records_an_agent_run_with_tool_calls_as_a_trajectory(
+    memory: DistilledEpisodicMemory,
+):
+    callback = ConsolidationCallback(memory)
+    agent = create_agent(_tool_then_answer(), [lookup_order])
+    run_id = uuid.uuid4()
+    agent.invoke(_ask("Where is order 42?"),  # type: ignore[arg-type]
+                 config={"run_id": run_id, "callbacks": [callback]})
+    ids = [f"{run_id}/0", f"{run_id}/1"]
+    assert [e.reward for e in memory.store.get(ids)] == [None, None]
+    memory.record_feedback(run_id, 1.0)
+    assert [e.reward for e in memory.store.get(ids)] == pytest.approx([0.9, 1.0])
+    assert callback.status.episodes_recorded == 1
