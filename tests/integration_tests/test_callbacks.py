@@ -225,8 +225,8 @@ def agent_model() -> ToolCallingFakeModel:
     ]))
 
 
-def test_create_agent_run_is_one_episode(memory: TrackedMemory) -> None:
-    callback = ConsolidationCallback(memory, reward_fn=lambda run: 1.0)
+def test_create_agent_run_is_one_trajectory(memory: TrackedMemory) -> None:
+    callback = ConsolidationCallback(memory, reward_fn=lambda run: 1.0, gamma=0.5)
     agent = create_agent(agent_model(), tools=[add])
     run_id = uuid.uuid4()
     result = agent.invoke(
@@ -234,10 +234,14 @@ def test_create_agent_run_is_one_episode(memory: TrackedMemory) -> None:
         config={"callbacks": [callback], "run_id": run_id},
     )
     assert result["messages"][-1].content == "2 + 3 = 5"
-    # Model calls, the tool call and graph nodes are nested runs: one episode only.
+    # Model calls, the tool call and graph nodes are nested runs: one run, recorded as its two
+    # model steps (the tool call, then the answer), each credited with its share of the reward.
     assert callback.status.episodes_recorded == 1
-    episode = memory.store.get([str(run_id)])[0]
-    assert (episode.query, episode.response, episode.reward) == ("What is 2 + 3?", "2 + 3 = 5", 1.0)
+    first, last = memory.store.get([f"{run_id}/0", f"{run_id}/1"])
+    assert (first.query, first.response, first.reward) == (
+        "What is 2 + 3?", 'add({"a": 2, "b": 3})', 0.5)
+    assert (last.response, last.reward) == ("2 + 3 = 5", 1.0)
+    assert memory.store.count() == 2
 
 
 async def test_async_runs(memory: TrackedMemory, chain: Runnable) -> None:
@@ -251,7 +255,10 @@ async def test_async_runs(memory: TrackedMemory, chain: Runnable) -> None:
                         config={"callbacks": [callback]})
     assert callback.status.episodes_recorded == 2
     assert memory.store.get([str(run_id)])[0].reward == 0.9
-    assert {e.query for e in memory.store.list_episodes()} == {QUESTIONS[0], "What is 2 + 3?"}
+    second_state = 'What is 2 + 3?\nAction: add({"a": 2, "b": 3})\nObservation: 5'
+    assert {e.query for e in memory.store.list_episodes()} == {
+        QUESTIONS[0], "What is 2 + 3?", second_state
+    }
 
 
 def test_invalid_arguments(memory: TrackedMemory) -> None:
