@@ -56,8 +56,7 @@ def main() -> None:
         recording = DistilledEpisodicMemory(persist_directory=os.path.join(tmp, "rec"))
         training = DistilledEpisodicMemory(
             persist_directory=os.path.join(tmp, "train"),
-            distillation=ModelDistillation(seed=0),
-            min_episodes_to_train=10,
+            distillation=ModelDistillation(seed=0, min_episodes=10),
         )
         record_cb = ConsolidationCallback(recording, every_n_episodes=10**9)
         train_cb = ConsolidationCallback(

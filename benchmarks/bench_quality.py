@@ -47,8 +47,9 @@ from langchain_kd_memory.models import count_parameters  # noqa: E402
 
 SPLIT_SEED = 0
 CONSOLIDATION_EPISODES = 5000
-# One torch thread: on this shared 2-core machine two threads ran a teacher step 15x slower.
-BASE_CONFIG: dict[str, Any] = {"device": "cpu", "num_threads": 1}
+# Engine runs use one torch thread (set in main): on this shared 2-core machine two threads ran
+# a teacher step 15x slower.
+BASE_CONFIG: dict[str, Any] = {"device": "cpu"}
 # alpha = 0 ignores the teacher, so the labels-alone run gets a tiny one to save time.
 NO_TEACHER: dict[str, Any] = {"alpha": 0.0, "beta": 1.0, "teacher": {"hidden_sizes": [8]}}
 Predictions = dict[str, np.ndarray]
@@ -208,10 +209,13 @@ def consolidation_times(
     rows = np.random.default_rng(0).choice(len(train), CONSOLIDATION_EPISODES, replace=True)
     data = train.subset(rows)
     out = []
+    previous = torch.get_num_threads()
     for n in threads:
-        model = ModelDistillation(seed=0, device="cpu", num_threads=n)
+        model = ModelDistillation(seed=0, device="cpu")
+        torch.set_num_threads(n)
         start = time.perf_counter()
         results = model.distill_from_memories(data, quiet=quiet)
+        torch.set_num_threads(previous)
         out.append([f"{n}", f"{time.perf_counter() - start:.1f}",
                     f"{results['teacher']['epochs_run']} + {results['student']['epochs_run']}"])
     return out
@@ -375,6 +379,7 @@ def main() -> None:
                         f"(default {BENCHMARKS_MD.name}; none with --quick)")
     parser.add_argument("--progress", action="store_true", help="show training progress bars")
     args = parser.parse_args()
+    torch.set_num_threads(1)
     seeds = list(range(args.seeds or (2 if args.quick else 5)))
     out = args.out or (None if args.quick else BENCHMARKS_MD)
     command = " ".join(["python benchmarks/bench_quality.py", *sys.argv[1:]])

@@ -255,7 +255,7 @@ def show_turn(result: dict[str, Any], memory: DistilledEpisodicMemory) -> None:
     estimate = result["estimate"]
     if estimate is None:
         rated = memory.store.count_rated(memory.namespace)
-        print(f"value model: not trained yet ({rated}/{memory.min_episodes_to_train} rated)")
+        print(f"value model: not trained yet ({rated}/{MIN_TO_TRAIN} rated)")
     else:
         good = estimate.distribution[estimate.bin_centers >= 0.5].sum()
         print(f"value model: expected reward {estimate.expected:.2f} ± {estimate.std:.2f} "
@@ -299,9 +299,9 @@ def questions(args: argparse.Namespace, interactive: bool) -> Iterator[str]:
 def run_session(args: argparse.Namespace, directory: str) -> None:
     memory = DistilledEpisodicMemory(
         persist_directory=directory,
-        distillation=ModelDistillation(seed=0, reward_low=0.0, reward_high=1.0),
+        distillation=ModelDistillation(seed=0, reward_low=0.0, reward_high=1.0,
+                                       min_episodes=MIN_TO_TRAIN),
         k=3,
-        min_episodes_to_train=MIN_TO_TRAIN,
     )
     if memory.store.count(memory.namespace) == 0:
         seeds = seed_episodes()

@@ -33,6 +33,7 @@ from langchain_core.messages import AIMessage, BaseMessage, SystemMessage, ToolM
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 
+from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.memory import DistilledEpisodicMemory
 from langchain_kd_memory.middleware import EpisodicMemoryMiddleware
 
@@ -111,7 +112,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         memory = DistilledEpisodicMemory(
-            persist_directory=args.persist_directory or tmp, min_episodes_to_train=10
+            persist_directory=args.persist_directory or tmp,
+            distillation=ModelDistillation(min_episodes=10),
         )
         seed(memory)
         model = RuleBasedChatModel()

@@ -196,8 +196,6 @@ class DistilledEpisodicMemory(BaseRetriever):
     """Candidates fetched by similarity before re-ranking (at least `k` are fetched)."""
     reward_weight: float = Field(default=0.3, ge=0.0, le=1.0)
     """Weight `w` of the value in the recall score (0 = similarity only)."""
-    min_episodes_to_train: int = Field(default=20, ge=2)
-    """Fewest rated episodes `consolidate` trains on."""
     max_training_episodes: int = Field(default=10_000, ge=2)
     """Consolidation trains on at most this many rated episodes, the most recent ones."""
     memory_key: str = "history"
@@ -220,7 +218,9 @@ class DistilledEpisodicMemory(BaseRetriever):
             EmbedderMismatchError: If `store` and `distillation` use different embedders, or
                 the checkpoint in `model_dir` was trained with another one.
             CheckpointError: If the checkpoint in `model_dir` is corrupted or unsafe.
-            ConfigError: If `reward_range` disagrees with the store's or the model's.
+            ConfigError: If `reward_range` disagrees with the store's or the model's, or the
+                checkpoint in `model_dir` holds other networks, or another declared reward
+                range, than the model asks for.
         """
         reward_range = validate_reward_range(data.get("reward_range"))
         if data.get("store") is None:
@@ -488,7 +488,8 @@ class DistilledEpisodicMemory(BaseRetriever):
             rated = self.store.count_rated(namespace)
             raise NotTrainedError(
                 f"the value model is not trained yet: namespace {namespace!r} has {rated} rated "
-                f"episodes and training needs at least {self.min_episodes_to_train}; record "
+                f"episodes and training needs at least {model.config.min_episodes} "
+                "(min_episodes); record "
                 "rewards (add_episode(..., reward=...) or record_feedback) and call "
                 "consolidate(), or attach a ConsolidationCallback"
             )
@@ -603,7 +604,8 @@ class DistilledEpisodicMemory(BaseRetriever):
             A `ConsolidationReport`.
 
         Raises:
-            InsufficientDataError: Fewer than `min_episodes_to_train` rated episodes.
+            InsufficientDataError: Fewer than `distillation.config.min_episodes` rated
+                episodes, or all with the same reward.
         """
         ns = self.resolve_namespace(namespace)
         limit = self.max_training_episodes if max_training_episodes is None else (
@@ -612,12 +614,11 @@ class DistilledEpisodicMemory(BaseRetriever):
         limit = check_int("max_training_episodes", limit, low=2)
         with self._consolidation_lock:
             start = time.perf_counter()
+            rated = self.store.count_rated(ns)
+            self.distillation.check_trainable(
+                min(rated, limit), self.store.count(ns) - rated, namespace=ns
+            )
             arrays = self.store.training_arrays(namespace=ns, limit=limit)
-            if len(arrays) < self.min_episodes_to_train:
-                raise InsufficientDataError(
-                    f"namespace {ns!r} has {len(arrays)} rated episodes; consolidation needs at "
-                    f"least {self.min_episodes_to_train} (min_episodes_to_train)"
-                )
             if np.all(arrays.rewards == arrays.rewards[0]):
                 raise InsufficientDataError(
                     f"all {len(arrays)} rated episodes of namespace {ns!r} have the reward "

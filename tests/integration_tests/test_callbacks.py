@@ -71,11 +71,12 @@ class TrackedMemory(DistilledEpisodicMemory):
 @pytest.fixture
 def memory(tmp_path: Path, embeddings: LocalEmbeddings) -> TrackedMemory:
     model = ModelDistillation(
-        seed=0, embeddings=embeddings, max_epochs=40, patience=5, num_threads=1, learning_rate=1e-2,
+        seed=0, embeddings=embeddings, max_epochs=40, patience=5, learning_rate=1e-2,
+        min_episodes=10,
         teacher=TeacherConfig(hidden_sizes=(64,)), student=StudentConfig(hidden_sizes=(32,)),
     )
     store = EpisodeStore("callbacks", embeddings=embeddings, persist_directory=str(tmp_path / "db"))
-    return TrackedMemory(store=store, distillation=model, min_episodes_to_train=10)
+    return TrackedMemory(store=store, distillation=model)
 
 
 @pytest.fixture
@@ -189,7 +190,7 @@ def test_consolidation_errors_are_recorded_not_raised(
 ) -> None:
     callback = ConsolidationCallback(memory, every_n_episodes=2, reward_fn=topic_reward,
                                      background=False)
-    run_chain(chain, callback, 2)  # 2 rated episodes < min_episodes_to_train: training refuses
+    run_chain(chain, callback, 2)  # 2 rated episodes < min_episodes: training refuses
     status = callback.status
     assert status.consolidations_run == 0 and "needs at least 10" in str(status.last_error)
     assert status.episodes_recorded == 2

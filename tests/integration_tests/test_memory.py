@@ -48,10 +48,11 @@ def topic_episodes(n: int, seed: int = 0) -> list[Episode]:
     return episodes
 
 
-def make_memory(tmp_path: Path, embeddings: LocalEmbeddings, **kwargs) -> DistilledEpisodicMemory:
+def make_memory(tmp_path: Path, embeddings: LocalEmbeddings, min_episodes: int = 20,
+                **kwargs) -> DistilledEpisodicMemory:
     store = EpisodeStore("mem", embeddings=embeddings, persist_directory=str(tmp_path / "chroma"))
     model = ModelDistillation(
-        seed=0, embeddings=embeddings, max_epochs=60, patience=5, num_threads=1,
+        seed=0, embeddings=embeddings, max_epochs=60, patience=5, min_episodes=min_episodes,
         teacher=TeacherConfig(hidden_sizes=(128, 64)), student=StudentConfig(hidden_sizes=(32,)),
     )
     return DistilledEpisodicMemory(
@@ -61,7 +62,7 @@ def make_memory(tmp_path: Path, embeddings: LocalEmbeddings, **kwargs) -> Distil
 
 @pytest.fixture
 def memory(tmp_path: Path, embeddings: LocalEmbeddings) -> DistilledEpisodicMemory:
-    return make_memory(tmp_path, embeddings, min_episodes_to_train=10)
+    return make_memory(tmp_path, embeddings, min_episodes=10)
 
 
 def test_recall_returns_documents_with_metadata(memory: DistilledEpisodicMemory) -> None:
@@ -202,7 +203,7 @@ def test_consolidation_learns_from_stored_vectors_and_reloads(
 
 def test_scoring_keeps_working_during_consolidation(tmp_path: Path,
                                                     embeddings: LocalEmbeddings) -> None:
-    memory = make_memory(tmp_path, embeddings, min_episodes_to_train=10)
+    memory = make_memory(tmp_path, embeddings, min_episodes=10)
     memory.add_episodes(topic_episodes(60))
     memory.consolidate(num_epochs=2)
     before = memory.distillation.student
@@ -326,7 +327,7 @@ def test_unrated_episodes_are_valued_by_the_teacher_from_their_answer(
     1) or not (0). An unrated "Passwords are your responsibility, sorry." is valued low and ranks
     below an unrated helpful answer, although its question alone (all the student sees)
     predicts a good outcome: the student valued it 0.93 and ranked it second."""
-    memory = make_memory(tmp_path, embeddings, min_episodes_to_train=10)
+    memory = make_memory(tmp_path, embeddings, min_episodes=10)
     rated = []
     for question, (good, bad) in ANSWERS.items():
         for prefix in ("", "Hi, ", "Quick question: "):

@@ -64,8 +64,7 @@ def _model(reply: str = "Here is how.") -> RecordingModel:
 def _memory(store: EpisodeStore) -> DistilledEpisodicMemory:
     memory = DistilledEpisodicMemory(
         store=store,
-        distillation=ModelDistillation(embeddings=store.embeddings, seed=0),
-        min_episodes_to_train=8,
+        distillation=ModelDistillation(embeddings=store.embeddings, seed=0, min_episodes=8),
     )
     memory.add_episodes(
         [

@@ -37,11 +37,10 @@ SEEDS = [
 
 def small_memory(store: EpisodeStore, model_dir: Path) -> DistilledEpisodicMemory:
     model = ModelDistillation(
-        seed=0, embeddings=store.embeddings, min_episodes=4, max_epochs=4, num_threads=1,
+        seed=0, embeddings=store.embeddings, min_episodes=4, max_epochs=4,
         teacher=TeacherConfig(hidden_sizes=(32,)), student=StudentConfig(hidden_sizes=(16,)),
     )
-    memory = DistilledEpisodicMemory(store=store, distillation=model, min_episodes_to_train=4,
-                                     model_dir=str(model_dir))
+    memory = DistilledEpisodicMemory(store=store, distillation=model, model_dir=str(model_dir))
     memory.add_episodes([{"query": q, "response": r, "reward": w} for q, r, w in SEEDS])
     memory.consolidate()
     return memory

@@ -65,11 +65,11 @@ def reward_of(text: str) -> float:
 
 def make_memory(store: EpisodeStore, model_dir: Path | None = None) -> DistilledEpisodicMemory:
     model = ModelDistillation(
-        seed=0, embeddings=store.embeddings, max_epochs=4, num_threads=1,
+        seed=0, embeddings=store.embeddings, max_epochs=4, min_episodes=8,
         teacher=TeacherConfig(hidden_sizes=(32,)), student=StudentConfig(hidden_sizes=(16,)),
     )
     return DistilledEpisodicMemory(
-        store=store, distillation=model, min_episodes_to_train=8,
+        store=store, distillation=model,
         model_dir=None if model_dir is None else str(model_dir),
     )
 

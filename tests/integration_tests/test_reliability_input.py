@@ -46,7 +46,7 @@ PROBE = np.full((1, 384), 384**-0.5, dtype=np.float32)
 
 def small_model(embeddings: LocalEmbeddings) -> ModelDistillation:
     return ModelDistillation(
-        seed=0, embeddings=embeddings, min_episodes=4, max_epochs=4, num_threads=1,
+        seed=0, embeddings=embeddings, min_episodes=4, max_epochs=4,
         teacher=TeacherConfig(hidden_sizes=(32,)), student=StudentConfig(hidden_sizes=(16,)),
     )
 
@@ -58,7 +58,7 @@ def memory(
     """A trained memory whose store holds namespaces for every consolidation edge case."""
     store = EpisodeStore(NAME, embeddings=embeddings, client=chroma_client, reward_range=(0, 1))
     memory = DistilledEpisodicMemory(
-        store=store, distillation=small_model(embeddings), min_episodes_to_train=4,
+        store=store, distillation=small_model(embeddings),
         model_dir=str(tmp_path_factory.mktemp("relinput") / "models"),
     )
     memory.add_episodes(
@@ -380,7 +380,7 @@ def test_an_untrained_memory_says_how_to_train(
 ) -> None:
     fresh = DistilledEpisodicMemory(
         store=EpisodeStore("relfresh", embeddings=embeddings, client=chroma_client),
-        distillation=small_model(embeddings), min_episodes_to_train=4,
+        distillation=small_model(embeddings),
     )
     with pytest.raises(NotTrainedError, match="has 0 rated episodes.*call consolidate"):
         fresh.score("anything")
@@ -393,7 +393,7 @@ def test_rewards_beyond_the_trainable_limit_are_refused_on_every_write(
     """Without a declared range, 1e13 used to be stored and then failed every consolidation."""
     memory = DistilledEpisodicMemory(
         store=EpisodeStore("relhuge", embeddings=embeddings, client=chroma_client),
-        distillation=small_model(embeddings), min_episodes_to_train=4,
+        distillation=small_model(embeddings),
         model_dir=str(tmp_path / "models"),
     )
     memory.add_episodes([{"query": f"question {i}", "reward": float(i % 3), "id": f"e{i}"}

@@ -24,10 +24,10 @@ QUESTION = "How do I reset my password?"
 
 
 def model(store: EpisodeStore) -> ModelDistillation:
-    # No validation split: recall then always uses the student's predictions for unrated
+    # No validation split: recall then always uses the teacher's predictions for unrated
     # episodes (with a split of one episode, whether it "beats the mean" is a coin toss).
     return ModelDistillation(
-        seed=0, embeddings=store.embeddings, min_episodes=4, max_epochs=4, num_threads=1,
+        seed=0, embeddings=store.embeddings, min_episodes=4, max_epochs=4,
         validation_fraction=0.0,
         teacher=TeacherConfig(hidden_sizes=(32,)), student=StudentConfig(hidden_sizes=(16,)),
     )
@@ -40,8 +40,7 @@ def collection_of(memory: DistilledEpisodicMemory, namespace: str) -> str:
 @pytest.fixture
 def memory(tmp_store: EpisodeStore) -> DistilledEpisodicMemory:
     """Six episodes per namespace: the same question, answers that name their namespace."""
-    memory = DistilledEpisodicMemory(store=tmp_store, distillation=model(tmp_store),
-                                     min_episodes_to_train=4)
+    memory = DistilledEpisodicMemory(store=tmp_store, distillation=model(tmp_store))
     memory.add_episodes([
         {"query": QUESTION if i == 0 else f"{QUESTION} Attempt {i}.",
          "response": f"answer for {ns}", "reward": (i % 3) / 2, "namespace": ns,
@@ -100,8 +99,7 @@ def test_training_reads_only_its_namespace(memory: DistilledEpisodicMemory) -> N
         {"query": f"{QUESTION} Variant {i}", "reward": 1.0 - (i % 3) / 2, "namespace": ns}
         for ns in NAMESPACES[1:] for i in range(10)
     ])
-    fresh = DistilledEpisodicMemory(store=memory.store, distillation=model(memory.store),
-                                    min_episodes_to_train=4)
+    fresh = DistilledEpisodicMemory(store=memory.store, distillation=model(memory.store))
     assert fresh.consolidate(namespace="user/1").episodes_used == 6
     after = np.stack([e.distribution for e in fresh.distillation.predict_embeddings(vectors)])
     assert after.tobytes() == before.tobytes()

@@ -31,8 +31,7 @@ BAD_REFUND = "Refunds are impossible, sorry."
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, embeddings: LocalEmbeddings
             ) -> DistilledEpisodicMemory:
-    memory = make_memory(tmp_path_factory.mktemp("decisions"), embeddings,
-                         min_episodes_to_train=10)
+    memory = make_memory(tmp_path_factory.mktemp("decisions"), embeddings, min_episodes=10)
     rated = []
     for question, (good, bad) in ANSWERS.items():
         for prefix in ("", "Hi, ", "Quick question: "):
@@ -81,7 +80,7 @@ def test_rank_responses_refuses_what_it_cannot_answer(
     for empty in ([], "just one string"):
         with pytest.raises(ValueError, match="non-empty list"):
             trained.rank_responses("Can I get a refund?", empty)  # type: ignore[arg-type]
-    untrained = make_memory(tmp_path, embeddings, min_episodes_to_train=10)
+    untrained = make_memory(tmp_path, embeddings, min_episodes=10)
     with pytest.raises(NotTrainedError, match="has 0 rated episodes"):
         untrained.rank_responses("Can I get a refund?", [GOOD_REFUND])
     blind = DistilledEpisodicMemory(
@@ -90,7 +89,6 @@ def test_rank_responses_refuses_what_it_cannot_answer(
             seed=0, embeddings=embeddings, privileged=False, min_episodes=4,
             teacher=TeacherConfig(hidden_sizes=(32,)), student=StudentConfig(hidden_sizes=(16,)),
         ),
-        min_episodes_to_train=4,
     )
     blind.add_episodes([{"query": f"q{i}", "response": "a", "reward": float(i % 2)}
                         for i in range(8)])
