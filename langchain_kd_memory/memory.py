@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 import numpy as np
@@ -49,6 +49,7 @@ from langchain_kd_memory.episodes import (
     RewardEstimate,
     validate_namespace,
     validate_query,
+    validate_reward,
     validate_reward_range,
 )
 from langchain_kd_memory.errors import (
@@ -78,6 +79,18 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "value_model"
 """Checkpoints live at `{model_dir}/value_model_*` (see `checkpoint.py` for the files)."""
+
+
+class PendingEpisodes(Protocol):
+    """Holds episodes not stored yet (e.g. a background writer's queue) and can rate them."""
+
+    def rate_pending(self, episode_id: str, reward: float) -> Episode | None:
+        """Give the pending episode (or trajectory) `episode_id` this reward.
+
+        Returns:
+            The episode as it will be stored (for a trajectory, its last step), or None if
+            `episode_id` is not pending here.
+        """
 
 
 RatingListener = Callable[[str], None]
@@ -210,6 +223,7 @@ class DistilledEpisodicMemory(BaseRetriever):
     _consolidation_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _listeners_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _listeners: list[Callable[[], RatingListener | None]] = PrivateAttr(default_factory=list)
+    _pending: weakref.WeakSet[PendingEpisodes] = PrivateAttr(default_factory=weakref.WeakSet)
 
     def __init__(self, **data: Any) -> None:
         """Create the memory; see the class attributes for the arguments.
@@ -298,6 +312,14 @@ class DistilledEpisodicMemory(BaseRetriever):
         )
         with self._listeners_lock:
             self._listeners.append(ref)
+
+    def add_pending_source(self, source: PendingEpisodes) -> None:
+        """Let `record_feedback` rate episodes `source` holds but has not stored yet.
+
+        A background writer registers itself; it is held weakly.
+        """
+        with self._listeners_lock:
+            self._pending.add(source)
 
     def remove_rating_listener(self, listener: RatingListener) -> None:
         """Stop calling `listener` (no error if it was not registered)."""
@@ -454,6 +476,13 @@ class DistilledEpisodicMemory(BaseRetriever):
             try:
                 first = self._locate(f"{target}/0", namespace)
             except EpisodeNotFoundError:
+                with self._listeners_lock:
+                    sources = list(self._pending)
+                value = validate_reward(reward, allow_none=False)
+                for source in sources:
+                    pending = source.rate_pending(target, value)  # type: ignore[arg-type]
+                    if pending is not None:
+                        return pending  # counted as a rating when it is stored
                 raise EpisodeNotFoundError(
                     f"no episode or trajectory with id {target!r}"
                     + ("" if namespace is None else f" in namespace {namespace!r}")
