@@ -71,14 +71,14 @@ from langchain_kd_memory.storage import (
     check_search_query,
 )
 from langchain_kd_memory.trajectories import trajectory_episodes, trajectory_rewards
+from langchain_kd_memory.value_models import CHECKPOINT_NAME as CHECKPOINT_NAME
+from langchain_kd_memory.value_models import ValueModels
 
 if TYPE_CHECKING:
     from langchain_kd_memory.store import EpisodeBaseStore
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "value_model"
-"""Checkpoints live at `{model_dir}/value_model_*` (see `checkpoint.py` for the files)."""
 
 
 class PendingEpisodes(Protocol):
@@ -104,7 +104,8 @@ class ConsolidationReport:
     """What one consolidation did.
 
     Attributes:
-        namespace: The namespace whose rated episodes were trained on.
+        namespace: The namespace whose rated episodes were trained on (None: every namespace,
+            for the shared model).
         episodes_used: How many rated episodes the model was trained on.
         duration_s: Wall-clock seconds, reading the arrays and saving included.
         metrics: The training results of `ModelDistillation.distill_from_memories`.
@@ -112,7 +113,7 @@ class ConsolidationReport:
         checkpoint_path: Path of the checkpoint's manifest, or None without `model_dir`.
     """
 
-    namespace: str
+    namespace: str | None
     episodes_used: int
     duration_s: float
     metrics: dict[str, Any] = field(repr=False)
@@ -211,6 +212,10 @@ class DistilledEpisodicMemory(BaseRetriever):
     """Weight `w` of the value in the recall score (0 = similarity only)."""
     max_training_episodes: int = Field(default=10_000, ge=2)
     """Consolidation trains on at most this many rated episodes, the most recent ones."""
+    max_cached_models: int = Field(default=64, ge=1)
+    """Namespace value models kept loaded at most (least recently used go first)."""
+    model_refresh_s: float = Field(default=5.0, ge=0.0)
+    """Seconds between two checks of a model's checkpoint on disk for a newer version."""
     memory_key: str = "history"
     """Classic memory: the variable `load_memory_variables` returns."""
     input_key: str | None = None
@@ -224,6 +229,7 @@ class DistilledEpisodicMemory(BaseRetriever):
     _listeners_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _listeners: list[Callable[[], RatingListener | None]] = PrivateAttr(default_factory=list)
     _pending: weakref.WeakSet[PendingEpisodes] = PrivateAttr(default_factory=weakref.WeakSet)
+    _models: ValueModels = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
         """Create the memory; see the class attributes for the arguments.
@@ -260,27 +266,27 @@ class DistilledEpisodicMemory(BaseRetriever):
                 f"{self.distillation.embedder_identity}: give ModelDistillation(embeddings=...) "
                 "the store's embedder"
             )
-        self._bins_from_reward_range()
-        if self.model_dir is not None and not self.distillation.is_trained:
-            if self.distillation.load_models(self._checkpoint_prefix()):
-                logger.info("loaded the value model from %s", self.model_dir)
-                self._bins_from_reward_range(loaded=True)
+        self._bins_from_reward_range(self.distillation)
+        self._models = ValueModels(
+            self.distillation, self.model_dir, prepare=self._bins_from_reward_range,
+            cache_size=self.max_cached_models, refresh_s=self.model_refresh_s,
+        )
+        self._models.own(None)  # loads the shared checkpoint now: a damaged one fails here
 
-    def _bins_from_reward_range(self, loaded: bool = False) -> None:
-        """Make the value model's bins span the declared reward range, if there is one."""
+    def _bins_from_reward_range(self, model: ModelDistillation) -> None:
+        """Make `model`'s bins span the declared reward range, if there is one."""
         if self.reward_range is None:
             return
         low, high = self.reward_range
-        config = self.distillation.config
+        config = model.config
         declared = (config.reward_low, config.reward_high)
-        if not loaded and declared != (None, None) and declared != (low, high):
+        if declared != (None, None) and declared != (low, high):
             raise ConfigError(
                 f"the value model declares reward_low={config.reward_low}, reward_high="
                 f"{config.reward_high} but the store's reward_range is {self.reward_range}: "
                 "declare the range once, on the store"
             )
-        # A loaded checkpoint keeps its bins until the next consolidation trains new ones.
-        self.distillation.config = dataclasses.replace(config, reward_low=low, reward_high=high)
+        model.config = dataclasses.replace(config, reward_low=low, reward_high=high)
 
     @field_validator("namespace")
     @classmethod
@@ -291,8 +297,23 @@ class DistilledEpisodicMemory(BaseRetriever):
 
     @property
     def is_trained(self) -> bool:
-        """Whether the value model has been trained or loaded (so `score` works)."""
-        return self.distillation.is_trained
+        """Whether a value model answers for the memory's namespace (so `score` works)."""
+        return self._model_for(self.namespace).is_trained
+
+    def value_model(self, namespace: str | None = None) -> ModelDistillation:
+        """The value model that answers for `namespace` (the memory's if None).
+
+        The namespace's own model once `consolidate(namespace)` trained it (here or in a worker
+        process: a newer checkpoint on disk is picked up within `model_refresh_s`), else the
+        shared model trained on all namespaces by `consolidate()`, which may be untrained.
+        """
+        return self._model_for(self.resolve_namespace(namespace))
+
+    def model_version(self, namespace: str | None = None) -> int | None:
+        """The checkpoint version of the model answering for `namespace` (None if unsaved)."""
+        ns = self.resolve_namespace(namespace)
+        own = self._models.own(ns)
+        return self._models.version(ns if own.is_trained else None)
 
     def resolve_namespace(self, namespace: str | None) -> str:
         """`namespace` validated, or the memory's own namespace when None."""
@@ -336,10 +357,6 @@ class DistilledEpisodicMemory(BaseRetriever):
                     listener(namespace)
                 except Exception:
                     logger.exception("rating listener %r failed", listener)
-
-    def _checkpoint_prefix(self) -> str:
-        assert self.model_dir is not None
-        return str(Path(self.model_dir) / CHECKPOINT_NAME)
 
     # ------------------------------------------------------------------ episodes
 
@@ -508,8 +525,8 @@ class DistilledEpisodicMemory(BaseRetriever):
     # ------------------------------------------------------------------ value model
 
     def _model_for(self, namespace: str) -> ModelDistillation:
-        """The value model that answers for `namespace`."""
-        return self.distillation
+        """The value model that answers for `namespace` (see `value_model`)."""
+        return self._models.answering(namespace)
 
     def _trained_model(self, namespace: str) -> ModelDistillation:
         model = self._model_for(namespace)
@@ -616,13 +633,19 @@ class DistilledEpisodicMemory(BaseRetriever):
         batch_size: int | None = None,
         quiet: bool = True,
     ) -> ConsolidationReport:
-        """Train the value model on the stored embeddings of rated episodes and save it.
+        """Train a value model on the stored embeddings of rated episodes and save it.
+
+        With a `namespace`, trains that namespace's own model (saved under
+        ``{model_dir}/namespaces/``); score, rank_responses and recall in the namespace use it
+        from then on. Without one, trains the shared model (`distillation`) on every namespace:
+        it answers for namespaces without a model of their own.
 
         Waits if another consolidation of this memory is running. Nothing is embedded: the
-        vectors stored at `add_episode` are used.
+        vectors stored at `add_episode` are used. The trained model replaces the old one in one
+        step at the end.
 
         Args:
-            namespace: Whose episodes to learn from; the memory's if None.
+            namespace: Whose episodes to learn from; every namespace (the shared model) if None.
             max_training_episodes: Train on at most this many, the most recent;
                 the memory's `max_training_episodes` if None.
             num_epochs: Most epochs per network; the model's default if None.
@@ -633,31 +656,31 @@ class DistilledEpisodicMemory(BaseRetriever):
             A `ConsolidationReport`.
 
         Raises:
-            InsufficientDataError: Fewer than `distillation.config.min_episodes` rated
-                episodes, or all with the same reward.
+            InsufficientDataError: Fewer than the model's `min_episodes` rated episodes, or
+                all with the same reward.
         """
-        ns = self.resolve_namespace(namespace)
+        ns = None if namespace is None else validate_namespace(namespace)
+        where = "all namespaces" if ns is None else f"namespace {ns!r}"
         limit = self.max_training_episodes if max_training_episodes is None else (
             max_training_episodes
         )
         limit = check_int("max_training_episodes", limit, low=2)
         with self._consolidation_lock:
             start = time.perf_counter()
+            model = self._models.own(ns)
             rated = self.store.count_rated(ns)
-            self.distillation.check_trainable(
-                min(rated, limit), self.store.count(ns) - rated, namespace=ns
-            )
+            model.check_trainable(min(rated, limit), self.store.count(ns) - rated, namespace=ns)
             arrays = self.store.training_arrays(namespace=ns, limit=limit)
             if np.all(arrays.rewards == arrays.rewards[0]):
                 raise InsufficientDataError(
-                    f"all {len(arrays)} rated episodes of namespace {ns!r} have the reward "
+                    f"all {len(arrays)} rated episodes of {where} have the reward "
                     f"{float(arrays.rewards[0])}: there is nothing to learn about which queries "
                     "go better; record varied rewards (failures as well as successes)"
                 )
-            metrics = self.distillation.distill_from_memories(
+            metrics = model.distill_from_memories(
                 arrays, num_epochs=num_epochs, batch_size=batch_size, quiet=quiet
             )
-            version, path = self._save_checkpoint()
+            version, path = self._save_checkpoint(model, ns)
             report = ConsolidationReport(
                 namespace=ns,
                 episodes_used=len(arrays),
@@ -666,22 +689,26 @@ class DistilledEpisodicMemory(BaseRetriever):
                 checkpoint_version=version,
                 checkpoint_path=path,
             )
-        logger.info("consolidated %r: %s", ns, report)
+        logger.info("consolidated %s: %s", where, report)
         return report
 
-    def _save_checkpoint(self) -> tuple[int | None, str | None]:
-        if self.model_dir is None:
+    def _save_checkpoint(
+        self, model: ModelDistillation, namespace: str | None
+    ) -> tuple[int | None, str | None]:
+        prefix = self._models.prefix(namespace)
+        if prefix is None:
             return None, None
         try:
-            Path(self.model_dir).mkdir(parents=True, exist_ok=True)
+            Path(prefix).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CheckpointError(
                 f"cannot create model_dir {self.model_dir!r}: {exc}; point it at a writable "
                 "directory"
             ) from exc
-        manifest = self.distillation.save_models(self._checkpoint_prefix())["config"]
-        version = json.loads(Path(manifest).read_text(encoding="utf-8"))["version"]
-        return int(version), manifest
+        manifest = model.save_models(prefix)["config"]
+        version = int(json.loads(Path(manifest).read_text(encoding="utf-8"))["version"])
+        self._models.saved(namespace, version)
+        return version, manifest
 
     # ------------------------------------------------------------------ recall
 
@@ -715,8 +742,8 @@ class DistilledEpisodicMemory(BaseRetriever):
         hits = self.store.search_by_vector(
             self.store.embedder.query(query), k=max(k, self.fetch_k), namespace=ns, where=filter
         )
-        model = self.distillation
-        predicted = self._predicted_values(hits, ns) if weight > 0 else {}
+        model = self._model_for(ns)
+        predicted = self._predicted_values(hits, model, ns) if weight > 0 else {}
         reward_range = (
             (model.binner.low, model.binner.high) if model.is_trained
             else observed_range([episode for episode, _ in hits])
@@ -737,7 +764,7 @@ class DistilledEpisodicMemory(BaseRetriever):
         )
 
     def _predicted_values(
-        self, hits: Sequence[tuple[Episode, float]], namespace: str
+        self, hits: Sequence[tuple[Episode, float]], model: ModelDistillation, namespace: str
     ) -> dict[int, float]:
         """The teacher's expected reward of the unrated hits, by index.
 
@@ -745,7 +772,6 @@ class DistilledEpisodicMemory(BaseRetriever):
         and response vectors (nothing is embedded). Empty when the value model is untrained or
         its teacher did not beat predicting the mean on its validation split.
         """
-        model = self.distillation
         unrated = [i for i, (episode, _) in enumerate(hits) if not episode.is_rated]
         if not unrated or not model.is_trained or not beats_mean(
             model.metrics.get("validation"), "teacher"

@@ -175,7 +175,7 @@ def test_consolidation_learns_from_stored_vectors_and_reloads(
 
     assert counting_embeddings.calls == 0  # trained on stored vectors only
     assert isinstance(report, ConsolidationReport)
-    assert report.episodes_used == 200 and report.namespace == "default"
+    assert report.episodes_used == 200 and report.namespace is None  # the shared model
     assert report.checkpoint_version == 1 and Path(report.checkpoint_path).exists()
     assert report.duration_s > 0 and "student" in report.metrics
 

@@ -70,14 +70,16 @@ def test_recall_stays_in_its_namespace(memory: DistilledEpisodicMemory) -> None:
 def test_scoring_and_feedback_use_the_namespaces_own_records(
     memory: DistilledEpisodicMemory,
 ) -> None:
-    memory.consolidate(namespace="user/1")
+    memory.consolidate(namespace="user/1")  # user/1's own model
+    memory.consolidate()  # the shared model, which answers for user/10
     for ns in ("user/1", "user/10"):
         documents = memory.invoke(f"Unrated question of {ns}", k=50, namespace=ns)
         unrated = next(d for d in documents if d.id == "same-id")
         query, response = memory.store.vectors(["same-id"], namespace=ns)
-        [estimate] = memory.distillation.predict_embeddings(query, response, model="teacher")
+        model = memory.value_model(ns)  # user/10 has no model of its own: the shared one
+        [estimate] = model.predict_embeddings(query, response, model="teacher")
         expected = estimate.expected
-        low, high = memory.distillation.binner.low, memory.distillation.binner.high
+        low, high = model.binner.low, model.binner.high
         assert unrated.metadata["value_source"] == "predicted"
         assert unrated.metadata["value"] == pytest.approx((expected - low) / (high - low))
     other = memory.store.get(["same-id"], namespace="user/10")
@@ -93,7 +95,8 @@ def test_training_reads_only_its_namespace(memory: DistilledEpisodicMemory) -> N
                          for ns in NAMESPACES])
     report = memory.consolidate(namespace="user/1")
     assert report.episodes_used == memory.store.count_rated("user/1") == 6
-    before = np.stack([e.distribution for e in memory.distillation.predict_embeddings(vectors)])
+    trained = memory.value_model("user/1")
+    before = np.stack([e.distribution for e in trained.predict_embeddings(vectors)])
     # Flood every other namespace with contrary rewards; retraining user/1 must not notice.
     memory.add_episodes([
         {"query": f"{QUESTION} Variant {i}", "reward": 1.0 - (i % 3) / 2, "namespace": ns}
@@ -101,7 +104,8 @@ def test_training_reads_only_its_namespace(memory: DistilledEpisodicMemory) -> N
     ])
     fresh = DistilledEpisodicMemory(store=memory.store, distillation=model(memory.store))
     assert fresh.consolidate(namespace="user/1").episodes_used == 6
-    after = np.stack([e.distribution for e in fresh.distillation.predict_embeddings(vectors)])
+    retrained = fresh.value_model("user/1")
+    after = np.stack([e.distribution for e in retrained.predict_embeddings(vectors)])
     assert after.tobytes() == before.tobytes()
     ids = memory.store.training_arrays(namespace="user/1").ids
     assert sorted(ids) == sorted([f"user/1#{i}" for i in range(6)])

@@ -1,0 +1,166 @@
+"""The value models of a memory: one per namespace and a shared one, loaded lazily, kept fresh.
+
+Checkpoints live under the memory's `model_dir`::
+
+    {model_dir}/value_model_*                                   the shared model (all namespaces)
+    {model_dir}/namespaces/{sha256(namespace)[:32]}/value_model_*   one per namespace
+
+A namespace is answered by its own model, else by the shared one (which may be untrained). Loaded
+namespace models live in a bounded LRU cache. Each model is reloaded when a newer checkpoint
+appears on disk (its manifest is checked at most every `refresh_s` seconds), so agent processes
+pick up what a worker trained without restarting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from langchain_kd_memory.checkpoint import checkpoint_versions, manifest_path
+from langchain_kd_memory.distillation import ModelDistillation
+from langchain_kd_memory.errors import CheckpointError, KDMemoryError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "value_model"
+"""File-name stem of every checkpoint (see `checkpoint.py` for the files)."""
+NAMESPACES_DIR = "namespaces"
+
+
+@dataclass
+class _Entry:
+    model: ModelDistillation
+    manifest_mtime: int | None  # of the checkpoint loaded; None when none was
+    version: int | None
+    checked: float  # time.monotonic() of the last look at the disk
+
+
+class ValueModels:
+    """Which value model answers for a namespace, and where each one is saved.
+
+    Thread-safe. `shared` is the memory's `distillation`: trained on every namespace, it answers
+    for namespaces without a model of their own, and it is the template (configuration and
+    embedder) of the per-namespace models.
+    """
+
+    def __init__(
+        self,
+        shared: ModelDistillation,
+        model_dir: str | None,
+        *,
+        prepare: Callable[[ModelDistillation], None],
+        cache_size: int = 64,
+        refresh_s: float = 5.0,
+    ) -> None:
+        """Manage `shared` and the namespace models of `model_dir`.
+
+        Args:
+            shared: The shared model (the memory's `distillation`).
+            model_dir: Where checkpoints live; None keeps every model in memory only.
+            prepare: Called on each new namespace model before loading or training it (the
+                memory sets the declared reward range there).
+            cache_size: Namespace models kept loaded at most (least recently used go first).
+            refresh_s: Seconds between two looks at a model's manifest on disk.
+        """
+        self.shared = shared
+        self.model_dir = model_dir
+        self.cache_size = cache_size
+        self.refresh_s = refresh_s
+        self._prepare = prepare
+        self._lock = threading.RLock()
+        self._entries: OrderedDict[str | None, _Entry] = OrderedDict()
+        self._entries[None] = _Entry(shared, None, None, -float("inf"))
+
+    def prefix(self, namespace: str | None) -> str | None:
+        """The checkpoint prefix of `namespace`'s model (None: the shared one)."""
+        if self.model_dir is None:
+            return None
+        if namespace is None:
+            return str(Path(self.model_dir) / CHECKPOINT_NAME)
+        digest = hashlib.sha256(namespace.encode("utf-8")).hexdigest()[:32]
+        return str(Path(self.model_dir) / NAMESPACES_DIR / digest / CHECKPOINT_NAME)
+
+    def own(self, namespace: str | None) -> ModelDistillation:
+        """The namespace's own model (the shared one for None), loaded from disk if saved there.
+
+        A namespace without a checkpoint gets a new untrained model configured like `shared`.
+        """
+        with self._lock:
+            entry = self._entries.get(namespace)
+            if entry is None:
+                model = ModelDistillation.from_config(self.shared.config, self.shared.embeddings)
+                self._prepare(model)
+                entry = _Entry(model, None, None, -float("inf"))
+                self._entries[namespace] = entry
+                self._evict()
+            self._entries.move_to_end(namespace)
+            self._refresh(namespace, entry)
+            return entry.model
+
+    def answering(self, namespace: str) -> ModelDistillation:
+        """The model that answers for `namespace`: its own if trained, else the shared one."""
+        own = self.own(namespace)
+        return own if own.is_trained else self.own(None)
+
+    def version(self, namespace: str | None) -> int | None:
+        """The checkpoint version of the model `own(namespace)` holds (None if not from disk)."""
+        self.own(namespace)
+        with self._lock:
+            entry = self._entries.get(namespace)
+            return None if entry is None else entry.version
+
+    def saved(self, namespace: str | None, version: int | None) -> None:
+        """Note that `own(namespace)` was just trained and saved as `version`."""
+        with self._lock:
+            entry = self._entries.get(namespace)
+            if entry is not None:
+                entry.version = version
+                entry.manifest_mtime = self._mtime(namespace)
+                entry.checked = time.monotonic()
+
+    def _evict(self) -> None:
+        namespaced = [key for key in self._entries if key is not None]
+        for key in namespaced[: max(0, len(namespaced) - self.cache_size)]:
+            del self._entries[key]
+
+    def _mtime(self, namespace: str | None) -> int | None:
+        prefix = self.prefix(namespace)
+        if prefix is None:
+            return None
+        try:
+            return manifest_path(prefix).stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def _refresh(self, namespace: str | None, entry: _Entry) -> None:
+        """Load the checkpoint on disk if it changed since the last look.
+
+        Looks at most every `refresh_s`; a damaged checkpoint is logged and the model in use
+        is kept (at construction, with no model yet, it raises).
+        """
+        now = time.monotonic()
+        if now - entry.checked < self.refresh_s:
+            return
+        entry.checked = now
+        mtime = self._mtime(namespace)
+        if mtime is None or mtime == entry.manifest_mtime:
+            return
+        prefix = self.prefix(namespace)
+        assert prefix is not None
+        try:
+            if entry.model.load_models(prefix):
+                entry.manifest_mtime = mtime
+                versions = checkpoint_versions(prefix)
+                entry.version = versions[-1] if versions else None
+                logger.info("loaded value model version %s of %s", entry.version,
+                            "the shared model" if namespace is None else repr(namespace))
+        except (CheckpointError, KDMemoryError) as exc:
+            if entry.manifest_mtime is None and not entry.model.is_trained:
+                raise
+            logger.warning("keeping the value model in use: %s", exc)
