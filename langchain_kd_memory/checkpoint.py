@@ -38,15 +38,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from langchain_kd_memory._validate import check_int
 from langchain_kd_memory.embeddings import EmbedderIdentity
-from langchain_kd_memory.errors import CheckpointError, EmbedderMismatchError
+from langchain_kd_memory.errors import CheckpointError, EmbedderMismatchError, InvalidArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,15 @@ DTYPE = "F32"
 
 Shapes = Mapping[str, Mapping[str, tuple[int, ...]]]
 """The tensors a checkpoint must hold: role -> tensor name -> shape."""
+
+
+class SavedCheckpoint(TypedDict):
+    """What `save_checkpoint` wrote: the version number and the paths of its files."""
+
+    version: int
+    teacher: str
+    student: str
+    config: str
 
 
 @dataclass(frozen=True)
@@ -172,8 +182,8 @@ def save_checkpoint(
     dims: Mapping[str, int],
     metrics: Mapping[str, Any] | None = None,
     keep: int = DEFAULT_KEEP,
-) -> dict[str, str]:
-    """Save a new version atomically and return the paths written.
+) -> SavedCheckpoint:
+    """Save a new version atomically; return its number and the paths written.
 
     Args:
         prefix: Path prefix, e.g. "models/kd"; the directory is created if needed.
@@ -186,16 +196,15 @@ def save_checkpoint(
         keep: Versions of the weight files to keep on disk (>= 1).
 
     Returns:
-        {"teacher": path, "student": path, "config": manifest path}.
+        {"version": N, "teacher": path, "student": path, "config": manifest path}.
 
     Raises:
-        CheckpointError: A role is missing, the metadata is not JSON-serialisable, or the
-            files cannot be written.
+        CheckpointError: A role is missing, `keep` is not an int >= 1, the metadata is not
+            JSON-serialisable, or the files cannot be written.
     """
     if set(weights) != set(ROLES):
         raise CheckpointError(f"weights must have exactly the roles {ROLES}, got {sorted(weights)}")
-    if keep < 1:
-        raise CheckpointError(f"keep must be >= 1, got {keep}")
+    check_int("keep", keep, low=1, error=CheckpointError)
     directory, base = _split_prefix(prefix)
     target = manifest_path(prefix)
     try:
@@ -226,7 +235,7 @@ def save_checkpoint(
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint metadata is not JSON-serialisable: {exc}") from exc
 
-    paths: dict[str, str] = {}
+    paths: dict[str, str] = {}  # role -> weight file
     try:
         for role in ROLES:
             tensors = {k: v.detach().cpu().contiguous() for k, v in weights[role].items()}
@@ -241,10 +250,11 @@ def save_checkpoint(
         _atomic_write(target, text)
     except OSError as exc:
         raise CheckpointError(f"could not write checkpoint {target}: {exc}") from exc
-    paths["config"] = str(target)
     _prune(directory, base, keep_from=version - keep + 1)
     logger.info("saved checkpoint version %d at %s", version, target)
-    return paths
+    return SavedCheckpoint(
+        version=version, teacher=paths["teacher"], student=paths["student"], config=str(target)
+    )
 
 
 def _prune(directory: Path, base: str, keep_from: int) -> None:
@@ -297,7 +307,11 @@ def _read_regular_file(path: Path, what: str, limit: int) -> bytes:
 
 
 def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    try:
+        check_int("value", value, low=1)
+    except InvalidArgumentError:
+        return False
+    return True
 
 
 def _check_entries(manifest: dict[str, Any], path: Path) -> None:
@@ -475,8 +489,7 @@ def load_checkpoint(
     _refuse_pickles(prefix)
     path = manifest_path(prefix)
     if version is not None:
-        if isinstance(version, bool) or not isinstance(version, int):
-            raise CheckpointError(f"version must be an int or None, got {version!r}")
+        version = check_int("version", version, low=1, error=CheckpointError)
         path = path.parent / _versioned_manifest_name(_split_prefix(prefix)[1], version)
         if not path.exists():
             raise CheckpointError(

@@ -1,21 +1,10 @@
-"""`ModelDistillation`: train a teacher and distil it into a small student that scores queries.
+"""`ModelDistillation`: a teacher-student value model that scores queries before they run.
 
-Training has two phases on stored embeddings (nothing is re-embedded when `TrainingArrays`
-come in):
-
-1. The **teacher** learns the reward distribution over ordinal bins from the query embedding
-   (and the response embedding when `privileged`), with cross-entropy against Gaussian soft
-   targets.
-2. The **student** sees the query alone and minimises
-
-       alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + beta * CE(s, soft targets)
-
-   where s and t are the student's and the teacher's logits. With `cross_fit_folds=K`, the
-   teacher logits for each training episode come from a teacher that did not see it (K extra
-   teachers), so the student never learns the teacher's memorised training-set answers.
-
-Both phases hold out a validation split, stop early when its loss stops improving, and restore
-the best weights. The networks output logits; softmax belongs to the loss and to prediction.
+The facade over the three parts of the value model: the networks (`models.py`), their training
+(`training.py`: the teacher, then the student distilled from it, with `DistillationLoss`) and
+their checkpoints (`checkpoint.py`). It holds the settings, embeds text through the package's
+one `Embedder`, predicts, compares the two networks, and saves and loads them. The networks
+output logits; softmax belongs to the loss and to prediction.
 
 Example:
     .. code-block:: python
@@ -31,36 +20,29 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
-import secrets
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from langchain_core.embeddings import Embeddings
-from torch import nn
-from tqdm.auto import tqdm
 
+from langchain_kd_memory._validate import check_int, check_number, optional
 from langchain_kd_memory.binning import RewardBinner
-from langchain_kd_memory.checkpoint import load_checkpoint, save_checkpoint
+from langchain_kd_memory.checkpoint import SavedCheckpoint, load_checkpoint, save_checkpoint
 from langchain_kd_memory.config import REMOVED, DistillationConfig
-from langchain_kd_memory.embeddings import (
-    EmbedderIdentity,
-    check_vectors,
-    default_embeddings,
-    embedder_identity,
-)
+from langchain_kd_memory.embeddings import Embedder, EmbedderIdentity
 from langchain_kd_memory.episodes import Episode, RewardEstimate, TrainingArrays, validate_query
 from langchain_kd_memory.errors import (
     CheckpointError,
     ConfigError,
     EmbeddingDimensionError,
+    EmbeddingError,
     InsufficientDataError,
     InvalidArgumentError,
     InvalidEpisodeError,
@@ -70,197 +52,25 @@ from langchain_kd_memory.models import (
     StudentNetwork,
     TeacherNetwork,
     count_parameters,
-    set_dropout_generator,
+    predict_logits,
     tensor_shapes,
 )
+from langchain_kd_memory.training import TrainedNetworks, train
 
 logger = logging.getLogger(__name__)
 
 Memories = TrainingArrays | Sequence[Episode | Mapping[str, Any]]
 """What `distill_from_memories` accepts: stored arrays, episodes, or seed-style dicts."""
 
-INFERENCE_CHUNK = 4096
-"""Rows per forward pass when predicting or evaluating."""
-MIN_AUTO_BATCH, MAX_AUTO_BATCH = 8, 256
-"""Bounds of the automatic batch size (n_train / 16)."""
-
-
-# ----------------------------------------------------------------------------- losses
-
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy between logits (n, bins) and target distributions (n, bins)."""
-    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-
-
-def distillation_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """KL(softmax(t / T) || softmax(s / T)) * T^2, averaged over the batch (Hinton et al.).
-
-    Computed from log-probabilities on both sides, so it is finite and has zero gradient when
-    the student equals the teacher.
-    """
-    return F.kl_div(
-        F.log_softmax(student_logits / temperature, dim=1),
-        F.log_softmax(teacher_logits / temperature, dim=1),
-        reduction="batchmean",
-        log_target=True,
-    ) * (temperature**2)
-
-
-def expected_reward_loss(
-    logits: torch.Tensor, unit_rewards: torch.Tensor, unit_centers: torch.Tensor
-) -> torch.Tensor:
-    """Squared error of the expected reward, with rewards and centres scaled to [0, 1]."""
-    return ((F.softmax(logits, dim=1) @ unit_centers - unit_rewards) ** 2).mean()
-
-
-# ----------------------------------------------------------------------------- training loop
-
-
-@dataclass
-class _History:
-    train_losses: list[float]
-    val_losses: list[float]
-    best_epoch: int
-    best_val_loss: float
-    seconds: float
-
-    def as_dict(self, params: int) -> dict[str, Any]:
-        return {
-            "train_losses": self.train_losses,
-            "val_losses": self.val_losses,
-            "epochs_run": len(self.train_losses),
-            "best_epoch": self.best_epoch,
-            "best_val_loss": self.best_val_loss,
-            "seconds": self.seconds,
-            "params": params,
-        }
-
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""(logits, row indices) -> scalar loss."""
-
-
-def _predict_logits(
-    model: nn.Module, inputs: tuple[torch.Tensor, ...], rows: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Logits of `model(*inputs)` at `rows` (all if None), without gradients.
-
-    The model must already be in eval mode (`_fit` leaves it so; loading sets it): switching
-    modes on every call would cost more than a batch-of-one forward pass.
-    """
-    rows = torch.arange(len(inputs[0]), device=inputs[0].device) if rows is None else rows
-    with torch.no_grad():
-        return torch.cat(
-            [model(*(x[chunk] for x in inputs)) for chunk in rows.split(INFERENCE_CHUNK)]
-        )
-
-
-def _evaluate(
-    model: nn.Module, inputs: tuple[torch.Tensor, ...], loss_fn: LossFn, rows: torch.Tensor
-) -> float:
-    model.eval()
-    total = 0.0
-    with torch.no_grad():
-        for chunk in rows.split(INFERENCE_CHUNK):
-            total += float(loss_fn(model(*(x[chunk] for x in inputs)), chunk)) * len(chunk)
-    return total / len(rows)
-
-
-def _fit(
-    model: nn.Module,
-    inputs: tuple[torch.Tensor, ...],
-    loss_fn: LossFn,
-    train_rows: torch.Tensor,
-    val_rows: torch.Tensor,
-    *,
-    config: DistillationConfig,
-    epochs: int,
-    batch_size: int,
-    generator: torch.Generator,
-    desc: str,
-    quiet: bool,
-) -> _History:
-    """Mini-batch AdamW with early stopping on the validation loss; restores the best weights.
-
-    `model(*inputs)` gives logits for rows of the (device-resident) input tensors and
-    `loss_fn(logits, rows)` the loss of those rows. Without validation rows, the training loss
-    of each epoch decides which weights are kept.
-    """
-    start = time.perf_counter()
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
-        foreach=True,
-    )
-    history = _History([], [], 0, math.inf, 0.0)
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    stale = 0
-    with tqdm(total=epochs, desc=desc, disable=quiet, leave=False) as bar:
-        for epoch in range(1, epochs + 1):
-            model.train()
-            shuffle = torch.randperm(len(train_rows), generator=generator)
-            order = train_rows[shuffle.to(train_rows.device)]
-            total = torch.zeros((), device=train_rows.device)
-            for batch in order.split(batch_size):
-                loss = loss_fn(model(*(x[batch] for x in inputs)), batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach() * len(batch)
-            train_loss = float(total) / len(train_rows)
-            val_loss = _evaluate(model, inputs, loss_fn, val_rows) if len(val_rows) else train_loss
-            history.train_losses.append(train_loss)
-            history.val_losses.append(val_loss)
-            bar.update(1)
-            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
-            if val_loss < history.best_val_loss:
-                history.best_val_loss, history.best_epoch, stale = val_loss, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-                if stale >= config.patience:
-                    break
-    model.load_state_dict(best_state)
-    model.eval()
-    history.seconds = time.perf_counter() - start
-    return history
-
-
-Network = TypeVar("Network", bound=nn.Module)
-
-
-def _prepared(
-    network: Network, warm: nn.Module | None, device: torch.device, masks: torch.Generator
-) -> Network:
-    """`network` on `device`, with `warm`'s weights if given and dropout masks from `masks`."""
-    if warm is not None:
-        network.load_state_dict(warm.state_dict())
-    network = network.to(device)
-    set_dropout_generator(network, masks)
-    return network
-
-
-def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    order = rng.permutation(n)
-    n_val = 0 if fraction == 0 else min(max(1, round(n * fraction)), n - 2)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
 
 # ----------------------------------------------------------------------------- the engine
 
 
 @dataclass(frozen=True)
-class _Trained:
+class _Trained(TrainedNetworks):
     """Everything prediction needs, swapped in as one object when training finishes."""
 
-    teacher: TeacherNetwork
-    student: StudentNetwork
-    binner: RewardBinner
-    embedding_dim: int
     identity: EmbedderIdentity
-    config: DistillationConfig
     metrics: dict[str, Any]
 
 
@@ -338,7 +148,7 @@ class ModelDistillation:
             **options,
         )
         self._embeddings = embeddings
-        self._identity: EmbedderIdentity | None = None
+        self._embedder: Embedder | None = None
         self._state: _Trained | None = None
         self._train_lock = threading.Lock()
 
@@ -354,18 +164,21 @@ class ModelDistillation:
     # ------------------------------------------------------------------ properties
 
     @property
+    def embedder(self) -> Embedder:
+        """The one path from text to vectors, over `embeddings=` (created on first use)."""
+        if self._embedder is None:
+            self._embedder = Embedder(self._embeddings)
+        return self._embedder
+
+    @property
     def embeddings(self) -> Embeddings:
-        """The embedder for text input (the local default, created on first use, if none)."""
-        if self._embeddings is None:
-            self._embeddings = default_embeddings()
-        return self._embeddings
+        """The LangChain embedder for text input."""
+        return self.embedder.embeddings
 
     @property
     def embedder_identity(self) -> EmbedderIdentity:
         """Name and dimension of the embedder this model works with."""
-        if self._identity is None:
-            self._identity = embedder_identity(self.embeddings)
-        return self._identity
+        return self.embedder.identity
 
     @property
     def is_trained(self) -> bool:
@@ -384,9 +197,21 @@ class ModelDistillation:
         False means the query alone carried no usable signal in the last training: its
         predictions are then no better than the prior. True when no validation was run.
         """
+        return self._beats_mean("student")
+
+    @property
+    def teacher_beats_mean(self) -> bool:
+        """Whether the teacher's validation MAE beat predicting the mean training reward.
+
+        False means its estimates of (query, response) are no better than the prior, so they
+        should not rank anything. True when no validation was run.
+        """
+        return self._beats_mean("teacher")
+
+    def _beats_mean(self, network: str) -> bool:
         validation = self._require().metrics.get("validation") or {}
-        student, mean = validation.get("student_mae"), validation.get("mean_mae")
-        return student is None or mean is None or student < mean
+        error, mean = validation.get(f"{network}_mae"), validation.get("mean_mae")
+        return error is None or mean is None or error < mean
 
     @property
     def binner(self) -> RewardBinner:
@@ -412,25 +237,7 @@ class ModelDistillation:
             )
         return state
 
-    def _device(self) -> torch.device:
-        if self.config.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device='cuda' but CUDA is not available; use 'auto' or 'cpu'")
-        if self.config.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.config.device)
-
     # ------------------------------------------------------------------ data
-
-    def _embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed texts with the configured embedder; an empty text becomes a zero vector."""
-        dim = self.embedder_identity.dimension
-        out = np.zeros((len(texts), dim), dtype=np.float32)
-        nonempty = [i for i, t in enumerate(texts) if t]
-        if nonempty:
-            vectors = self.embeddings.embed_documents([texts[i] for i in nonempty])
-            check_vectors(vectors, len(nonempty), dim)
-            out[nonempty] = np.asarray(vectors, dtype=np.float32)
-        return out
 
     def _training_arrays(self, memories: Memories) -> tuple[TrainingArrays, int]:
         """Rated episodes as arrays, and how many unrated ones were skipped."""
@@ -444,10 +251,10 @@ class ModelDistillation:
         episodes = [_as_episode(m, i) for i, m in enumerate(memories)]
         rated = [e for e in episodes if e.is_rated]
         self.check_trainable(len(rated), len(episodes) - len(rated))
-        queries = self._embed([e.query for e in rated])
         if self.config.privileged:
-            responses = self._embed([e.response for e in rated])
+            queries, responses = self.embedder.episodes(rated)  # one embedder call
         else:  # the response is never used: do not pay for embedding it
+            queries = self.embedder.texts([e.query for e in rated])
             responses = np.zeros_like(queries)
         rewards = np.asarray([e.reward for e in rated], dtype=np.float32)
         return TrainingArrays(queries, responses, rewards, tuple(e.id for e in rated)), len(
@@ -471,9 +278,7 @@ class ModelDistillation:
             InsufficientDataError: `rated < config.min_episodes`.
             InvalidArgumentError: A count is not a non-negative int.
         """
-        for name, value in (("rated", rated), ("skipped", skipped)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidArgumentError(f"{name} must be an int >= 0, got {value!r}")
+        rated, skipped = check_int("rated", rated, low=0), check_int("skipped", skipped, low=0)
         need = self.config.min_episodes
         if rated < need:
             where = "there are" if namespace is None else f"namespace {namespace!r} has"
@@ -490,19 +295,6 @@ class ModelDistillation:
                 f"embeddings have dimension {dim}, but the embedder {identity} produces "
                 f"{identity.dimension}: pass the embeddings= that made these vectors"
             )
-
-    def _fit_binner(self, rewards: np.ndarray) -> RewardBinner:
-        cfg = self.config
-        state = self._state
-        if cfg.warm_start and state is not None and state.binner.contains(rewards):
-            return state.binner  # same bins as the weights we start from
-        return RewardBinner.fit(
-            rewards,
-            num_bins=cfg.num_bins,
-            width=cfg.soft_target_width,
-            low=cfg.reward_low,
-            high=cfg.reward_high,
-        )
 
     # ------------------------------------------------------------------ training
 
@@ -531,166 +323,48 @@ class ModelDistillation:
             quiet: Hide the progress bars.
 
         Returns:
-            A dict with "teacher" and "student" histories (train/val losses per epoch,
-            epochs run, best epoch and val loss, seconds, params), "num_train", "num_val",
-            "num_skipped", "validation" (MAE of both networks and of predicting the mean on the
-            validation split), "compression_ratio", "binning", "seed", "device", "batch_size",
-            "cross_fit_folds", "warm_started" and "seconds".
+            A dict with
+            - "teacher", "student": each network's history: "train_losses", "val_losses",
+              "epochs_run", "best_epoch", "best_val_loss", "seconds", "params", and
+              "components": {"train": {term: [one mean per epoch]}, "val": {...}} for the
+              terms "loss", "kd" (the student only), "label" and "regression"
+              (`training.History` says what each is).
+            - "validation": the validation MAE of both networks and of predicting the mean
+              training reward ("teacher_mae", "student_mae", "mean_mae"; None without a
+              validation split).
+            - "num_train", "num_val", "num_skipped", "compression_ratio", "binning", "seed",
+              "device", "batch_size", "cross_fit_folds", "warm_started" and "seconds".
 
         Raises:
             InsufficientDataError: Fewer than `min_episodes` rated episodes.
             InvalidArgumentError: Invalid memories or arguments.
             EmbeddingDimensionError: Arrays of another dimension than the embedder's.
+            EmbeddingError: The embedder failed on episodes' text.
         """
-        cfg = self.config
-        epochs = cfg.max_epochs if num_epochs is None else _positive_int("num_epochs", num_epochs)
-        batch = cfg.batch_size if batch_size is None else _positive_int("batch_size", batch_size)
-        fraction = cfg.validation_fraction if validation_fraction is None else validation_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
-            0.0 <= fraction < 0.5
-        ):
+        epochs = optional(check_int, "num_epochs", num_epochs, low=1)
+        batch = optional(check_int, "batch_size", batch_size, low=1)
+        fraction = optional(check_number, "validation_fraction", validation_fraction, low=0.0)
+        if fraction is not None and not fraction < 0.5:
             raise InvalidArgumentError(f"validation_fraction must lie in [0, 0.5), got {fraction}")
         with self._train_lock:
             start = time.perf_counter()
             data, skipped = self._training_arrays(memories)
             self.check_trainable(len(data), skipped)
             self._check_dimension(data.dimension)
-            seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**31)
-            device = self._device()
-            state, results = self._train(
-                data, epochs=epochs, batch_size=batch, fraction=fraction, seed=seed,
-                device=device, quiet=quiet,
+            networks, results = train(
+                data, self.config, epochs=epochs, batch_size=batch,
+                validation_fraction=fraction, previous=self._state, quiet=quiet,
             )
             results.update(num_skipped=skipped, seconds=time.perf_counter() - start)
-            self._state = state
+            self._state = _Trained(
+                networks.teacher, networks.student, networks.binner, networks.embedding_dim,
+                networks.config, self.embedder_identity, results,
+            )
         logger.info(
             "trained on %d episodes in %.1fs; validation MAE: %s",
             results["num_train"], results["seconds"], results["validation"],
         )
         return results
-
-    def _warm_source(self, binner: RewardBinner, dim: int) -> _Trained | None:
-        state = self._state
-        if not self.config.warm_start or state is None:
-            return None
-        same_shapes = state.config.network_settings() == self.config.network_settings()
-        if state.binner != binner or state.embedding_dim != dim or not same_shapes:
-            logger.info("warm start skipped: the reward bins, dimension or network shapes changed")
-            return None
-        return state
-
-    def _new_teacher(
-        self, dim: int, warm: _Trained | None, device: torch.device,
-        generator: torch.Generator, masks: torch.Generator,
-    ) -> TeacherNetwork:
-        cfg = self.config
-        teacher = TeacherNetwork(
-            dim, cfg.num_bins, cfg.teacher, cfg.privileged, generator=generator
-        )
-        return _prepared(teacher, warm.teacher if warm else None, device, masks)
-
-    def _train(
-        self,
-        data: TrainingArrays,
-        *,
-        epochs: int,
-        batch_size: int | None,
-        fraction: float,
-        seed: int,
-        device: torch.device,
-        quiet: bool,
-    ) -> tuple[_Trained, dict[str, Any]]:
-        cfg = self.config
-        rng = np.random.default_rng(seed)
-        # Private generators: torch's global RNG is never seeded nor drawn from, so that training
-        # in any thread is reproducible and leaves the other threads' random numbers alone.
-        generator = torch.Generator().manual_seed(seed)  # split shuffles and initial weights
-        masks = generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
-        train_np, val_np = _split(len(data), fraction, rng)
-        if batch_size is None:
-            batch_size = min(MAX_AUTO_BATCH, max(MIN_AUTO_BATCH, len(train_np) // 16))
-        binner = self._fit_binner(data.rewards)
-        warm = self._warm_source(binner, data.dimension)
-
-        query = torch.from_numpy(data.query_embeddings).to(device)
-        response = torch.from_numpy(data.response_embeddings).to(device)
-        soft = torch.from_numpy(binner.soft_targets(data.rewards)).to(device)
-        unit_rewards = torch.from_numpy(binner.to_unit(data.rewards)).to(device)
-        unit_centers = torch.from_numpy(binner.to_unit(binner.centers)).to(device)
-        train_rows = torch.from_numpy(train_np).to(device)
-        val_rows = torch.from_numpy(val_np).to(device)
-
-        def label_loss(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            loss = soft_cross_entropy(logits, soft[rows])
-            if cfg.regression_weight > 0:
-                loss = loss + cfg.regression_weight * expected_reward_loss(
-                    logits, unit_rewards[rows], unit_centers
-                )
-            return loss
-
-        def fit_teacher(model: TeacherNetwork, rows: torch.Tensor, desc: str) -> _History:
-            return _fit(
-                model, (query, response), label_loss, rows, val_rows,
-                config=cfg, epochs=epochs, batch_size=batch_size, generator=generator,
-                desc=desc, quiet=quiet,
-            )
-
-        # Phase 1: the teacher, on every training row.
-        teacher = self._new_teacher(data.dimension, warm, device, generator, masks)
-        teacher_history = fit_teacher(teacher, train_rows, "teacher")
-        teacher_logits = _predict_logits(teacher, (query, response))
-
-        # Optional cross-fitting: replace the training rows' logits by out-of-fold ones.
-        folds = min(cfg.cross_fit_folds, len(train_np))
-        fold_splits = np.array_split(rng.permutation(train_np), folds) if folds else []
-        for k, held_out in enumerate(fold_splits):
-            fold_rows = torch.from_numpy(np.setdiff1d(train_np, held_out)).to(device)
-            fold_teacher = self._new_teacher(data.dimension, None, device, generator, masks)
-            fit_teacher(fold_teacher, fold_rows, f"teacher fold {k + 1}/{folds}")
-            held = torch.from_numpy(held_out).to(device)
-            teacher_logits[held] = _predict_logits(fold_teacher, (query, response), held)
-
-        # Phase 2: the student, from the teacher's logits and the labels.
-        def student_loss(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            return cfg.alpha * distillation_loss(
-                logits, teacher_logits[rows], cfg.temperature
-            ) + cfg.beta * label_loss(logits, rows)
-
-        student = _prepared(
-            StudentNetwork(data.dimension, cfg.num_bins, cfg.student, generator=generator),
-            warm.student if warm else None, device, masks,
-        )
-        student_history = _fit(
-            student, (query,), student_loss, train_rows, val_rows,
-            config=cfg, epochs=epochs, batch_size=batch_size, generator=generator,
-            desc="student", quiet=quiet,
-        )
-
-        teacher_params, student_params = count_parameters(teacher), count_parameters(student)
-        results: dict[str, Any] = {
-            "teacher": teacher_history.as_dict(teacher_params),
-            "student": student_history.as_dict(student_params),
-            "num_train": len(train_np),
-            "num_val": len(val_np),
-            "validation": _validation_mae(
-                binner, data.rewards, train_np, val_np,
-                teacher_logits[val_rows], _predict_logits(student, (query,), val_rows),
-            ),
-            "compression_ratio": teacher_params / student_params,
-            "binning": binner.to_dict(),
-            "seed": seed,
-            "device": str(device),
-            "batch_size": batch_size,
-            "cross_fit_folds": folds,
-            "warm_started": warm is not None,
-        }
-        for network in (teacher, student):
-            set_dropout_generator(network, None)  # trained: the generators stay with this run
-        state = _Trained(
-            teacher.cpu(), student.cpu(), binner, data.dimension, self.embedder_identity,
-            replace(cfg), results,
-        )
-        return state, results
 
     # ------------------------------------------------------------------ prediction
 
@@ -707,36 +381,36 @@ class ModelDistillation:
             for i in range(len(probs))
         ]
 
-    def _as_matrix(self, state: _Trained, vectors: object, name: str) -> torch.Tensor:
-        array = np.asarray(vectors, dtype=np.float32)
-        if array.ndim == 1:
-            array = array[None, :]
-        if array.ndim != 2 or array.shape[1] != state.embedding_dim:
-            raise EmbeddingDimensionError(
-                f"{name} must have shape (n, {state.embedding_dim}) or ({state.embedding_dim},), "
-                f"got {np.asarray(vectors).shape}"
-            )
-        if not np.all(np.isfinite(array)):
-            raise InvalidArgumentError(f"{name} contain NaN or infinite values")
-        return torch.from_numpy(array)
+    def _as_matrix(self, vectors: object, name: str) -> torch.Tensor:
+        """Given vectors, (n, dim) or (dim,) for one, checked by the embedder's one rule.
+
+        Raises:
+            EmbeddingDimensionError: Another dimension than the embedder's (the model's).
+            EmbeddingError: Not a numeric (n, dim) array, or not finite.
+        """
+        try:
+            matrix = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        except (TypeError, ValueError) as exc:
+            raise EmbeddingError(f"{name} is not a numeric (n, dim) array: {exc}") from exc
+        return torch.from_numpy(self.embedder.check(matrix, len(matrix), name))
 
     def _predict(
         self, state: _Trained, query_embeddings: object, response_embeddings: object, model: str
     ) -> list[RewardEstimate]:
-        query = self._as_matrix(state, query_embeddings, "query_embeddings")
+        query = self._as_matrix(query_embeddings, "query_embeddings")
         if model == "student":
-            return self._estimates(state, _predict_logits(state.student, (query,)))
+            return self._estimates(state, predict_logits(state.student, (query,)))
         if model != "teacher":
             raise InvalidArgumentError(f"model must be 'student' or 'teacher', got {model!r}")
         response = (
             torch.zeros_like(query) if response_embeddings is None
-            else self._as_matrix(state, response_embeddings, "response_embeddings")
+            else self._as_matrix(response_embeddings, "response_embeddings")
         )
         if response.shape != query.shape:
             raise InvalidArgumentError(
                 f"{len(response)} response embeddings for {len(query)} queries"
             )
-        return self._estimates(state, _predict_logits(state.teacher, (query, response)))
+        return self._estimates(state, predict_logits(state.teacher, (query, response)))
 
     def predict_embeddings(
         self, query_embeddings: np.ndarray, response_embeddings: np.ndarray | None = None,
@@ -764,7 +438,7 @@ class ModelDistillation:
         state = self._require()
         if not queries:
             return []
-        return self._predict(state, self._embed(list(queries)), None, "student")
+        return self._predict(state, self.embedder.texts(list(queries)), None, "student")
 
     def get_student_prediction(self, query: str) -> RewardEstimate:
         """The student's estimate of the reward of `query` (query alone, before any response)."""
@@ -774,7 +448,7 @@ class ModelDistillation:
         validate_query(query)
         if not isinstance(response, str):
             raise InvalidEpisodeError(f"response must be a str, got {type(response).__name__}")
-        return self._embed([query, response])
+        return self.embedder.texts([query, response])  # one call; "" is a zero vector
 
     def get_teacher_prediction(self, query: str, response: str = "") -> RewardEstimate:
         """The teacher's estimate; a privileged teacher also reads `response` ("" = unknown)."""
@@ -814,11 +488,12 @@ class ModelDistillation:
 
     # ------------------------------------------------------------------ persistence
 
-    def save_models(self, prefix: str) -> dict[str, str]:
+    def save_models(self, prefix: str) -> SavedCheckpoint:
         """Save a new checkpoint version atomically (see `checkpoint.save_checkpoint`).
 
         Returns:
-            {"teacher": path, "student": path, "config": manifest path}.
+            {"version": the version number saved, "teacher": path, "student": path,
+            "config": manifest path}.
         """
         state = self._require()
         return save_checkpoint(
@@ -870,16 +545,13 @@ class ModelDistillation:
                 "another prefix (a memory: another model_dir) to train new networks with yours"
             ) from exc
         # Built on the meta device and given the loaded tensors: nothing is initialised or drawn.
-        teacher = TeacherNetwork(
-            saved.dim, config.num_bins, config.teacher, config.privileged, device="meta"
-        )
-        student = StudentNetwork(saved.dim, config.num_bins, config.student, device="meta")
+        teacher, student = _meta_networks(saved.dim, config)
         teacher.load_state_dict(checkpoint.weights["teacher"], assign=True)  # shapes checked
         student.load_state_dict(checkpoint.weights["student"], assign=True)
         with self._train_lock:
             self.config = config
             self._state = _Trained(
-                teacher.eval(), student.eval(), saved.binner, saved.dim, identity, config,
+                teacher.eval(), student.eval(), saved.binner, saved.dim, config, identity,
                 dict(checkpoint.manifest.get("metrics", {})),
             )
         return True
@@ -899,12 +571,14 @@ class _SavedNetworks:
     @property
     def shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
         """The tensors each network holds, from networks built on the meta device (no memory)."""
-        cfg = self.config
-        teacher = TeacherNetwork(
-            self.dim, cfg.num_bins, cfg.teacher, cfg.privileged, device="meta"
-        )
-        student = StudentNetwork(self.dim, cfg.num_bins, cfg.student, device="meta")
+        teacher, student = _meta_networks(self.dim, self.config)
         return {"teacher": tensor_shapes(teacher), "student": tensor_shapes(student)}
+
+
+def _meta_networks(dim: int, config: DistillationConfig) -> tuple[TeacherNetwork, StudentNetwork]:
+    """The networks `config` describes, on the meta device: shapes only, nothing drawn."""
+    teacher = TeacherNetwork.of(dim, config, device="meta")
+    return teacher, StudentNetwork.of(dim, config, device="meta")
 
 
 def _saved_networks(
@@ -937,31 +611,6 @@ def _saved_networks(
             f"config {config.num_bins}, binning {binner.num_bins}): {edited}"
         )
     return _SavedNetworks(config, binner, dim)
-
-
-def _validation_mae(
-    binner: RewardBinner, rewards: np.ndarray, train: np.ndarray, val: np.ndarray,
-    teacher_logits: torch.Tensor, student_logits: torch.Tensor,
-) -> dict[str, float | None]:
-    if len(val) == 0:
-        return {"teacher_mae": None, "student_mae": None, "mean_mae": None}
-    truth = rewards[val].astype(np.float64)
-
-    def mae(logits: torch.Tensor) -> float:
-        expected = binner.expected(F.softmax(logits.double(), dim=1).cpu().numpy())
-        return float(np.abs(expected - truth).mean())
-
-    return {
-        "teacher_mae": mae(teacher_logits),
-        "student_mae": mae(student_logits),
-        "mean_mae": float(np.abs(rewards[train].mean() - truth).mean()),
-    }
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _as_episode(memory: object, index: int) -> Episode:

@@ -15,13 +15,17 @@ leaves every other thread's random numbers alone.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from langchain_kd_memory.config import StudentConfig, TeacherConfig
-from langchain_kd_memory.errors import EmbeddingDimensionError
+from langchain_kd_memory.config import DistillationConfig, StudentConfig, TeacherConfig
+from langchain_kd_memory.errors import EmbeddingDimensionError, InvalidArgumentError
+
+INFERENCE_CHUNK = 4096
+"""Rows per forward pass when predicting or evaluating."""
 
 
 class Dropout(nn.Module):
@@ -127,13 +131,21 @@ class TeacherNetwork(nn.Module):
             input_dim, config.hidden_sizes, num_bins, config.dropout, device, generator
         )
 
+    @classmethod
+    def of(cls, embedding_dim: int, config: DistillationConfig, **where: Any) -> TeacherNetwork:
+        """The teacher `config` describes; `where`: `device=`, `generator=` as above."""
+        return cls(embedding_dim, config.num_bins, config.teacher, config.privileged, **where)
+
     def forward(self, query: torch.Tensor, response: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (batch, num_bins) from query embeddings and, if privileged, response ones."""
         _check_input("query", query, self.embedding_dim)
         if not self.privileged:
             return self.mlp(query)
         if response is None:
-            raise ValueError("a privileged teacher needs the response embeddings")
+            raise InvalidArgumentError(
+                "a privileged teacher needs the response embeddings: pass them (zeros for an "
+                "unknown response), or build it with privileged=False"
+            )
         _check_input("response", response, self.embedding_dim)
         return self.mlp(torch.cat([query, response], dim=1))
 
@@ -168,10 +180,30 @@ class StudentNetwork(nn.Module):
             embedding_dim, config.hidden_sizes, num_bins, config.dropout, device, generator
         )
 
+    @classmethod
+    def of(cls, embedding_dim: int, config: DistillationConfig, **where: Any) -> StudentNetwork:
+        """The student `config` describes; `where`: `device=`, `generator=` as above."""
+        return cls(embedding_dim, config.num_bins, config.student, **where)
+
     def forward(self, query: torch.Tensor) -> torch.Tensor:
         """Logits (batch, num_bins) from query embeddings."""
         _check_input("query", query, self.embedding_dim)
         return self.mlp(query)
+
+
+def predict_logits(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Logits of `model(*inputs)` at `rows` (all if None), without gradients, in chunks.
+
+    The model must already be in eval mode (training leaves it so; loading sets it): switching
+    modes on every call would cost more than a batch-of-one forward pass.
+    """
+    rows = torch.arange(len(inputs[0]), device=inputs[0].device) if rows is None else rows
+    with torch.no_grad():
+        return torch.cat(
+            [model(*(x[chunk] for x in inputs)) for chunk in rows.split(INFERENCE_CHUNK)]
+        )
 
 
 def set_dropout_generator(module: nn.Module, generator: torch.Generator | None) -> None:

@@ -45,7 +45,7 @@ from pathlib import Path
 point, root, seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 sys.path.insert(0, sys.argv[4])
 from test_reliability_crash import open_memory
-from langchain_kd_memory import checkpoint, distillation
+from langchain_kd_memory import checkpoint, training
 
 
 def stop_here():
@@ -55,7 +55,7 @@ def stop_here():
 
 
 if point == "training":
-    real_fit, calls = distillation._fit, []
+    real_fit, calls = training._fit, []
 
     def fit(*args, **kwargs):
         calls.append(1)
@@ -63,7 +63,7 @@ if point == "training":
             stop_here()
         return real_fit(*args, **kwargs)
 
-    distillation._fit = fit
+    training._fit = fit
 elif point == "weights":
     checkpoint.os.fsync = lambda fd: stop_here()
 else:

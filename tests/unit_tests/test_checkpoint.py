@@ -20,7 +20,7 @@ def weights(value: float) -> dict[str, dict[str, torch.Tensor]]:
     }
 
 
-def save(prefix: Path, value: float, **kwargs) -> dict[str, str]:
+def save(prefix: Path, value: float, **kwargs) -> checkpoint.SavedCheckpoint:
     return save_checkpoint(
         prefix, weights(value), embedder=MINILM, config={"num_bins": 4},
         binning={"low": 0.0, "high": 1.0}, dims={"embedding_dim": 384, "num_bins": 4},
@@ -45,7 +45,7 @@ def edit_manifest(prefix: Path, change) -> None:
 def test_round_trip_and_manifest_contents(tmp_path):
     prefix = tmp_path / "models" / "kd"  # the directory does not exist yet
     paths = save(prefix, 1.5)
-    assert set(paths) == {"teacher", "student", "config"}
+    assert set(paths) == {"teacher", "student", "config", "version"} and paths["version"] == 1
     assert paths["teacher"].endswith("kd_teacher.v1.safetensors")
     assert paths["config"].endswith("kd_config.json")
     loaded = load_checkpoint(prefix, embedder=MINILM)
@@ -68,8 +68,8 @@ def test_no_manifest_means_no_checkpoint(tmp_path):
 
 def test_versions_increase_and_old_ones_are_pruned(tmp_path):
     prefix = tmp_path / "kd"
-    for value in range(1, 6):
-        save(prefix, float(value), keep=2)
+    saved = [save(prefix, float(value), keep=2)["version"] for value in range(1, 6)]
+    assert saved == [1, 2, 3, 4, 5]
     assert teacher_value(prefix) == 5.0
     names = sorted(p.name for p in tmp_path.glob("kd_*.safetensors"))
     assert names == [

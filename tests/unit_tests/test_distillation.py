@@ -5,17 +5,15 @@ import pytest
 import torch
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
+from langchain_kd_memory.checkpoint import checkpoint_versions
 from langchain_kd_memory.config import DistillationConfig, StudentConfig, TeacherConfig
-from langchain_kd_memory.distillation import (
-    ModelDistillation,
-    distillation_loss,
-    soft_cross_entropy,
-)
+from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.episodes import Episode, RewardEstimate, TrainingArrays
 from langchain_kd_memory.errors import (
     ConfigError,
     EmbedderMismatchError,
     EmbeddingDimensionError,
+    EmbeddingError,
     InsufficientDataError,
     InvalidArgumentError,
     InvalidEpisodeError,
@@ -93,34 +91,6 @@ def test_num_threads_is_gone_old_configs_still_load():
     assert DistillationConfig.from_dict(old) == DistillationConfig()
 
 
-# ----------------------------------------------------------------------------- losses
-
-
-def test_distillation_loss_is_zero_with_zero_gradient_when_student_equals_teacher():
-    logits = torch.randn(5, 64, requires_grad=True)
-    loss = distillation_loss(logits, logits.detach().clone(), temperature=4.0)
-    loss.backward()
-    assert loss.item() == pytest.approx(0.0, abs=1e-6)
-    assert torch.all(torch.isfinite(logits.grad)) and logits.grad.abs().max() < 1e-6
-
-
-def test_losses_are_finite_and_positive_for_extreme_logits():
-    student = torch.tensor([[1e4, -1e4, 0.0]], requires_grad=True)
-    teacher = torch.tensor([[-1e4, 1e4, 0.0]])
-    kd = distillation_loss(student, teacher, temperature=1.0)
-    ce = soft_cross_entropy(student, torch.tensor([[0.0, 0.5, 0.5]]))
-    (kd + ce).backward()
-    assert torch.isfinite(kd) and kd > 0 and torch.isfinite(ce) and ce > 0
-    assert torch.all(torch.isfinite(student.grad))
-
-
-def test_temperature_scaling_keeps_the_loss_comparable():
-    student, teacher = torch.randn(8, 16), torch.randn(8, 16)
-    low = distillation_loss(student, teacher, 1.0)
-    high = distillation_loss(student, teacher, 8.0)
-    assert 0 < high < low * 2  # T^2 compensates for the softer distributions
-
-
 # ----------------------------------------------------------------------------- training
 
 
@@ -148,6 +118,57 @@ def test_results_describe_the_training(trained):
     assert results["compression_ratio"] == params[0] / params[1]
     assert results["seed"] == 0 and results["batch_size"] == 204 // 16  # automatic
     assert kd.is_trained and kd.metrics["num_train"] == results["num_train"]
+
+
+def test_results_log_each_loss_component_per_epoch_on_both_splits(trained):
+    _, results = trained
+    terms = {"teacher": {"loss", "label", "regression"},
+             "student": {"loss", "kd", "label", "regression"}}
+    for role, names in terms.items():
+        history = results[role]
+        components = history["components"]
+        assert set(components) == {"train", "val"}
+        assert components["train"]["loss"] == history["train_losses"]
+        assert components["val"]["loss"] == history["val_losses"]
+        for split in ("train", "val"):
+            assert set(components[split]) == names
+            for values in components[split].values():
+                assert len(values) == history["epochs_run"]
+                assert all(np.isfinite(values)) and min(values) >= 0
+    # The loss is the composition the config describes (alpha 0.7, beta 0.3, weight 1).
+    for split in ("train", "val"):
+        teacher = {k: np.array(v) for k, v in results["teacher"]["components"][split].items()}
+        student = {k: np.array(v) for k, v in results["student"]["components"][split].items()}
+        np.testing.assert_allclose(teacher["loss"], teacher["label"] + teacher["regression"],
+                                   rtol=1e-4)
+        np.testing.assert_allclose(
+            student["loss"],
+            0.7 * student["kd"] + 0.3 * (student["label"] + student["regression"]), rtol=1e-4,
+        )
+    # What distillation does: the student ends closer to the teacher than it started.
+    kd_term = results["student"]["components"]["val"]["kd"]
+    assert kd_term[results["student"]["best_epoch"] - 1] < kd_term[0]
+
+
+def test_beating_the_mean_is_judged_per_network(trained):
+    kd, results = trained
+    validation = results["validation"]
+    assert kd.teacher_beats_mean and validation["teacher_mae"] < validation["mean_mae"]
+    assert kd.student_beats_mean and validation["student_mae"] < validation["mean_mae"]
+    # Barely trained (one epoch at a negligible learning rate) on skewed rewards, both
+    # networks predict near the middle of the range: worse than the mean, which is near 0.
+    data = clusters(120)
+    skewed = TrainingArrays(data.query_embeddings, data.response_embeddings,
+                            np.where(np.arange(120) % 10 == 0, 10.0, 0.0))
+    lazy = model(learning_rate=1e-9)
+    validation = lazy.distill_from_memories(skewed, num_epochs=1)["validation"]
+    assert validation["teacher_mae"] > validation["mean_mae"] and not lazy.teacher_beats_mean
+    assert validation["student_mae"] > validation["mean_mae"] and not lazy.student_beats_mean
+    unvalidated = model()
+    unvalidated.distill_from_memories(skewed, num_epochs=1, validation_fraction=0.0)
+    assert unvalidated.teacher_beats_mean and unvalidated.student_beats_mean
+    with pytest.raises(NotTrainedError):
+        model().teacher_beats_mean  # noqa: B018
 
 
 def test_same_seed_same_model_other_seed_other_model():
@@ -255,6 +276,8 @@ def test_without_validation_every_row_trains():
     results = model().distill_from_memories(clusters(30), num_epochs=2, validation_fraction=0.0)
     assert results["num_val"] == 0 and results["num_train"] == 30
     assert results["validation"]["student_mae"] is None
+    components = results["student"]["components"]
+    assert components["val"] == components["train"]  # early stopping read the training loss
 
 
 def test_cross_fitting_and_regression_term_train():
@@ -372,8 +395,10 @@ def test_prediction_inputs_are_checked(trained):
     kd, _ = trained
     with pytest.raises(EmbeddingDimensionError):
         kd.predict_embeddings(np.zeros((2, DIM + 1)))
-    with pytest.raises(InvalidArgumentError, match="NaN"):
+    with pytest.raises(EmbeddingError, match="NaN"):  # the Embedder's rule, as in the store
         kd.predict_embeddings(np.full(DIM, np.nan))
+    with pytest.raises(EmbeddingError, match="not a numeric"):
+        kd.predict_embeddings([[0.0] * DIM, [0.0]])
     with pytest.raises(InvalidArgumentError):
         kd.predict_embeddings(np.zeros(DIM), model="oracle")
     with pytest.raises(InvalidArgumentError):
@@ -386,7 +411,9 @@ def test_prediction_inputs_are_checked(trained):
 def test_save_and_load_give_identical_predictions(trained, tmp_path):
     kd, _ = trained
     paths = kd.save_models(str(tmp_path / "kd"))
-    assert set(paths) == {"teacher", "student", "config"}
+    assert set(paths) == {"teacher", "student", "config", "version"}
+    assert paths["version"] == 1 == checkpoint_versions(tmp_path / "kd")[-1]
+    assert kd.save_models(str(tmp_path / "kd"))["version"] == 2
     fresh = ModelDistillation()
     assert fresh.load_models(str(tmp_path / "kd"))
     assert fresh.config.network_settings() == kd.config.network_settings()
@@ -400,6 +427,7 @@ def test_save_and_load_give_identical_predictions(trained, tmp_path):
         for a, b in zip(before, after, strict=True):
             np.testing.assert_array_equal(a.distribution, b.distribution)
     assert fresh.metrics["num_train"] == kd.metrics["num_train"]
+    assert fresh.metrics["student"]["components"] == kd.metrics["student"]["components"]
 
 
 @pytest.fixture(scope="module")
