@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from langchain_kd_memory._validate import check_int, check_number
 from langchain_kd_memory.episodes import MAX_REWARD_MAGNITUDE
 from langchain_kd_memory.errors import ConfigError, InvalidRewardError
 
@@ -73,15 +74,12 @@ class RewardBinner:
     width: float = 2.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_bins, bool) or not isinstance(self.num_bins, int):
-            raise ConfigError(f"num_bins must be an int, got {self.num_bins!r}")
-        if self.num_bins < 2:
-            raise ConfigError(f"num_bins must be >= 2, got {self.num_bins}")
+        check_int("num_bins", self.num_bins, low=2, error=ConfigError)
         problem = _range_problem(self.low, self.high, self.num_bins)
         if problem:
             raise ConfigError(problem)
-        if not (math.isfinite(self.width) and self.width > 0):
-            raise ConfigError(f"width must be > 0, got {self.width}")
+        if check_number("width", self.width, low=0.0, error=ConfigError) == 0.0:
+            raise ConfigError("width must be > 0 (a standard deviation in bins), got 0")
 
     @classmethod
     def fit(
@@ -147,12 +145,6 @@ class RewardBinner:
         values = _as_rewards(rewards)
         return bool(values.size == 0 or (values.min() >= self.low and values.max() <= self.high))
 
-    def bin_of(self, rewards: object) -> np.ndarray:
-        """Index of the bin of each reward (rewards outside the range go to the end bins)."""
-        values = _as_rewards(rewards)
-        index = np.floor((values - self.low) / self.bin_width).astype(np.int64)
-        return np.clip(index, 0, self.num_bins - 1)
-
     def _gaussian(self, means: np.ndarray) -> np.ndarray:
         distance = (means[:, None] - self.centers[None, :]) / (self.width * self.bin_width)
         logits = -0.5 * distance**2
@@ -191,14 +183,6 @@ class RewardBinner:
         mean = p @ self.centers
         variance = p @ self.centers**2 - mean**2
         return np.sqrt(np.maximum(variance, 0.0))
-
-    def quantile(self, probs: np.ndarray, q: float) -> np.ndarray:
-        """The bin-centre reward below which a fraction `q` of each distribution lies, (n,)."""
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"q must lie in [0, 1], got {q}")
-        cdf = np.cumsum(np.atleast_2d(np.asarray(probs, dtype=np.float64)), axis=1)
-        index = (cdf < q).sum(axis=1)
-        return self.centers[np.minimum(index, self.num_bins - 1)]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict for checkpoints."""

@@ -8,10 +8,10 @@ training runs stays the caller's choice.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from langchain_kd_memory._validate import check_int, check_number, optional
 from langchain_kd_memory.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -34,17 +34,24 @@ class NetworkConfig:
     dropout: float
 
     def __post_init__(self) -> None:
-        self.hidden_sizes = tuple(self.hidden_sizes)
-        if not self.hidden_sizes or any(
-            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden_sizes
-        ):
-            raise ConfigError(f"hidden_sizes must be positive ints, got {self.hidden_sizes!r}")
-        if len(self.hidden_sizes) > MAX_HIDDEN_LAYERS:
+        try:
+            sizes = tuple(self.hidden_sizes)
+        except TypeError:
+            sizes = ()
+        if not sizes:
             raise ConfigError(
-                f"at most {MAX_HIDDEN_LAYERS} hidden layers, got {len(self.hidden_sizes)}"
+                f"hidden_sizes must be a non-empty list of positive ints (layer widths), got "
+                f"{self.hidden_sizes!r}"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if len(sizes) > MAX_HIDDEN_LAYERS:
+            raise ConfigError(f"at most {MAX_HIDDEN_LAYERS} hidden layers, got {len(sizes)}")
+        self.hidden_sizes = tuple(
+            check_int(f"hidden_sizes[{i}]", size, low=1, error=ConfigError)
+            for i, size in enumerate(sizes)
+        )
+        self.dropout = check_number("dropout", self.dropout, low=0.0, high=1.0, error=ConfigError)
+        if self.dropout == 1.0:
+            raise ConfigError("dropout must lie in [0, 1): 1 would drop every unit")
 
 
 @dataclass
@@ -98,13 +105,13 @@ class DistillationConfig:
         warm_start: Start from the previous weights when retraining with the same shapes.
         seed: Random seed for the split, the initial weights and the shuffling; None = random.
         device: "auto" (CUDA if available, else CPU), "cpu" or "cuda".
+        teacher: Shape of the teacher.
+        student: Shape of the student.
 
     Training uses torch's thread count as the process has it and never changes it (it is
     process-wide: a cap set for a background training also capped the agent's threads). To cap
     it, call `torch.set_num_threads(n)` at the start of your program (on a busy 2-core machine,
     1 thread trained several times faster than 2: see BENCHMARKS.md).
-        teacher: Shape of the teacher.
-        student: Shape of the student.
     """
 
     temperature: float = 4.0
@@ -137,41 +144,25 @@ class DistillationConfig:
             self.student = StudentConfig(**self.student)
         for name in ("temperature", "alpha", "beta", "regression_weight", "learning_rate",
                      "weight_decay", "soft_target_width", "validation_fraction"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise ConfigError(f"{name} must be finite, got {value}")
-        for name in ("num_bins", "cross_fit_folds", "patience", "max_epochs", "min_episodes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{name} must be an int, got {value!r}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.alpha < 0 or self.beta < 0 or abs(self.alpha + self.beta - 1.0) > 1e-6:
+            setattr(self, name, check_number(name, getattr(self, name), low=0, error=ConfigError))
+        for name in ("temperature", "learning_rate", "soft_target_width"):
+            if getattr(self, name) == 0:
+                raise ConfigError(f"{name} must be > 0, got 0")
+        for name, low in (("num_bins", 2), ("cross_fit_folds", 0), ("patience", 1),
+                          ("max_epochs", 1), ("min_episodes", 2)):
+            setattr(self, name, check_int(name, getattr(self, name), low=low, error=ConfigError))
+        self.reward_low, self.reward_high = (
+            optional(check_number, name, getattr(self, name), error=ConfigError)
+            for name in ("reward_low", "reward_high")
+        )
+        self.batch_size = optional(check_int, "batch_size", self.batch_size, low=1,
+                                   error=ConfigError)
+        self.seed = optional(check_int, "seed", self.seed, error=ConfigError)
+        if abs(self.alpha + self.beta - 1.0) > 1e-6:
             raise ConfigError(
-                f"alpha and beta must be >= 0 and sum to 1, got alpha={self.alpha}, "
-                f"beta={self.beta} (sum {self.alpha + self.beta})"
+                f"alpha and beta must sum to 1, got alpha={self.alpha}, beta={self.beta} "
+                f"(sum {self.alpha + self.beta}): e.g. alpha=0.7, beta=0.3"
             )
-        if self.regression_weight < 0:
-            raise ConfigError(f"regression_weight must be >= 0, got {self.regression_weight}")
-        if self.learning_rate <= 0 or self.weight_decay < 0:
-            raise ConfigError(
-                f"learning_rate must be > 0 and weight_decay >= 0, got {self.learning_rate} "
-                f"and {self.weight_decay}"
-            )
-        if self.num_bins < 2:
-            raise ConfigError(f"num_bins must be >= 2, got {self.num_bins}")
-        if self.soft_target_width <= 0:
-            raise ConfigError(f"soft_target_width must be > 0, got {self.soft_target_width}")
-        for name in ("reward_low", "reward_high"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-            ):
-                raise ConfigError(f"{name} must be a finite number or None, got {value!r}")
         if (self.reward_low is None) != (self.reward_high is None):
             raise ConfigError("give both reward_low and reward_high, or neither")
         if self.reward_low is not None and self.reward_high is not None:
@@ -180,7 +171,7 @@ class DistillationConfig:
                     f"reward_low must be < reward_high, got {self.reward_low} and "
                     f"{self.reward_high}"
                 )
-        if self.cross_fit_folds == 1 or self.cross_fit_folds < 0:
+        if self.cross_fit_folds == 1:
             raise ConfigError(
                 f"cross_fit_folds must be 0 (off) or >= 2, got {self.cross_fit_folds}"
             )
@@ -188,25 +179,9 @@ class DistillationConfig:
             raise ConfigError(
                 f"validation_fraction must lie in [0, 0.5), got {self.validation_fraction}"
             )
-        if self.patience < 1 or self.max_epochs < 1:
-            raise ConfigError(
-                f"patience and max_epochs must be >= 1, got {self.patience} and {self.max_epochs}"
-            )
-        if self.batch_size is not None and (
-            isinstance(self.batch_size, bool)
-            or not isinstance(self.batch_size, int)
-            or self.batch_size < 1
-        ):
-            raise ConfigError(f"batch_size must be a positive int or None, got {self.batch_size!r}")
-        if self.min_episodes < 2:
-            raise ConfigError(f"min_episodes must be >= 2, got {self.min_episodes}")
         for name in ("privileged", "warm_start"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int)
-        ):
-            raise ConfigError(f"seed must be an int or None, got {self.seed!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
 

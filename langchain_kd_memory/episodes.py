@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from langchain_kd_memory._validate import check_number
 from langchain_kd_memory.errors import (
     InvalidArgumentError,
     InvalidEpisodeError,
@@ -322,9 +323,13 @@ class RewardEstimate:
         return float(self.bin_centers[self.predicted_bin])
 
     def quantile(self, q: float) -> float:
-        """The reward below which a fraction `q` of the predicted probability lies."""
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"q must lie in [0, 1], got {q}")
+        """The bin-centre reward below which a fraction `q` of the predicted probability lies.
+
+        Raises:
+            InvalidArgumentError: `q` is not a number in [0, 1] (e.g. 0.1 for a pessimistic
+                estimate, 0.5 for the median).
+        """
+        q = check_number("q", q, low=0.0, high=1.0)
         cdf = np.cumsum(self.distribution)
         index = int(np.searchsorted(cdf, q, side="left"))
         return float(self.bin_centers[min(index, len(self.bin_centers) - 1)])

@@ -8,7 +8,7 @@ Example:
     .. code-block:: python
 
         from langchain_kd_memory import DistilledEpisodicMemory
-from langchain_kd_memory.plots import write_all
+        from langchain_kd_memory.plots import write_all
 
         memory = DistilledEpisodicMemory(persist_directory="./kd_memory")
         memory.consolidate()

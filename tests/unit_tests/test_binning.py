@@ -6,7 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from langchain_kd_memory.binning import RewardBinner
-from langchain_kd_memory.errors import ConfigError, InvalidRewardError
+from langchain_kd_memory.episodes import RewardEstimate
+from langchain_kd_memory.errors import ConfigError, InvalidArgumentError, InvalidRewardError
+
+
+def peak_bins(binner: RewardBinner, rewards: list[float]) -> list[int]:
+    """The most likely bin of each reward's soft target (what a prediction's bin means)."""
+    return binner.soft_targets(rewards).argmax(axis=1).tolist()
 
 
 def test_fit_takes_the_range_from_the_data():
@@ -15,13 +21,13 @@ def test_fit_takes_the_range_from_the_data():
     assert binner.centers.shape == (10,)
     assert binner.centers[0] == pytest.approx(2.15)
     assert binner.centers[-1] == pytest.approx(4.85)
-    assert binner.bin_of([2.0, 5.0, 3.49, 3.51]).tolist() == [0, 9, 4, 5]
+    assert peak_bins(binner, [2.0, 5.0, 3.49, 3.51]) == [0, 9, 4, 5]
 
 
 def test_declared_range_is_used_and_enforced():
     binner = RewardBinner.fit([4.0, 6.0], low=1, high=10, num_bins=9)
     assert (binner.low, binner.high) == (1.0, 10.0)
-    assert binner.bin_of([1.0, 10.0, 5.5]).tolist() == [0, 8, 4]
+    assert peak_bins(binner, [1.0, 10.0, 5.5]) == [0, 8, 4]
     with pytest.raises(InvalidRewardError, match="outside the declared range"):
         RewardBinner.fit([0.5, 6.0], low=1, high=10)
 
@@ -64,7 +70,7 @@ def test_soft_targets_have_the_reward_as_their_mean_even_near_the_ends(reward, w
 
 def test_rewards_outside_the_fitted_range_are_clipped():
     binner = RewardBinner.fit([0.0, 1.0], num_bins=8)
-    assert binner.bin_of([-5.0, 5.0]).tolist() == [0, 7]
+    assert peak_bins(binner, [-5.0, 5.0]) == [0, 7]
     np.testing.assert_allclose(binner.soft_targets([5.0]), binner.soft_targets([1.0]))
     assert not binner.contains([0.5, 1.5]) and binner.contains([0.0, 1.0])
 
@@ -77,11 +83,13 @@ def test_std_and_quantile_of_distributions():
     two_point = np.array([[0.5, 0.0, 0.0, 0.5]])
     assert binner.expected(two_point)[0] == 2.0
     assert binner.std(two_point)[0] == pytest.approx(1.5)
-    assert binner.quantile(two_point, 0.25)[0] == 0.5
-    assert binner.quantile(two_point, 0.75)[0] == 3.5
-    assert binner.quantile(two_point, 1.0)[0] == 3.5
-    with pytest.raises(ValueError):
-        binner.quantile(two_point, 1.5)
+    estimate = RewardEstimate(2.0, 1.5, two_point[0], binner.centers, predicted_bin=0)
+    assert estimate.quantile(0.25) == 0.5
+    assert estimate.quantile(0.75) == 3.5
+    assert estimate.quantile(1.0) == 3.5
+    for bad in (1.5, -0.1, float("nan"), "0.5", True):
+        with pytest.raises(InvalidArgumentError, match=r"q must be a finite number in \[0"):
+            estimate.quantile(bad)
 
 
 def test_round_trip_through_json():
