@@ -419,8 +419,10 @@ def _cmd_consolidate(args: argparse.Namespace, console: _Console) -> int:
     overrides = {"seed": args.seed, "min_episodes": args.min_episodes}
     chosen = {name: value for name, value in overrides.items() if value is not None}
     memory.distillation.config = replace(memory.distillation.config, **chosen)
-    console.info(f"training on the rated episodes of namespace {memory.namespace!r} ...")
+    where = "every namespace" if args.namespace is None else f"namespace {args.namespace!r}"
+    console.info(f"training on the rated episodes of {where} ...")
     report = memory.consolidate(
+        args.namespace,
         max_training_episodes=args.max_episodes,
         num_epochs=args.epochs,
         batch_size=args.batch_size,
@@ -441,8 +443,9 @@ def _cmd_consolidate(args: argparse.Namespace, console: _Console) -> int:
         "checkpoint_version": report.checkpoint_version,
         "checkpoint_path": report.checkpoint_path,
     }
+    model = "the shared model" if report.namespace is None else f"namespace {report.namespace!r}"
     text = "\n".join([
-        f"consolidated namespace {report.namespace!r}: {report.episodes_used} rated episodes "
+        f"consolidated {model}: {report.episodes_used} rated episodes "
         f"({m['num_train']} training / {m['num_val']} validation) in {report.duration_s:.1f} s",
         f"  validation MAE   teacher {_fmt(val['teacher_mae'])}   student "
         f"{_fmt(val['student_mae'])}   predict-the-mean {_fmt(val['mean_mae'])}",
@@ -452,6 +455,36 @@ def _cmd_consolidate(args: argparse.Namespace, console: _Console) -> int:
         f"  checkpoint       v{report.checkpoint_version}: {report.checkpoint_path}",
     ])
     console.result(result, text)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace, console: _Console) -> int:
+    from langchain_kd_memory.worker import ConsolidationWorker
+
+    memory = _open_memory(args)
+    worker = ConsolidationWorker(
+        memory, every_n_ratings=args.every, poll_s=args.poll, shared=args.shared
+    )
+    console.info(
+        f"watching {memory.store!r}: each namespace is trained after {args.every} new ratings"
+        + (" (and the shared model)" if args.shared else "") + f"; models in {memory.model_dir}"
+    )
+    if args.once:
+        reports = worker.run_once()
+        console.result(
+            [{"namespace": r.namespace, "episodes_used": r.episodes_used,
+              "checkpoint_version": r.checkpoint_version} for r in reports],
+            "\n".join(f"trained {r.namespace or 'the shared model'} on {r.episodes_used} "
+                      f"rated episodes: v{r.checkpoint_version}" for r in reports)
+            or "nothing was due",
+        )
+        return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        worker.run(stop)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -738,7 +771,9 @@ examples:
     "consolidate": (
         "train the value model on the stored rated episodes",
         """Trains the teacher, distils it into the student, and saves a new checkpoint version
-in --model-dir. Uses the stored embeddings: nothing is embedded again.
+in --model-dir. With --namespace, that namespace's own model (its scores and recall use it);
+without, the shared model on every namespace (it answers for namespaces without their own).
+Uses the stored embeddings: nothing is embedded again.
 
 examples:
   kd-memory consolidate
@@ -784,6 +819,21 @@ examples:
 examples:
   kd-memory export --out episodes.jsonl
   kd-memory --namespace user42 export > user42.jsonl""",
+    ),
+    "worker": (
+        "consolidate each namespace after every N new ratings, until stopped",
+        """Run it in a process of its own, against the agents' store (--chroma-host for a Chroma
+server, or their --persist-dir) and model directory (--model-dir): training then never
+shares the agents' threads. Every --poll seconds it counts each namespace's rated episodes and
+trains the namespace's value model when --every new ones have arrived since its last training
+(counts kept in {model-dir}/worker_state.json, so a restart goes on where it stopped). Agents
+pick up each new checkpoint version without a restart (their memory checks the model
+directory every model_refresh_s seconds). Stop it with Ctrl-C or SIGTERM.
+
+examples:
+  kd-memory --chroma-host localhost --model-dir /shared/models worker --every 50
+  kd-memory --threads 1 worker --every 20 --shared      # also the shared model
+  kd-memory worker --once                               # one round, then exit""",
     ),
     "plot": (
         "write calibration, training-curve and distribution PNGs",
@@ -840,7 +890,8 @@ exit codes: 0 success, 2 bad usage or input (nothing changed), 1 other errors,
     )
     parser.add_argument(
         "--namespace", default=None,
-        help=f"namespace to work in (default {DEFAULT_NAMESPACE!r}; stats and export: all)",
+        help=f"namespace to work in (default {DEFAULT_NAMESPACE!r}; consolidate: the shared "
+        "model of all namespaces; stats and export: all)",
     )
     parser.add_argument(
         "--model-dir", default=None, metavar="DIR",
@@ -854,6 +905,11 @@ exit codes: 0 success, 2 bad usage or input (nothing changed), 1 other errors,
     parser.add_argument(
         "--chroma-port", dest="port", type=_number(int, 1, 65535), default=None, metavar="PORT",
         help=f"port of the Chroma server (default {DEFAULT_CHROMA_PORT})",
+    )
+    parser.add_argument(
+        "--threads", type=_positive_int, default=None, metavar="N",
+        help="torch threads for training and scoring (default: torch's choice; 1 is often "
+        "faster on a busy machine)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
     parser.add_argument("-q", "--quiet", action="store_true",
@@ -904,6 +960,15 @@ exit codes: 0 success, 2 bad usage or input (nothing changed), 1 other errors,
     export.add_argument("--out", default=None, metavar="FILE",
                         help="output file (default: stdout)")
 
+    worker = _subparser(commands, "worker", _cmd_worker)
+    worker.add_argument("--every", type=_positive_int, default=50, metavar="N",
+                        help="new rated episodes that trigger a namespace's training (default 50)")
+    worker.add_argument("--poll", type=_number(float, 0.0), default=5.0, metavar="SECONDS",
+                        help="seconds between two looks at the store (default 5)")
+    worker.add_argument("--shared", action="store_true",
+                        help="also train the shared model on every namespace")
+    worker.add_argument("--once", action="store_true", help="run one round, then exit")
+
     plot = _subparser(commands, "plot", _cmd_plot)
     plot.add_argument("--out", required=True, metavar="DIR", help="directory for the PNGs")
     plot.add_argument("--query", default=None, help="query whose distribution is drawn")
@@ -941,6 +1006,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the embedder's loading bar
     console = _Console(json=args.json, quiet=args.quiet)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return int(args.handler(args, console))
     except KeyboardInterrupt:

@@ -33,6 +33,14 @@ CHECKPOINT_NAME = "value_model"
 NAMESPACES_DIR = "namespaces"
 
 
+def checkpoint_prefix(model_dir: str, namespace: str | None) -> str:
+    """Where the model of `namespace` (None: the shared model) is saved under `model_dir`."""
+    if namespace is None:
+        return str(Path(model_dir) / CHECKPOINT_NAME)
+    digest = hashlib.sha256(namespace.encode("utf-8")).hexdigest()[:32]
+    return str(Path(model_dir) / NAMESPACES_DIR / digest / CHECKPOINT_NAME)
+
+
 @dataclass
 class _Entry:
     model: ModelDistillation
@@ -79,12 +87,7 @@ class ValueModels:
 
     def prefix(self, namespace: str | None) -> str | None:
         """The checkpoint prefix of `namespace`'s model (None: the shared one)."""
-        if self.model_dir is None:
-            return None
-        if namespace is None:
-            return str(Path(self.model_dir) / CHECKPOINT_NAME)
-        digest = hashlib.sha256(namespace.encode("utf-8")).hexdigest()[:32]
-        return str(Path(self.model_dir) / NAMESPACES_DIR / digest / CHECKPOINT_NAME)
+        return None if self.model_dir is None else checkpoint_prefix(self.model_dir, namespace)
 
     def own(self, namespace: str | None) -> ModelDistillation:
         """The namespace's own model (the shared one for None), loaded from disk if saved there.
