@@ -1,41 +1,95 @@
-"""langchain-kd-memory: reward-aware episodic memory for LangChain agents."""
+"""langchain-kd-memory: reward-aware episodic memory for LangChain agents.
 
-from langchain_kd_memory.binning import RewardBinner
-from langchain_kd_memory.callbacks import ConsolidationCallback, ConsolidationStatus
-from langchain_kd_memory.config import DistillationConfig, StudentConfig, TeacherConfig
-from langchain_kd_memory.decisions import RankedResponse
-from langchain_kd_memory.distillation import ModelDistillation
-from langchain_kd_memory.embeddings import (
-    EmbedderIdentity,
-    LocalEmbeddings,
-    OpenAIEmbedder,
-    default_embeddings,
-    embedder_identity,
-)
-from langchain_kd_memory.episodes import Episode, RewardEstimate, TrainingArrays
-from langchain_kd_memory.errors import (
-    CheckpointError,
-    ConfigError,
-    DuplicateEpisodeError,
-    EmbedderMismatchError,
-    EmbeddingDimensionError,
-    EmbeddingError,
-    EpisodeNotFoundError,
-    InsufficientDataError,
-    InvalidArgumentError,
-    InvalidEpisodeError,
-    InvalidNamespaceError,
-    InvalidRewardError,
-    KDMemoryError,
-    NotTrainedError,
-    StoreError,
-)
-from langchain_kd_memory.memory import ConsolidationReport, DistilledEpisodicMemory
-from langchain_kd_memory.middleware import EpisodicMemoryMiddleware, MemoryMiddlewareStatus
-from langchain_kd_memory.router import RouterStatus, ValueRouter
-from langchain_kd_memory.runs import FinishedRun
-from langchain_kd_memory.storage import EpisodeStore
-from langchain_kd_memory.store import EpisodeBaseStore
+The public names load on first use (PEP 562), so ``import langchain_kd_memory`` and a storage-only
+``from langchain_kd_memory import EpisodeStore`` do not import torch, LangChain agents or LangGraph.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from langchain_kd_memory.binning import RewardBinner
+    from langchain_kd_memory.callbacks import ConsolidationCallback, ConsolidationStatus
+    from langchain_kd_memory.config import DistillationConfig, StudentConfig, TeacherConfig
+    from langchain_kd_memory.decisions import RankedResponse
+    from langchain_kd_memory.distillation import ModelDistillation
+    from langchain_kd_memory.embeddings import (
+        EmbedderIdentity,
+        LocalEmbeddings,
+        OpenAIEmbedder,
+        default_embeddings,
+        embedder_identity,
+    )
+    from langchain_kd_memory.episodes import Episode, RewardEstimate, TrainingArrays
+    from langchain_kd_memory.errors import (
+        CheckpointError,
+        ConfigError,
+        DuplicateEpisodeError,
+        EmbedderMismatchError,
+        EmbeddingDimensionError,
+        EmbeddingError,
+        EpisodeNotFoundError,
+        InsufficientDataError,
+        InvalidArgumentError,
+        InvalidEpisodeError,
+        InvalidNamespaceError,
+        InvalidRewardError,
+        KDMemoryError,
+        NotTrainedError,
+        StoreError,
+    )
+    from langchain_kd_memory.memory import ConsolidationReport, DistilledEpisodicMemory
+    from langchain_kd_memory.middleware import EpisodicMemoryMiddleware, MemoryMiddlewareStatus
+    from langchain_kd_memory.router import RouterStatus, ValueRouter
+    from langchain_kd_memory.runs import FinishedRun
+    from langchain_kd_memory.storage import EpisodeStore
+    from langchain_kd_memory.store import EpisodeBaseStore
+
+_MODULES: dict[str, str] = {
+    "CheckpointError": "errors",
+    "ConfigError": "errors",
+    "ConsolidationCallback": "callbacks",
+    "ConsolidationReport": "memory",
+    "ConsolidationStatus": "callbacks",
+    "default_embeddings": "embeddings",
+    "DistillationConfig": "config",
+    "DistilledEpisodicMemory": "memory",
+    "DuplicateEpisodeError": "errors",
+    "embedder_identity": "embeddings",
+    "EmbedderIdentity": "embeddings",
+    "EmbedderMismatchError": "errors",
+    "EmbeddingDimensionError": "errors",
+    "EmbeddingError": "errors",
+    "Episode": "episodes",
+    "EpisodeBaseStore": "store",
+    "EpisodeNotFoundError": "errors",
+    "EpisodeStore": "storage",
+    "EpisodicMemoryMiddleware": "middleware",
+    "FinishedRun": "runs",
+    "InsufficientDataError": "errors",
+    "InvalidArgumentError": "errors",
+    "InvalidEpisodeError": "errors",
+    "InvalidNamespaceError": "errors",
+    "InvalidRewardError": "errors",
+    "KDMemoryError": "errors",
+    "LocalEmbeddings": "embeddings",
+    "MemoryMiddlewareStatus": "middleware",
+    "ModelDistillation": "distillation",
+    "NotTrainedError": "errors",
+    "OpenAIEmbedder": "embeddings",
+    "RankedResponse": "decisions",
+    "RewardBinner": "binning",
+    "RewardEstimate": "episodes",
+    "RouterStatus": "router",
+    "StoreError": "errors",
+    "StudentConfig": "config",
+    "TeacherConfig": "config",
+    "TrainingArrays": "episodes",
+    "ValueRouter": "router",
+}
+"""The module of `langchain_kd_memory` that defines each public name."""
 
 __all__ = [
     "CheckpointError",
@@ -79,3 +133,16 @@ __all__ = [
     "default_embeddings",
     "embedder_identity",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'langchain_kd_memory' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -27,13 +27,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from langchain_kd_memory.checkpoint import load_checkpoint, manifest_path
-from langchain_kd_memory.episodes import DEFAULT_NAMESPACE, Episode, RewardEstimate
+from langchain_kd_memory.episodes import (
+    DEFAULT_NAMESPACE,
+    DEFAULT_PERSIST_DIRECTORY,
+    Episode,
+    RewardEstimate,
+)
 from langchain_kd_memory.errors import (
     ConfigError,
     DuplicateEpisodeError,
@@ -44,8 +48,10 @@ from langchain_kd_memory.errors import (
     KDMemoryError,
     NotTrainedError,
 )
-from langchain_kd_memory.memory import CHECKPOINT_NAME, DistilledEpisodicMemory
-from langchain_kd_memory.storage import DEFAULT_PERSIST_DIRECTORY, EpisodeStore, http_client
+
+if TYPE_CHECKING:  # the heavy modules (chromadb, torch, LangChain) load when a command runs
+    from langchain_kd_memory.memory import DistilledEpisodicMemory
+    from langchain_kd_memory.storage import EpisodeStore
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +117,9 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def _open_memory(args: argparse.Namespace) -> DistilledEpisodicMemory:
     """The memory the global options describe (a Chroma server with --chroma-host)."""
+    from langchain_kd_memory.memory import DistilledEpisodicMemory
+    from langchain_kd_memory.storage import EpisodeStore, http_client
+
     persist = Path(args.persist_dir)
     if args.chroma_host:
         store = EpisodeStore(args.collection, client=http_client(args.chroma_host, args.port))
@@ -129,8 +138,11 @@ def _open_memory(args: argparse.Namespace) -> DistilledEpisodicMemory:
 
 def _checkpoint_manifest(memory: DistilledEpisodicMemory) -> dict[str, Any] | None:
     """The current checkpoint's manifest, verified as loading verifies it, with its path."""
+    from langchain_kd_memory.checkpoint import load_checkpoint, manifest_path
+    from langchain_kd_memory.value_models import checkpoint_prefix
+
     assert memory.model_dir is not None
-    prefix = Path(memory.model_dir) / CHECKPOINT_NAME
+    prefix = checkpoint_prefix(memory.model_dir, None)
     checkpoint = load_checkpoint(prefix, embedder=memory.store.identity)
     if checkpoint is None:
         return None

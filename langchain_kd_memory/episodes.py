@@ -26,6 +26,8 @@ MetadataValue = str | int | float | bool
 """A metadata value: Chroma stores scalars only."""
 
 DEFAULT_NAMESPACE = "default"
+DEFAULT_PERSIST_DIRECTORY = "./.kd_memory"
+"""Where an embedded store keeps its Chroma database unless told otherwise."""
 MAX_NAMESPACE_LENGTH = 128
 MAX_METADATA_KEYS = 64
 MAX_METADATA_KEY_LENGTH = 128

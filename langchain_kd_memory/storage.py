@@ -49,6 +49,7 @@ from langchain_kd_memory._validate import check_int, check_str, optional
 from langchain_kd_memory.embeddings import Embedder, EmbedderIdentity
 from langchain_kd_memory.episodes import (
     DEFAULT_NAMESPACE,
+    DEFAULT_PERSIST_DIRECTORY,
     MAX_TEXT_LENGTH,
     RESERVED_METADATA_PREFIX,
     Episode,
@@ -71,7 +72,6 @@ from langchain_kd_memory.errors import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PERSIST_DIRECTORY = "./.kd_memory"
 STORE_FORMAT = 1
 
 # Reserved record metadata keys.
