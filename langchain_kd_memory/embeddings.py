@@ -335,8 +335,15 @@ class OpenAIEmbedder(Embeddings):
 
         Raises:
             InvalidArgumentError: An argument is out of range, or there is no API key.
+            ImportError: The `openai` package is missing (``pip install
+                langchain-kd-memory[openai]``).
         """
-        import openai
+        try:
+            import openai
+        except ImportError as exc:
+            raise ImportError(
+                "OpenAIEmbedder needs the openai package: pip install 'langchain-kd-memory[openai]'"
+            ) from exc
 
         check_str("model", model)
         check_int("batch_size", batch_size, low=1, high=2048)
