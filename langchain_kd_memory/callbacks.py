@@ -14,6 +14,11 @@ whose id is the run id, so feedback that arrives later can find it:
     memory.record_feedback(run_id, reward=1.0)   # thumbs up, later
     callback.flush()                             # at the end of a script
 
+Recording costs the agent a queue put: the run's episodes go to the memory's
+`writer.BackgroundWriter`, which embeds and stores them in batches on its own thread (see its
+docs for the queue, failure and journal policies; `journal=path` makes acknowledged runs survive
+a kill). `record_inline=True` stores each run before the agent's call returns, as before.
+
 Every `every_n_episodes` new ratings (rewards given by `reward_fn` and feedback recorded through
 the memory both count) start a consolidation on one background thread. The agent never waits for
 it and never sees its errors: they are logged and kept in `callback.status`.
@@ -22,7 +27,9 @@ it and never sees its errors: they are logged and kept in `callback.status`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
@@ -41,21 +48,26 @@ from langchain_kd_memory.runs import (
     rate,
     run_episodes,
 )
+from langchain_kd_memory.writer import BackgroundWriter, RecordingStatus, RunRecorder
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ConsolidationStatus:
+class ConsolidationStatus(RecordingStatus):
     """What a `ConsolidationCallback` has done so far (a snapshot).
 
+    `queued`, `written`, `dropped` and `failed` count runs handed to the writer (see
+    `writer.RecordingStatus`).
+
     Attributes:
-        episodes_recorded: Episodes recorded from finished top-level runs.
+        episodes_recorded: Finished top-level runs stored (the same number as `written`; a
+            run of several model steps is one run).
         recorded_by_middleware: Runs left to an `EpisodicMemoryMiddleware` over the same memory
             that recorded them (each run is recorded once).
         ratings_since_consolidation: Ratings counted towards the next consolidation.
         consolidations_run: Consolidations that finished successfully.
-        errors: Errors caught (reward_fn raising or returning a non-number, recording,
+        errors: Errors caught (reward_fn raising or returning a non-number, a failed write,
             consolidation); a run whose reward_fn failed is recorded unrated.
         last_error: The most recent error caught, or None.
         last_report: The report of the most recent successful consolidation, or None.
@@ -76,8 +88,10 @@ class ConsolidationCallback(BaseCallbackHandler):
     """Records one episode per finished top-level run and consolidates every N ratings.
 
     - On a top-level `on_chain_start` (no parent run) it remembers the inputs by run id; at the
-      matching `on_chain_end` it adds one episode (query and response extracted from inputs and
-      outputs, reward from `reward_fn(FinishedRun)`, id = `str(run_id)`). An agent run of
+      matching `on_chain_end` it queues one episode (query and response extracted from inputs
+      and outputs, reward from `reward_fn(FinishedRun)`, id = `str(run_id)`) on the memory's
+      background writer, which stores it moments later (`wait` or `flush` to be sure). Texts
+      over the episode limit are cut to it (metadata ``truncated=True``). An agent run of
       several model steps (tool calls) is recorded as a trajectory instead: one episode per
       step, ids ``f"{run_id}/{i}"``, each credited with the discounted return (`gamma`), and
       feedback for the run id rates them all. Nested chain, model and tool runs are not
@@ -99,7 +113,7 @@ class ConsolidationCallback(BaseCallbackHandler):
             callback = ConsolidationCallback(memory, every_n_episodes=20,
                                              reward_fn=lambda run: 1.0)
             chain.invoke({"question": "hi"}, config={"callbacks": [callback]})
-            callback.wait()
+            callback.wait()     # runs written, consolidation finished
             print(callback.status)
     """
 
@@ -113,6 +127,10 @@ class ConsolidationCallback(BaseCallbackHandler):
         background: bool = True,
         namespace: str | None = None,
         gamma: float = 0.9,
+        *,
+        writer: BackgroundWriter | None = None,
+        journal: str | os.PathLike[str] | None = None,
+        record_inline: bool = False,
     ) -> None:
         """Create the callback and subscribe it to the memory's ratings.
 
@@ -126,6 +144,16 @@ class ConsolidationCallback(BaseCallbackHandler):
             namespace: Namespace of the episodes; the memory's namespace if None.
             gamma: Discount of a run of several model steps (an agent calling tools), recorded
                 as a trajectory: each step gets the discounted share of the run's reward.
+            writer: The background writer to queue runs on; the memory's shared one
+                (`BackgroundWriter.for_memory`) if None.
+            journal: Journal file of the writer (acknowledged runs survive a kill; see
+                `writer`): opened by the memory's writer if it has none yet.
+            record_inline: Store each run before the agent's call returns (no writer): the
+                old, synchronous behaviour, for scripts and tests that read the store at once.
+
+        Raises:
+            InvalidArgumentError: An invalid argument.
+            ConfigError: `journal` differs from the one the memory's writer uses, or is in use.
         """
         if not isinstance(memory, DistilledEpisodicMemory):
             raise InvalidArgumentError(
@@ -145,7 +173,15 @@ class ConsolidationCallback(BaseCallbackHandler):
         self._idle = threading.Condition(self._lock)
         self._worker: threading.Thread | None = None
         self._pending = False
+        self._recorder = RunRecorder(
+            memory, self._report, writer=writer, journal=journal, record_inline=record_inline
+        )
         memory.add_rating_listener(self._on_rating)
+
+    @property
+    def writer(self) -> BackgroundWriter | None:
+        """The background writer runs are queued on (None with `record_inline`)."""
+        return self._recorder.writer
 
     @property
     def status(self) -> ConsolidationStatus:
@@ -243,11 +279,18 @@ class ConsolidationCallback(BaseCallbackHandler):
         reward, error = rate(self.reward_fn, run)
         if error is not None:
             self._fail("reward_fn failed on run %s; recording it unrated", run_id, error)
-        self.memory.add_episodes(
-            run_episodes(run, reward, namespace=self.namespace, gamma=self.gamma)
+        self._recorder.record(
+            run.run_id, run_episodes(run, reward, namespace=self.namespace, gamma=self.gamma)
         )
+
+    def _report(self, event: str, run_id: str, error: BaseException | None) -> None:
+        """Count what became of a run handed to the writer (called from its thread)."""
         with self._lock:
-            self._status.episodes_recorded += 1
+            setattr(self._status, event, getattr(self._status, event) + 1)
+            if event == "written":
+                self._status.episodes_recorded += 1
+        if error is not None:
+            self._fail("recording run %s failed", run_id, error)
 
     def _fail(self, message: str, subject: object, exc: BaseException) -> None:
         logger.warning(message + ": %r", subject, exc, exc_info=exc)
@@ -304,30 +347,38 @@ class ConsolidationCallback(BaseCallbackHandler):
                 self._pending = False
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until no consolidation is running or pending.
+        """Block until the runs queued so far are written and no consolidation is running.
 
         Args:
-            timeout: Seconds to wait at most; None waits as long as it takes.
+            timeout: Seconds to wait at most, in all; None waits as long as it takes.
 
         Returns:
             True if idle, False if the timeout expired first.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._recorder.flush(timeout):
+            return False
         with self._idle:
             return self._idle.wait_for(
-                lambda: not self._status.training_in_progress, timeout=timeout
+                lambda: not self._status.training_in_progress,
+                timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
             )
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Consolidate the ratings counted since the last consolidation, then `wait`.
+        """Write the queued runs, consolidate the ratings counted since the last one, `wait`.
 
-        Call it at the end of a script so that the last ratings are learnt from.
+        Call it at the end of a script so that every run is stored and the last ratings are
+        learnt from.
 
         Returns:
             True if idle, False if the timeout expired first.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._recorder.flush(timeout):
+            return False
         with self._lock:
             outstanding = self._status.ratings_since_consolidation
             self._status.ratings_since_consolidation = 0
         if outstanding:
             self._start()
-        return self.wait(timeout)
+        return self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))

@@ -2,16 +2,19 @@
 
 Before each model call it recalls the past episodes most relevant to the latest user message,
 re-ranked by how well they went, and adds them (with the value model's estimate of the new
-request's reward, once trained) to the system prompt. After each completed run it records the
-run as a new episode. Memory is an aid, never a dependency: any failure inside (embedder or
-Chroma down, a raising reward function) is logged and counted in `status`, and the agent goes
-on without memory.
+request's reward, once trained) to the system prompt. After each completed run it hands the
+run to the memory's background writer (`writer.BackgroundWriter`), which stores it moments
+later: recall stays synchronous (it must see the memory), recording is off the agent's critical
+path. Memory is an aid, never a dependency: any failure inside (embedder or Chroma down, a
+raising reward function) is logged and counted in `status`, and the agent goes on without
+memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -40,12 +43,14 @@ from langchain_kd_memory.runs import (
     FinishedRun,
     RewardFn,
     agent_steps,
+    cut,
     extract_query,
     extract_response,
     rate,
     run_episodes,
 )
 from langchain_kd_memory.trajectories import TRAJECTORY_KEYS
+from langchain_kd_memory.writer import BackgroundWriter, RecordingStatus, RunRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -61,20 +66,25 @@ AsyncModelHandler = Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]]
 
 
 @dataclasses.dataclass
-class MemoryMiddlewareStatus:
+class MemoryMiddlewareStatus(RecordingStatus):
     """What the middleware did so far (a snapshot; see `EpisodicMemoryMiddleware.status`).
+
+    `queued`, `written`, `dropped` and `failed` count runs handed to the writer (see
+    `writer.RecordingStatus`).
 
     Attributes:
         recalls: Model calls that got recalled episodes (possibly none matched).
         recall_failures: Recalls that failed (the model was called without memory).
         scores: Value-model estimates added to the prompt.
         score_failures: Estimates that failed.
-        recorded: Episodes recorded after a run.
-        record_failures: Runs whose episode could not be recorded.
+        recorded: Runs stored (the same number as `written`).
+        record_failures: Runs not stored: building their episodes failed, or they were
+            dropped (queue full) or their write failed.
         reward_failures: Runs whose `reward_fn` raised or returned something other than a
             finite number (recorded without a reward).
         last_error: The latest failure, as "what: ErrorType: message".
-        last_episode_id: The id of the latest recorded episode.
+        last_episode_id: The id of the latest run handed over for recording (its episode id,
+            or its trajectory id), known as soon as the run ends.
     """
 
     recalls: int = 0
@@ -131,7 +141,13 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     The recorded episode is the run's last human message (query) and last AI message
     (response), with ``reward_fn(FinishedRun)`` as reward when given (None = rate it later).
     A run of several model steps (tool calls) is recorded as a trajectory: one episode per
-    step (`runs.agent_steps`), each credited with its discounted share of the reward.
+    step (`runs.agent_steps`), each credited with its discounted share of the reward. Texts
+    over the episode limit are cut to it (metadata ``truncated=True``), never dropped.
+
+    Recording queues the run on the memory's `BackgroundWriter` (shared with any
+    `ConsolidationCallback` over the memory) and returns; `flush()` waits until it is stored,
+    and `record_feedback(run_id, ...)` works before that. `record_inline=True` stores it before
+    the agent's call returns instead.
     """
 
     def __init__(
@@ -149,6 +165,9 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         namespace: str | None = None,
         namespace_key: str = "namespace",
         gamma: float = 0.9,
+        writer: BackgroundWriter | None = None,
+        journal: str | os.PathLike[str] | None = None,
+        record_inline: bool = False,
     ) -> None:
         """Configure the middleware.
 
@@ -169,9 +188,15 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             namespace_key: Key of the namespace in the runtime context or configurable.
             gamma: Discount of a run of several model steps (tool calls), recorded as a
                 trajectory: each step gets the discounted share of the run's reward.
+            writer: The background writer to queue runs on; the memory's shared one
+                (`BackgroundWriter.for_memory`) if None.
+            journal: Journal file of the writer (acknowledged runs survive a kill; see
+                `writer`): opened by the memory's writer if it has none yet.
+            record_inline: Store each run before the agent's call returns (no writer).
 
         Raises:
             InvalidArgumentError: If an argument is invalid.
+            ConfigError: `journal` differs from the one the memory's writer uses, or is in use.
         """
         super().__init__()
         if not isinstance(memory, DistilledEpisodicMemory):
@@ -200,6 +225,22 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         self.namespace = None if namespace is None else validate_namespace(namespace)
         self._status = MemoryMiddlewareStatus()
         self._lock = threading.Lock()
+        self._recorder = RunRecorder(
+            memory, self._report, writer=writer, journal=journal, record_inline=record_inline
+        )
+
+    @property
+    def writer(self) -> BackgroundWriter | None:
+        """The background writer runs are queued on (None with `record_inline`)."""
+        return self._recorder.writer
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the runs handed over so far are stored (or failed).
+
+        Returns:
+            True if so, False if `timeout` seconds passed first.
+        """
+        return self._recorder.flush(timeout)
 
     @property
     def status(self) -> MemoryMiddlewareStatus:
@@ -209,11 +250,9 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
 
     # ----------------------------------------------------------------- bookkeeping
 
-    def _count(self, counter: str, episode_id: str | None = None) -> None:
+    def _count(self, counter: str) -> None:
         with self._lock:
             setattr(self._status, counter, getattr(self._status, counter) + 1)
-            if episode_id is not None:
-                self._status.last_episode_id = episode_id
 
     @contextmanager
     def _guard(self, what: str, counter: str) -> Iterator[None]:
@@ -252,7 +291,7 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         if not query:
             return None
         return {
-            "input": query,
+            "input": cut(query),
             "k": self.k,
             "namespace": self._namespace(request.runtime),
             "reward_weight": self.reward_weight,
@@ -371,14 +410,30 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             or self._configurable().get("episode_id") or uuid.uuid4()
         )
 
+    def _report(self, event: str, run_id: str, error: BaseException | None) -> None:
+        """Count what became of a run handed to the writer (called from its thread)."""
+        with self._lock:
+            setattr(self._status, event, getattr(self._status, event) + 1)
+            if event == "written":
+                self._status.recorded += 1
+            elif event in ("dropped", "failed"):
+                self._status.record_failures += 1
+                self._status.last_error = "record: " + (
+                    "dropped, the writer's queue is full" if error is None
+                    else f"{type(error).__name__}: {error}"
+                )
+        if error is not None:
+            logger.warning("episodic memory: recording run %s failed: %s", run_id, error)
+
     def after_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """Record the finished run as an episode."""
+        """Hand the finished run to the writer (or, inline, record it now)."""
         with self._guard("record", "record_failures"):
             episodes = self._episodes(state, runtime)
             if episodes:
-                self.memory.add_episodes(episodes)
-                run_id = episodes[0].metadata.get(TRAJECTORY_KEYS[0], episodes[0].id)
-                self._count("recorded", str(run_id))
+                run_id = str(episodes[0].metadata.get(TRAJECTORY_KEYS[0], episodes[0].id))
+                with self._lock:
+                    self._status.last_episode_id = run_id
+                self._recorder.record(run_id, episodes)
         return None
 
     async def aafter_agent(

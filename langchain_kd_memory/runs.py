@@ -5,11 +5,13 @@ string, a dict of variables, a message list, agent state); `extract_query` and
 `extract_response` find the text in each, `agent_steps` the model's steps of an agent run. A
 `reward_fn` rates a `FinishedRun`; `rate` turns whatever it returns into a reward or None, and
 `run_episodes` makes the episodes to store: one for a single-step run, one per step (credited
-with the discounted return) for a run of several model steps.
+with the discounted return) for a run of several model steps. A run is never lost for its
+length: a text over the episode limit is cut to it, and the episode says so (`TRUNCATED_KEY`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,11 +25,21 @@ from langchain_core.messages import (
     convert_to_messages,
 )
 
-from langchain_kd_memory.episodes import Episode, MetadataValue, validate_reward
+from langchain_kd_memory.episodes import (
+    MAX_TEXT_LENGTH,
+    Episode,
+    MetadataValue,
+    validate_reward,
+)
 from langchain_kd_memory.trajectories import trajectory_episodes
 
 OBSERVATION_CHARS = 1000
 """Longest tool result quoted in the state of the next step."""
+
+TRUNCATED_KEY = "truncated"
+"""Metadata key set to True on a recorded episode whose query or response was cut to
+`episodes.MAX_TEXT_LENGTH` characters. (Not ``kd_truncated``: the ``kd_`` prefix is reserved,
+and user metadata may not use it.)"""
 
 _TEXT_KEYS = ("input", "question", "query", "output", "answer", "result", "text", "content")
 
@@ -159,6 +171,11 @@ def agent_steps(outputs: object) -> tuple[tuple[str, str], ...]:
     return tuple(steps) if len(steps) > 1 else ()
 
 
+def cut(text: str) -> str:
+    """`text`, cut to the episode limit (`episodes.MAX_TEXT_LENGTH` characters) if longer."""
+    return text[:MAX_TEXT_LENGTH]
+
+
 def run_episodes(
     run: FinishedRun,
     reward: float | None,
@@ -172,11 +189,23 @@ def run_episodes(
     A single-step run is one episode with the run's id. A run of several steps is a
     trajectory: one episode per step (ids ``f"{run_id}/{i}"``), each credited with its
     discounted share of `reward`; feedback for the run's id later rates them all.
+
+    A query or response longer than `episodes.MAX_TEXT_LENGTH` is cut to it, and its episode
+    gets ``metadata["truncated"] = True`` (`TRUNCATED_KEY`): recording never drops a run for
+    its length (a direct `add_episode` still refuses such a text).
     """
+    pairs = run.steps or ((run.query, run.response),)
+    cut_pairs = [(cut(query), cut(response)) for query, response in pairs]
     if run.steps:
-        return trajectory_episodes(
-            run.steps, reward, gamma=gamma, trajectory_id=run.run_id, namespace=namespace,
+        episodes = trajectory_episodes(
+            cut_pairs, reward, gamma=gamma, trajectory_id=run.run_id, namespace=namespace,
             metadata=metadata,
         )
-    return [Episode(run.query, run.response, reward=reward, metadata=dict(metadata or {}),
-                    namespace=namespace, id=run.run_id)]
+    else:
+        episodes = [Episode(*cut_pairs[0], reward=reward, metadata=dict(metadata or {}),
+                            namespace=namespace, id=run.run_id)]
+    return [
+        dataclasses.replace(episode, metadata={**episode.metadata, TRUNCATED_KEY: True})
+        if cut_pair != pair else episode
+        for episode, pair, cut_pair in zip(episodes, pairs, cut_pairs, strict=True)
+    ]

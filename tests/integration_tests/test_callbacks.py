@@ -27,7 +27,13 @@ from langchain_kd_memory.callbacks import ConsolidationCallback
 from langchain_kd_memory.config import StudentConfig, TeacherConfig
 from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.embeddings import LocalEmbeddings
-from langchain_kd_memory.errors import InvalidArgumentError, InvalidRewardError, NotTrainedError
+from langchain_kd_memory.episodes import MAX_TEXT_LENGTH
+from langchain_kd_memory.errors import (
+    InvalidArgumentError,
+    InvalidEpisodeError,
+    InvalidRewardError,
+    NotTrainedError,
+)
 from langchain_kd_memory.memory import ConsolidationReport, DistilledEpisodicMemory
 from langchain_kd_memory.runs import FinishedRun
 from langchain_kd_memory.storage import EpisodeStore
@@ -99,6 +105,7 @@ def test_one_episode_per_top_level_run_with_run_id(
     run_ids = [uuid.uuid4() for _ in range(3)]
     for i, run_id in enumerate(run_ids):
         chain.invoke({"question": QUESTIONS[i]}, config={"callbacks": [callback], "run_id": run_id})
+    assert callback.wait(timeout=60)  # the background writer has stored what was queued
     # Each run has nested prompt, model and parser runs: none of them is an episode.
     assert callback.status.episodes_recorded == 3 and memory.store.count() == 3
     episodes = memory.store.get([str(r) for r in run_ids])
@@ -179,6 +186,7 @@ def test_raising_reward_fn_does_not_break_the_agent(
     callback = ConsolidationCallback(memory, reward_fn=broken)
     answer = chain.invoke({"question": "Hello?"}, config={"callbacks": [callback]})
     assert answer == "Sure, done."
+    assert callback.wait(timeout=60)
     status = callback.status
     assert isinstance(status.last_error, ValueError) and status.errors == 1
     assert status.episodes_recorded == 1  # recorded, unrated
@@ -191,6 +199,7 @@ def test_consolidation_errors_are_recorded_not_raised(
     callback = ConsolidationCallback(memory, every_n_episodes=2, reward_fn=topic_reward,
                                      background=False)
     run_chain(chain, callback, 2)  # 2 rated episodes < min_episodes: training refuses
+    assert callback.wait(timeout=60)
     status = callback.status
     assert status.consolidations_run == 0 and "needs at least 10" in str(status.last_error)
     assert status.episodes_recorded == 2
@@ -201,6 +210,18 @@ def test_inline_consolidation_without_background(
 ) -> None:
     callback = ConsolidationCallback(memory, every_n_episodes=10, reward_fn=topic_reward,
                                      background=False)
+    run_chain(chain, callback, 10)
+    assert callback.wait(timeout=120)
+    assert callback.status.consolidations_run == 1 and memory.is_trained
+    # Inline in the thread that made the 10th rating: the writer's, which stored the 10th run.
+    assert memory.track["threads"] == ["kd-memory-writer"]
+
+
+def test_inline_recording_and_consolidation_stay_in_the_agents_thread(
+    memory: TrackedMemory, chain: Runnable
+) -> None:
+    callback = ConsolidationCallback(memory, every_n_episodes=10, reward_fn=topic_reward,
+                                     background=False, record_inline=True)
     run_chain(chain, callback, 10)
     assert callback.status.consolidations_run == 1 and memory.is_trained
     assert memory.track["threads"] == [threading.current_thread().name]
@@ -235,6 +256,7 @@ def test_create_agent_run_is_one_trajectory(memory: TrackedMemory) -> None:
         config={"callbacks": [callback], "run_id": run_id},
     )
     assert result["messages"][-1].content == "2 + 3 = 5"
+    assert callback.wait(timeout=60)
     # Model calls, the tool call and graph nodes are nested runs: one run, recorded as its two
     # model steps (the tool call, then the answer), each credited with its share of the reward.
     assert callback.status.episodes_recorded == 1
@@ -254,6 +276,7 @@ async def test_async_runs(memory: TrackedMemory, chain: Runnable) -> None:
     agent = create_agent(agent_model(), tools=[add])
     await agent.ainvoke({"messages": [("user", "What is 2 + 3?")]},
                         config={"callbacks": [callback]})
+    assert callback.wait(timeout=60)
     assert callback.status.episodes_recorded == 2
     assert memory.store.get([str(run_id)])[0].reward == 0.9
     second_state = 'What is 2 + 3?\nAction: add({"a": 2, "b": 3})\nObservation: 5'
@@ -303,7 +326,31 @@ def test_a_bad_reward_is_counted_and_the_run_recorded_unrated(
     callback = ConsolidationCallback(memory, reward_fn=lambda run: bad)
     run_id = uuid.uuid4()
     chain.invoke({"question": QUESTIONS[0]}, config={"callbacks": [callback], "run_id": run_id})
+    assert callback.wait(timeout=60)
     status = callback.status
     assert status.episodes_recorded == 1 and status.errors == 1
     assert isinstance(status.last_error, InvalidRewardError)
     assert memory.store.get([str(run_id)])[0].reward is None
+
+
+def test_texts_over_the_limit_are_cut_and_marked_not_dropped(memory: TrackedMemory) -> None:
+    long_question = "Why? " * 30_000  # 150,000 characters
+    long_answer = "Because. " * 15_000  # 135,000 characters
+    model = FakeListChatModel(responses=[long_answer])
+    agent = ChatPromptTemplate.from_messages([("human", "{question}")]) | model | StrOutputParser()
+    callback = ConsolidationCallback(memory)
+    run_id, short_id = uuid.uuid4(), uuid.uuid4()
+    agent.invoke({"question": long_question}, config={"callbacks": [callback], "run_id": run_id})
+    chain = ChatPromptTemplate.from_messages([("human", "{question}")]) | FakeListChatModel(
+        responses=["Short."]) | StrOutputParser()
+    chain.invoke({"question": "short"}, config={"callbacks": [callback], "run_id": short_id})
+    assert callback.wait(timeout=120)
+    status = callback.status
+    assert (status.written, status.failed, status.errors) == (2, 0, 0)
+    episode, short = memory.store.get([str(run_id), str(short_id)])
+    assert episode.query == long_question[:MAX_TEXT_LENGTH]
+    assert episode.response == long_answer[:MAX_TEXT_LENGTH]
+    assert episode.metadata == {"truncated": True}
+    assert short.metadata == {}
+    with pytest.raises(InvalidEpisodeError, match="limit is 100,000"):  # direct adds refuse
+        memory.add_episode(long_question, "answer")

@@ -19,10 +19,12 @@ from langchain_core.tools import tool
 from langchain_kd_memory.callbacks import ConsolidationCallback
 from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.embeddings import LocalEmbeddings
-from langchain_kd_memory.errors import InvalidArgumentError
+from langchain_kd_memory.episodes import MAX_TEXT_LENGTH
+from langchain_kd_memory.errors import InvalidArgumentError, InvalidEpisodeError
 from langchain_kd_memory.memory import DistilledEpisodicMemory
 from langchain_kd_memory.middleware import EpisodicMemoryMiddleware
 from langchain_kd_memory.storage import EpisodeStore
+from langchain_kd_memory.writer import BackgroundWriter
 
 GOOD = "Click 'Forgot password' on the login page and follow the emailed link."
 BAD = "I cannot help with passwords."
@@ -133,6 +135,7 @@ def test_run_is_recorded_as_an_episode(memory: DistilledEpisodicMemory):
     agent = create_agent(_model("Use the reset link."), [], middleware=[middleware])
     config = {"configurable": {"namespace": "user-7", "episode_id": "run-1", "thread_id": "t"}}
     agent.invoke(_ask("How can I change my password?"), config=config)  # type: ignore[arg-type]
+    assert middleware.flush(timeout=60)  # recording happens on the background writer
     [episode] = memory.store.get(["run-1"], namespace="user-7")
     assert episode.query == "How can I change my password?"
     assert episode.response == "Use the reset link."
@@ -152,10 +155,10 @@ def test_run_is_recorded_as_an_episode(memory: DistilledEpisodicMemory):
 def test_namespace_from_runtime_context(memory: DistilledEpisodicMemory):
     memory.add_episode("favourite colour?", "Teal.", reward=1.0, namespace="alice")
     model = _model()
-    agent = create_agent(
-        model, [], middleware=[EpisodicMemoryMiddleware(memory)], context_schema=dict
-    )
+    middleware = EpisodicMemoryMiddleware(memory)
+    agent = create_agent(model, [], middleware=[middleware], context_schema=dict)
     agent.invoke(_ask("what colour do I like?"), context={"namespace": "alice"})
+    assert middleware.flush(timeout=60)
     assert "Teal." in _system_text(model)
     assert memory.store.count("alice") == 2
 
@@ -167,6 +170,7 @@ async def test_async_run_recalls_and_records(memory: DistilledEpisodicMemory):
     out = await agent.ainvoke(_ask("password reset please"))
     assert out["messages"][-1].text == "Async answer."
     assert GOOD in _system_text(model)
+    assert middleware.flush(timeout=60)
     episode = memory.store.get([middleware.status.last_episode_id or ""])[0]
     assert (episode.query, episode.response, episode.reward) == (
         "password reset please",
@@ -176,6 +180,7 @@ async def test_async_run_recalls_and_records(memory: DistilledEpisodicMemory):
     config = {"configurable": {"namespace": "async-user", "episode_id": "a1"}}
     await agent.ainvoke(_ask("password reset please"), config=config)  # type: ignore[arg-type]
     assert isinstance(model.received[1][0], HumanMessage)  # empty namespace: nothing added
+    assert middleware.flush(timeout=60)
     assert memory.store.get(["a1"], namespace="async-user")[0].response == "Async answer."
 
 
@@ -210,12 +215,15 @@ async def test_broken_memory_never_breaks_the_agent(tmp_path: Path, failure: str
         for collection in store.client.list_collections():
             store.client.delete_collection(collection.name)
     model = _model("Still here.")
+    BackgroundWriter(memory, retry_delays=(0.01,))  # retry once, quickly, then count the loss
     middleware = EpisodicMemoryMiddleware(memory)
     agent = create_agent(model, [], system_prompt="Base.", middleware=[middleware])
     assert agent.invoke(_ask("reset password"))["messages"][-1].text == "Still here."
     assert (await agent.ainvoke(_ask("reset password")))["messages"][-1].text == "Still here."
     assert _system_text(model) == "Base."  # no memory, unchanged prompt
+    assert middleware.flush(timeout=60)
     status = middleware.status
+    assert status.queued == 2 and status.failed == 2
     assert status.recall_failures == 2 and status.recalls == 0
     assert status.record_failures == 2 and status.recorded == 0
     assert status.last_error is not None and status.last_error.startswith("record: ")
@@ -228,6 +236,7 @@ def test_raising_reward_fn_records_without_reward(memory: DistilledEpisodicMemor
     middleware = EpisodicMemoryMiddleware(memory, reward_fn=reward_fn)
     agent = create_agent(_model("ok"), [], middleware=[middleware])
     assert agent.invoke(_ask("anything"))["messages"][-1].text == "ok"
+    assert middleware.flush(timeout=60)
     status = middleware.status
     assert status.reward_failures == 1 and status.recorded == 1
     assert memory.store.get([status.last_episode_id or ""])[0].reward is None
@@ -259,10 +268,12 @@ def test_memory_must_be_a_distilled_episodic_memory():
 def test_the_run_id_is_the_episode_id_and_feedback_finds_its_namespace(
     memory: DistilledEpisodicMemory,
 ):
-    agent = create_agent(_model(), [], middleware=[EpisodicMemoryMiddleware(memory)])
+    middleware = EpisodicMemoryMiddleware(memory)
+    agent = create_agent(_model(), [], middleware=[middleware])
     run_id = uuid.uuid4()
     config = {"run_id": run_id, "configurable": {"namespace": "user-9"}}
     agent.invoke(_ask("How do I export my data?"), config=config)  # type: ignore[arg-type]
+    assert middleware.flush(timeout=60)
     assert memory.store.get([str(run_id)], namespace="user-9")[0].reward is None
     memory.record_feedback(run_id, 1.0)  # no namespace: found where the run was recorded
     assert memory.store.get([str(run_id)], namespace="user-9")[0].reward == 1.0
@@ -281,6 +292,7 @@ def test_middleware_and_callback_together_record_each_run_once(
     if give_run_id:
         config["run_id"] = run_id
     agent.invoke(_ask("How do I export my data?"), config=config)  # type: ignore[arg-type]
+    assert callback.flush(timeout=60) and middleware.flush(timeout=60)
     assert memory.store.count() == before + 1
     assert middleware.status.recorded == 1 and middleware.status.record_failures == 0
     if give_run_id:
@@ -306,6 +318,7 @@ def test_a_run_with_tool_calls_is_recorded_as_a_credited_trajectory(
     agent = create_agent(_tool_then_answer(), [lookup_order], middleware=[middleware])
     run_id = uuid.uuid4()
     agent.invoke(_ask("Where is order 42?"), config={"run_id": run_id})  # type: ignore[arg-type]
+    assert middleware.flush(timeout=60)
     ids = [f"{run_id}/0", f"{run_id}/1"]
     first, last = memory.store.get(ids)
     assert first.query == "Where is order 42?"
@@ -327,8 +340,28 @@ def test_the_callback_records_an_agent_run_with_tool_calls_as_a_trajectory(
     run_id = uuid.uuid4()
     agent.invoke(_ask("Where is order 42?"),  # type: ignore[arg-type]
                  config={"run_id": run_id, "callbacks": [callback]})
+    assert callback.wait(timeout=60)
     ids = [f"{run_id}/0", f"{run_id}/1"]
     assert [e.reward for e in memory.store.get(ids)] == [None, None]
     memory.record_feedback(run_id, 1.0)
     assert [e.reward for e in memory.store.get(ids)] == pytest.approx([0.9, 1.0])
     assert callback.status.episodes_recorded == 1
+
+
+def test_a_run_over_the_text_limit_is_cut_and_marked_not_dropped(
+    memory: DistilledEpisodicMemory,
+):
+    request = "Where is order 42? " + "Here is my whole order history. " * 5_000  # 160k chars
+    middleware = EpisodicMemoryMiddleware(memory, reward_fn=lambda run: 1.0)
+    agent = create_agent(_tool_then_answer(), [lookup_order], middleware=[middleware])
+    run_id = uuid.uuid4()
+    agent.invoke(_ask(request), config={"run_id": run_id})  # type: ignore[arg-type]
+    assert middleware.flush(timeout=120)
+    assert middleware.status.written == 1 and middleware.status.record_failures == 0
+    first, last = memory.store.get([f"{run_id}/0", f"{run_id}/1"])
+    assert first.query == last.query[: len(first.query)] == request[:MAX_TEXT_LENGTH]
+    assert len(last.query) == MAX_TEXT_LENGTH  # the observation after the cut is lost with it
+    assert first.metadata["truncated"] is True and last.metadata["truncated"] is True
+    assert first.metadata["trajectory_steps"] == 2 and first.reward == pytest.approx(0.9)
+    with pytest.raises(InvalidEpisodeError, match="limit is 100,000"):
+        memory.add_trajectory([(request, "lookup")], 1.0)  # direct adds keep refusing
