@@ -14,7 +14,9 @@ files, and an earlier version can be loaded by number if the latest is damaged. 
 prefix at a time.
 
 Loading checks the format, the manifest's own SHA-256 (so a flipped bit in it is caught, not
-read as another reward range), the types of its entries, the embedder (name and dimension), that
+read as another reward range) and that its text is exactly what the writer wrote (a flipped bit
+in a float's last digit can leave the value, and so the SHA-256, unchanged), the types of its
+entries, the embedder (name and dimension), that
 each weight file is a plain `.safetensors` name inside the checkpoint's directory and a regular
 file (a FIFO, device or directory is never opened), its size and SHA-256, and, when the caller
 says which tensors the manifest describes (`expect`), the names, dtypes and shapes in its
@@ -144,6 +146,11 @@ def _manifest_digest(manifest: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _manifest_text(manifest: Mapping[str, Any]) -> bytes:
+    """The manifest as it is written, and as an intact one reads back, byte for byte."""
+    return json.dumps(manifest, indent=2, allow_nan=False).encode("utf-8")
+
+
 def _fsync_directory(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -245,7 +252,7 @@ def save_checkpoint(
             manifest["files"][role] = {"file": name, "sha256": hashlib.sha256(data).hexdigest()}
             paths[role] = str(directory / name)
         manifest[CHECKSUM_KEY] = _manifest_digest(manifest)
-        text = json.dumps(manifest, indent=2, allow_nan=False).encode("utf-8")
+        text = _manifest_text(manifest)
         _atomic_write(directory / _versioned_manifest_name(base, version), text)
         _atomic_write(target, text)
     except OSError as exc:
@@ -360,6 +367,12 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"checkpoint manifest {path} does not match its SHA-256: it is corrupted or was "
             "edited; restore it, retrain, or load an earlier version by number"
+        )
+    if data != _manifest_text(manifest):  # e.g. a flipped bit in a digit that rounds away
+        raise CheckpointError(
+            f"checkpoint manifest {path} matches its SHA-256 in content but is not the text that "
+            "was written: it is corrupted or was edited; restore it, retrain, or load an earlier "
+            "version by number"
         )
     for key in ("version", "embedder", "dims", "config", "binning", "files"):
         if key not in manifest:

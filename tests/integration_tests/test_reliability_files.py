@@ -203,7 +203,7 @@ def rewrite(prefix: Path, change: Any) -> None:
     manifest = json.loads(path.read_text())
     change(manifest, prefix.parent)
     manifest[checkpoint.CHECKSUM_KEY] = checkpoint._manifest_digest(manifest)
-    path.write_text(json.dumps(manifest))
+    path.write_text(json.dumps(manifest, indent=2))  # in the library's own form
 
 
 def forge(prefix: Path, role: str, name: str) -> None:

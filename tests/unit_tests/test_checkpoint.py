@@ -39,7 +39,7 @@ def edit_manifest(prefix: Path, change) -> None:
     manifest = json.loads(path.read_text())
     change(manifest)
     manifest[checkpoint.CHECKSUM_KEY] = checkpoint._manifest_digest(manifest)  # a forger can
-    path.write_text(json.dumps(manifest))
+    path.write_text(json.dumps(manifest, indent=2))  # as the library writes it
 
 
 def test_round_trip_and_manifest_contents(tmp_path):
@@ -60,6 +60,25 @@ def test_round_trip_and_manifest_contents(tmp_path):
     assert manifest["metrics"] == {"loss": 0.5} and manifest["created_at"]
     for entry in manifest["files"].values():
         assert "/" not in entry["file"] and len(entry["sha256"]) == 64
+
+
+def test_a_change_of_text_that_keeps_every_value_is_refused_too(tmp_path):
+    """A flipped bit in a float's 17th digit can parse to the same float: the SHA-256 of the
+    content cannot see it, the text check does."""
+    save_checkpoint(
+        tmp_path / "kd", weights(1.0), embedder=MINILM, config={}, binning={}, dims={},
+        metrics={"loss": 3.7335752599379597},
+    )
+    path = manifest_path(tmp_path / "kd")
+    text = path.read_text()
+    flipped = text.replace("3.7335752599379597", "3.7335752599379596")  # bit 0 of the last digit
+    assert flipped != text and json.loads(flipped) == json.loads(text)
+    path.write_text(flipped)
+    with pytest.raises(CheckpointError, match="not the text that was written"):
+        load_checkpoint(tmp_path / "kd", embedder=MINILM)
+    path.write_text(text.replace('"loss"', '"loss" '))  # whitespace alone
+    with pytest.raises(CheckpointError, match="not the text that was written"):
+        load_checkpoint(tmp_path / "kd", embedder=MINILM)
 
 
 def test_no_manifest_means_no_checkpoint(tmp_path):
