@@ -1,3 +1,4 @@
+import json
 import threading
 
 import numpy as np
@@ -74,6 +75,18 @@ def trained() -> tuple[ModelDistillation, dict]:
 def test_invalid_settings_raise_config_error(kwargs):
     with pytest.raises(ConfigError):
         ModelDistillation(**kwargs)
+
+
+def test_numpy_numbers_are_taken_as_plain_ones_and_bools_are_not_numbers():
+    config = DistillationConfig(max_epochs=np.int64(5), temperature=np.float32(2.0),
+                                teacher=TeacherConfig((np.int64(8),), np.float64(0.1)))
+    assert type(config.max_epochs) is int and type(config.temperature) is float
+    saved = json.loads(json.dumps(config.to_dict()))  # what a checkpoint holds
+    assert DistillationConfig.from_dict(saved) == config
+    for bad in ({"max_epochs": True}, {"temperature": True}, {"seed": 1.5},
+                {"batch_size": "8"}, {"reward_low": float("nan"), "reward_high": 1.0}):
+        with pytest.raises(ConfigError):
+            DistillationConfig(**bad)
 
 
 def test_config_round_trips_through_a_dict():

@@ -75,7 +75,9 @@ def test_wrong_inputs_are_refused():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"hidden_sizes": ()}, {"hidden_sizes": (0,)}, {"dropout": 1.0}, {"dropout": -0.1}]
+    "kwargs",
+    [{"hidden_sizes": ()}, {"hidden_sizes": (0,)}, {"hidden_sizes": 64}, {"hidden_sizes": (True,)},
+     {"hidden_sizes": (32.0,)}, {"dropout": 1.0}, {"dropout": -0.1}, {"dropout": "0.1"}],
 )
 def test_invalid_network_configs(kwargs):
     with pytest.raises(ConfigError):
