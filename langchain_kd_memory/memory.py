@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import logging
 import threading
 import time
@@ -62,7 +61,7 @@ from langchain_kd_memory.errors import (
     InvalidEpisodeError,
     NotTrainedError,
 )
-from langchain_kd_memory.recall import beats_mean, observed_range, rank, to_document
+from langchain_kd_memory.recall import observed_range, rank, to_document
 from langchain_kd_memory.router import ValueRouter
 from langchain_kd_memory.runs import extract_query, extract_response
 from langchain_kd_memory.storage import (
@@ -705,10 +704,9 @@ class DistilledEpisodicMemory(BaseRetriever):
                 f"cannot create model_dir {self.model_dir!r}: {exc}; point it at a writable "
                 "directory"
             ) from exc
-        manifest = model.save_models(prefix)["config"]
-        version = int(json.loads(Path(manifest).read_text(encoding="utf-8"))["version"])
-        self._models.saved(namespace, version)
-        return version, manifest
+        saved = model.save_models(prefix)
+        self._models.saved(namespace, saved["version"])
+        return saved["version"], saved["config"]
 
     # ------------------------------------------------------------------ recall
 
@@ -773,9 +771,7 @@ class DistilledEpisodicMemory(BaseRetriever):
         its teacher did not beat predicting the mean on its validation split.
         """
         unrated = [i for i, (episode, _) in enumerate(hits) if not episode.is_rated]
-        if not unrated or not model.is_trained or not beats_mean(
-            model.metrics.get("validation"), "teacher"
-        ):
+        if not unrated or not model.is_trained or not model.teacher_beats_mean:
             return {}
         queries, responses = self.store.vectors([hits[i][0].id for i in unrated], namespace)
         estimates = model.predict_embeddings(queries, responses, model="teacher")

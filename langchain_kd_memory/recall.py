@@ -47,16 +47,6 @@ def observed_range(episodes: Sequence[Episode]) -> tuple[float, float]:
     return (min(observed), max(observed)) if observed else (0.0, 0.0)
 
 
-def beats_mean(validation: Mapping[str, Any] | None, network: str) -> bool:
-    """Whether `network` ("teacher" or "student") beat predicting the mean on validation MAE.
-
-    True when no validation was run (nothing says the predictions are noise).
-    """
-    validation = validation or {}
-    error, mean = validation.get(f"{network}_mae"), validation.get("mean_mae")
-    return error is None or mean is None or error < mean
-
-
 def blend(similarity: float, value: float, weight: float) -> float:
     """The recall score: `(1 - weight) * similarity + weight * value`."""
     return (1.0 - weight) * similarity + weight * value
