@@ -141,6 +141,7 @@ class _Run:
     run_id: str
     episodes: list[Episode]
     report: Report | None
+    memory: DistilledEpisodicMemory  # kept alive until the run is written
     seqs: list[int] = field(default_factory=list)  # its journal lines: the run, its feedback
     replayed: bool = False
     in_flight: bool = False
@@ -290,7 +291,9 @@ class _Journal:
 
 # ----------------------------------------------------------------------------- writer
 
-_REGISTRY: weakref.WeakValueDictionary[int, BackgroundWriter] = weakref.WeakValueDictionary()
+_REGISTRY: dict[int, BackgroundWriter] = {}
+"""id(memory) -> its writer, until the memory is garbage-collected or the writer closed. The
+writer holds its memory weakly while idle, so the entry does not keep the memory alive."""
 _REGISTRY_LOCK = threading.RLock()
 _LIVE: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
 
@@ -334,7 +337,7 @@ class BackgroundWriter:
             raise InvalidArgumentError(
                 f"memory must be a DistilledEpisodicMemory, got {type(memory).__name__}"
             )
-        self.memory = memory
+        self._memory = weakref.ref(memory)
         self.fsync = bool(fsync)
         self.max_queue = check_int("max_queue", max_queue, low=1)
         self.put_timeout = check_number("put_timeout", put_timeout, low=0.0)
@@ -353,7 +356,7 @@ class BackgroundWriter:
         self._journal: _Journal | None = None
         with _REGISTRY_LOCK:
             existing = _REGISTRY.get(id(memory))
-            if existing is not None and existing.memory is memory and not existing._closed:
+            if existing is not None and existing._memory() is memory and not existing._closed:
                 raise ConfigError(
                     "this memory already has a writer: use BackgroundWriter.for_memory(memory), "
                     "or create the writer before any callback or middleware over the memory"
@@ -361,6 +364,7 @@ class BackgroundWriter:
             if journal is not None:
                 self._journal = _Journal(journal, self.fsync)
             _REGISTRY[id(memory)] = self
+        self._finalizer = weakref.finalize(memory, self._unregister, id(memory))
         _LIVE.add(self)
         memory.add_pending_source(self)
         if self._journal is not None:
@@ -382,7 +386,7 @@ class BackgroundWriter:
         """
         with _REGISTRY_LOCK:
             writer = _REGISTRY.get(id(memory))
-            if writer is None or writer.memory is not memory or writer._closed:
+            if writer is None or writer._memory() is not memory or writer._closed:
                 return cls(memory, journal=journal)
         if journal is not None:
             writer.use_journal(journal)
@@ -405,6 +409,30 @@ class BackgroundWriter:
                 return
             self._journal = _Journal(path, self.fsync)
         self._replay(self._journal)
+
+    @property
+    def memory(self) -> DistilledEpisodicMemory:
+        """The memory runs are stored in.
+
+        Raises:
+            ReferenceError: The memory was garbage-collected (nothing was pending then: a
+                queued run keeps its memory alive).
+        """
+        memory = self._memory()
+        if memory is None:
+            raise ReferenceError("the writer's memory no longer exists")
+        return memory
+
+    def _unregister(self, key: int) -> None:
+        """Stop being the memory's writer and release the journal (close, or memory gone)."""
+        with _REGISTRY_LOCK:
+            if _REGISTRY.get(key) is self:
+                del _REGISTRY[key]
+            if self._journal is not None:
+                self._journal.close()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     # ----------------------------------------------------------------- status
 
@@ -442,7 +470,7 @@ class BackgroundWriter:
         Returns:
             True if the run was queued, False if it was dropped.
         """
-        run = _Run(run_id or episodes[0].id, list(episodes), report)
+        run = _Run(run_id or episodes[0].id, list(episodes), report, self.memory)
         if not run.episodes:
             return True
         if self._journal is not None:
@@ -508,14 +536,7 @@ class BackgroundWriter:
             Whether everything was written before `timeout`.
         """
         drained = self.flush(timeout)
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        with _REGISTRY_LOCK:
-            if _REGISTRY.get(id(self.memory)) is self:
-                del _REGISTRY[id(self.memory)]
-            if self._journal is not None:
-                self._journal.close()
+        self._finalizer()  # calls _unregister once
         return drained
 
     # ----------------------------------------------------------------- feedback
@@ -561,22 +582,32 @@ class BackgroundWriter:
     # ----------------------------------------------------------------- the thread
 
     def _loop(self) -> None:
-        while True:
-            with self._cond:
-                if not self._queue:
-                    self._cond.wait_for(lambda: bool(self._queue), IDLE_EXIT_S)
-                if not self._queue:
-                    self._thread = None
-                    return
-                batch = [self._queue.popleft()]
-                size = len(batch[0].episodes)
-                while self._queue and size + len(self._queue[0].episodes) <= self.max_batch:
-                    batch.append(self._queue.popleft())
-                    size += len(batch[-1].episodes)
-                for run in batch:
-                    run.in_flight = True
-                self._cond.notify_all()  # room in the queue
-            self._finish(self._store(batch))
+        while self._write_next():
+            pass
+
+    def _write_next(self) -> bool:
+        """Write the next batch: as many queued runs as fit in `max_batch` episodes.
+
+        Returns False (and the thread ends) after `IDLE_EXIT_S` seconds with nothing queued.
+        Nothing of a batch outlives this call: its runs hold the memory, an idle writer must
+        not.
+        """
+        with self._cond:
+            if not self._queue:
+                self._cond.wait_for(lambda: bool(self._queue), IDLE_EXIT_S)
+            if not self._queue:
+                self._thread = None
+                return False
+            batch = [self._queue.popleft()]
+            size = len(batch[0].episodes)
+            while self._queue and size + len(self._queue[0].episodes) <= self.max_batch:
+                batch.append(self._queue.popleft())
+                size += len(batch[-1].episodes)
+            for run in batch:
+                run.in_flight = True
+            self._cond.notify_all()  # room in the queue
+        self._finish(self._store(batch))
+        return True
 
     def _store(self, runs: list[_Run]) -> list[_Outcome]:
         """Write the runs in one `add_episodes` call, retrying; the fate of each."""
@@ -666,7 +697,8 @@ class BackgroundWriter:
             try:
                 if record["op"] == "run":
                     episodes = [Episode.from_dict(data) for data in record["episodes"]]
-                    run = _Run(str(record["run"]), episodes, None, [seq], replayed=True)
+                    run = _Run(str(record["run"]), episodes, None, self.memory, [seq],
+                               replayed=True)
                     runs.append(run)
                     by_key.update(dict.fromkeys(run.keys, run))
                     continue

@@ -8,6 +8,7 @@ returns shows that the agent did not wait for the write.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import sys
 import textwrap
 import threading
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +187,26 @@ def test_one_writer_per_memory_shared_by_callback_and_middleware(
     assert memory.store.count() == 1  # recorded once, by the middleware, on the shared writer
     assert callback.status.recorded_by_middleware == 1 and middleware.status.written == 1
     assert callback.writer is not None and callback.writer.status.written == 1
+
+
+def test_the_memorys_writer_lives_as_long_as_the_memory_and_no_longer(
+    tmp_path: Path, gated: GatedEmbeddings
+) -> None:
+    memory = DistilledEpisodicMemory(store=EpisodeStore(
+        "lifetime", embeddings=gated, persist_directory=str(tmp_path / "life")))
+    BackgroundWriter(memory, max_queue=7)  # settings chosen up front, the object not kept
+    gc.collect()
+    assert BackgroundWriter.for_memory(memory).max_queue == 7
+    callback = ConsolidationCallback(memory)
+    chain().invoke({"question": "q"}, config={"callbacks": [callback]})
+    del callback  # a callback per request: dropped while its run is still queued
+    gc.collect()
+    assert BackgroundWriter.for_memory(memory).flush(timeout=60)
+    assert memory.store.count() == 1
+    alive = weakref.ref(memory)
+    del memory
+    gc.collect()
+    assert alive() is None  # an idle writer does not keep its memory (and Chroma) alive
 
 
 def test_a_full_queue_blocks_then_drops_with_a_warning(
