@@ -388,11 +388,13 @@ class ModelDistillation:
             EmbeddingDimensionError: Another dimension than the embedder's (the model's).
             EmbeddingError: Not a numeric (n, dim) array, or not finite.
         """
+        dim = self.embedder.dimension
+        source = f"{name} (of shape (n, {dim}) or ({dim},))"
         try:
             matrix = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         except (TypeError, ValueError) as exc:
-            raise EmbeddingError(f"{name} is not a numeric (n, dim) array: {exc}") from exc
-        return torch.from_numpy(self.embedder.check(matrix, len(matrix), name))
+            raise EmbeddingError(f"{source} is not a numeric array: {exc}") from exc
+        return torch.from_numpy(self.embedder.check(matrix, len(matrix), source))
 
     def _predict(
         self, state: _Trained, query_embeddings: object, response_embeddings: object, model: str

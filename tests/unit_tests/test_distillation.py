@@ -406,7 +406,7 @@ def test_untrained_model_says_how_to_train():
 
 def test_prediction_inputs_are_checked(trained):
     kd, _ = trained
-    with pytest.raises(EmbeddingDimensionError):
+    with pytest.raises(EmbeddingDimensionError, match=r"shape \(n, 384\).*dimension 385"):
         kd.predict_embeddings(np.zeros((2, DIM + 1)))
     with pytest.raises(EmbeddingError, match="NaN"):  # the Embedder's rule, as in the store
         kd.predict_embeddings(np.full(DIM, np.nan))
