@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures.process  # noqa: F401 - see _drain_at_exit
+import concurrent.futures.thread  # noqa: F401 - see _drain_at_exit
 import dataclasses
 import json
 import logging
@@ -470,9 +471,14 @@ class BackgroundWriter:
         Returns:
             True if the run was queued, False if it was dropped.
         """
-        run = _Run(run_id or episodes[0].id, list(episodes), report, self.memory)
-        if not run.episodes:
+        if not episodes:
             return True
+        run = _Run(run_id or episodes[0].id, list(episodes), report, self.memory)
+        if self._closed:
+            logger.warning("episodic memory writer: closed; run %s dropped", run.run_id)
+            with self._cond:
+                self._status.dropped += 1
+            return False
         if self._journal is not None:
             try:
                 run.seqs.append(self._journal.append({
@@ -777,11 +783,12 @@ class RunRecorder:
 def _drain_at_exit() -> None:
     """Write what is queued before the interpreter exits (each writer up to `exit_timeout`).
 
-    It runs among threading's exit hooks, before those that stop thread pools (so an embedder
-    that uses one still works), after the main thread has finished. From then on Python refuses
-    to register new exit hooks, which `concurrent.futures.process` does when first imported
-    (sentence-transformers imports it through joblib when the model loads): it is imported
-    above, so that a model loaded for the first time by this drain still loads.
+    It runs among threading's exit hooks, before those that stop thread pools (registered
+    later, it runs first: so an embedder that uses a pool still works), after the main thread
+    has finished. From then on Python refuses to register new exit hooks, which
+    `concurrent.futures` modules do when first imported (sentence-transformers imports one
+    through joblib when the model loads): they are imported above, so that a model loaded for
+    the first time by this drain still loads.
     """
     for writer in list(_LIVE):
         pending = writer.status.pending

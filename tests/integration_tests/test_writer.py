@@ -24,16 +24,14 @@ from typing import Any
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.language_models.fake_chat_models import (
-    FakeListChatModel,
-    GenericFakeChatModel,
-)
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable
-from langchain_core.tools import tool
+from test_callbacks import add, agent_model
 
+from langchain_kd_memory import writer as writer_module
 from langchain_kd_memory.callbacks import ConsolidationCallback
 from langchain_kd_memory.embeddings import LocalEmbeddings
 from langchain_kd_memory.errors import ConfigError, EpisodeNotFoundError
@@ -95,23 +93,8 @@ def chain() -> Runnable:
     return prompt | FakeListChatModel(responses=["Sure, done."]) | StrOutputParser()
 
 
-class ToolCallingFakeModel(GenericFakeChatModel):
-    def bind_tools(self, tools: Any, **kwargs: Any) -> ToolCallingFakeModel:
-        return self
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers."""
-    return a + b
-
-
 def tool_agent() -> Runnable:
-    model = ToolCallingFakeModel(messages=iter([
-        AIMessage("", tool_calls=[{"name": "add", "args": {"a": 2, "b": 3}, "id": "call-1"}]),
-        AIMessage("2 + 3 = 5"),
-    ]))
-    return create_agent(model, tools=[add])
+    return create_agent(agent_model(), tools=[add])
 
 
 def ask(text: str) -> dict[str, Any]:
@@ -484,3 +467,23 @@ def test_a_journal_is_used_by_one_writer_at_a_time(
     assert callback.writer is writer
     writer.close()
     BackgroundWriter(other, journal=journal).close()  # released by close()
+
+
+def test_a_large_journal_is_compacted_to_its_pending_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "COMPACT_BYTES", 100)
+    path = tmp_path / "big.journal"
+    journal = writer_module._Journal(path, fsync=False)
+    seqs = [journal.append({"op": "run", "run": f"r{i}", "episodes": [], "pad": "x" * size})
+            for i, size in enumerate([500, 10, 10])]
+    journal.done(seqs[:1])  # mostly written: rewritten with the two pending lines only
+    assert [json.loads(line)["run"] for line in path.read_text().splitlines()] == ["r1", "r2"]
+    journal.append({"op": "feedback", "id": "r2", "reward": 1.0})  # appends go to the new file
+    journal.close()
+    reopened = writer_module._Journal(path, fsync=False)
+    assert [record.get("run", record.get("id")) for _, record in reopened.entries] == [
+        "r1", "r2", "r2"]
+    reopened.done([seq for seq, _ in reopened.entries])
+    assert path.stat().st_size == 0  # nothing pending: truncated
+    reopened.close()
