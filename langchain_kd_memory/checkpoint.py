@@ -189,6 +189,7 @@ def save_checkpoint(
     dims: Mapping[str, int],
     metrics: Mapping[str, Any] | None = None,
     keep: int = DEFAULT_KEEP,
+    namespace: str | None = None,
 ) -> SavedCheckpoint:
     """Save a new version atomically; return its number and the paths written.
 
@@ -201,6 +202,8 @@ def save_checkpoint(
         dims: Shapes needed to rebuild the networks (embedding_dim, num_bins).
         metrics: Training metrics to keep with the model (JSON-serialisable).
         keep: Versions of the weight files to keep on disk (>= 1).
+        namespace: The namespace the model learned from, recorded in the manifest (None: all,
+            or not a memory's model).
 
     Returns:
         {"version": N, "teacher": path, "student": path, "config": manifest path}.
@@ -235,6 +238,7 @@ def save_checkpoint(
         "config": dict(config),
         "binning": dict(binning),
         "metrics": dict(metrics or {}),
+        "namespace": namespace,
         "files": {},
     }
     try:  # fail before writing anything

@@ -24,7 +24,7 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,7 @@ class _Trained(TrainedNetworks):
 
     identity: EmbedderIdentity
     metrics: dict[str, Any]
+    version: int | None = None  # of the checkpoint it was loaded from or saved as
 
 
 class ModelDistillation:
@@ -189,6 +190,14 @@ class ModelDistillation:
     def metrics(self) -> dict[str, Any]:
         """The results of the training that produced the current model."""
         return dict(self._require().metrics)
+
+    @property
+    def checkpoint_version(self) -> int | None:
+        """The checkpoint version this model was loaded from or last saved as.
+
+        None when it was trained and not saved since.
+        """
+        return self._require().version
 
     @property
     def student_beats_mean(self) -> bool:
@@ -490,15 +499,20 @@ class ModelDistillation:
 
     # ------------------------------------------------------------------ persistence
 
-    def save_models(self, prefix: str) -> SavedCheckpoint:
+    def save_models(self, prefix: str, *, namespace: str | None = None) -> SavedCheckpoint:
         """Save a new checkpoint version atomically (see `checkpoint.save_checkpoint`).
+
+        Args:
+            prefix: Path prefix of the checkpoint files.
+            namespace: The namespace the model was trained on, recorded in the manifest (None:
+                every namespace, or not a memory's model).
 
         Returns:
             {"version": the version number saved, "teacher": path, "student": path,
             "config": manifest path}.
         """
         state = self._require()
-        return save_checkpoint(
+        saved = save_checkpoint(
             prefix,
             {"teacher": state.teacher.state_dict(), "student": state.student.state_dict()},
             embedder=state.identity,
@@ -506,7 +520,12 @@ class ModelDistillation:
             binning=state.binner.to_dict(),
             dims={"embedding_dim": state.embedding_dim, "num_bins": state.binner.num_bins},
             metrics=state.metrics,
+            namespace=namespace,
         )
+        with self._train_lock:
+            if self._state is state:
+                self._state = replace(state, version=saved["version"])
+        return saved
 
     def load_models(self, prefix: str, version: int | None = None) -> bool:
         """Load the checkpoint at `prefix`; False if there is none.
@@ -554,7 +573,7 @@ class ModelDistillation:
             self.config = config
             self._state = _Trained(
                 teacher.eval(), student.eval(), saved.binner, saved.dim, config, identity,
-                dict(checkpoint.manifest.get("metrics", {})),
+                dict(checkpoint.manifest.get("metrics", {})), checkpoint.version,
             )
         return True
 

@@ -267,7 +267,7 @@ class DistilledEpisodicMemory(BaseRetriever):
             )
         self._bins_from_reward_range(self.distillation)
         self._models = ValueModels(
-            self.distillation, self.model_dir, prepare=self._bins_from_reward_range,
+            self.distillation, lambda: self.model_dir, prepare=self._bins_from_reward_range,
             cache_size=self.max_cached_models, refresh_s=self.model_refresh_s,
         )
         self._models.own(None)  # loads the shared checkpoint now: a damaged one fails here
@@ -704,8 +704,8 @@ class DistilledEpisodicMemory(BaseRetriever):
                 f"cannot create model_dir {self.model_dir!r}: {exc}; point it at a writable "
                 "directory"
             ) from exc
-        saved = model.save_models(prefix)
-        self._models.saved(namespace, saved["version"])
+        saved = model.save_models(prefix, namespace=namespace)
+        self._models.saved(namespace)
         return saved["version"], saved["config"]
 
     # ------------------------------------------------------------------ recall

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from langchain_kd_memory.checkpoint import checkpoint_versions, manifest_path
+from langchain_kd_memory.checkpoint import manifest_path
 from langchain_kd_memory.distillation import ModelDistillation
-from langchain_kd_memory.errors import CheckpointError, KDMemoryError
+from langchain_kd_memory.errors import KDMemoryError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ def checkpoint_prefix(model_dir: str, namespace: str | None) -> str:
 class _Entry:
     model: ModelDistillation
     manifest_mtime: int | None  # of the checkpoint loaded; None when none was
-    version: int | None
     checked: float  # time.monotonic() of the last look at the disk
 
 
@@ -60,7 +59,7 @@ class ValueModels:
     def __init__(
         self,
         shared: ModelDistillation,
-        model_dir: str | None,
+        model_dir: Callable[[], str | None],
         *,
         prepare: Callable[[ModelDistillation], None],
         cache_size: int = 64,
@@ -70,7 +69,8 @@ class ValueModels:
 
         Args:
             shared: The shared model (the memory's `distillation`).
-            model_dir: Where checkpoints live; None keeps every model in memory only.
+            model_dir: Returns where checkpoints live (None: every model in memory only); read
+                at each save and load, so the memory's `model_dir` can change.
             prepare: Called on each new namespace model before loading or training it (the
                 memory sets the declared reward range there).
             cache_size: Namespace models kept loaded at most (least recently used go first).
@@ -83,11 +83,12 @@ class ValueModels:
         self._prepare = prepare
         self._lock = threading.RLock()
         self._entries: OrderedDict[str | None, _Entry] = OrderedDict()
-        self._entries[None] = _Entry(shared, None, None, -float("inf"))
+        self._entries[None] = _Entry(shared, None, -float("inf"))
 
     def prefix(self, namespace: str | None) -> str | None:
         """The checkpoint prefix of `namespace`'s model (None: the shared one)."""
-        return None if self.model_dir is None else checkpoint_prefix(self.model_dir, namespace)
+        model_dir = self.model_dir()
+        return None if model_dir is None else checkpoint_prefix(model_dir, namespace)
 
     def own(self, namespace: str | None) -> ModelDistillation:
         """The namespace's own model (the shared one for None), loaded from disk if saved there.
@@ -99,7 +100,7 @@ class ValueModels:
             if entry is None:
                 model = ModelDistillation.from_config(self.shared.config, self.shared.embeddings)
                 self._prepare(model)
-                entry = _Entry(model, None, None, -float("inf"))
+                entry = _Entry(model, None, -float("inf"))
                 self._entries[namespace] = entry
                 self._evict()
             self._entries.move_to_end(namespace)
@@ -113,17 +114,14 @@ class ValueModels:
 
     def version(self, namespace: str | None) -> int | None:
         """The checkpoint version of the model `own(namespace)` holds (None if not from disk)."""
-        self.own(namespace)
-        with self._lock:
-            entry = self._entries.get(namespace)
-            return None if entry is None else entry.version
+        model = self.own(namespace)
+        return model.checkpoint_version if model.is_trained else None
 
-    def saved(self, namespace: str | None, version: int | None) -> None:
-        """Note that `own(namespace)` was just trained and saved as `version`."""
+    def saved(self, namespace: str | None) -> None:
+        """Note that `own(namespace)` was just trained and saved (no need to reload it)."""
         with self._lock:
             entry = self._entries.get(namespace)
             if entry is not None:
-                entry.version = version
                 entry.manifest_mtime = self._mtime(namespace)
                 entry.checked = time.monotonic()
 
@@ -150,20 +148,19 @@ class ValueModels:
         now = time.monotonic()
         if now - entry.checked < self.refresh_s:
             return
-        entry.checked = now
+        first_look, entry.checked = entry.checked == -float("inf"), now
         mtime = self._mtime(namespace)
-        if mtime is None or mtime == entry.manifest_mtime:
+        if mtime == entry.manifest_mtime and not first_look:
             return
         prefix = self.prefix(namespace)
-        assert prefix is not None
-        try:
+        if prefix is None:
+            return
+        try:  # also on a first look without a manifest: it refuses pickled weights there
             if entry.model.load_models(prefix):
                 entry.manifest_mtime = mtime
-                versions = checkpoint_versions(prefix)
-                entry.version = versions[-1] if versions else None
-                logger.info("loaded value model version %s of %s", entry.version,
+                logger.info("loaded value model version %s of %s", entry.model.checkpoint_version,
                             "the shared model" if namespace is None else repr(namespace))
-        except (CheckpointError, KDMemoryError) as exc:
+        except KDMemoryError as exc:
             if entry.manifest_mtime is None and not entry.model.is_trained:
                 raise
             logger.warning("keeping the value model in use: %s", exc)
