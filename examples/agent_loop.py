@@ -69,7 +69,7 @@ class HeldOut:
     """Conversations never replayed, embedded once, scored after each consolidation."""
 
     def __init__(self, memory: DistilledEpisodicMemory, episodes: list[Episode]) -> None:
-        self.model = memory.distillation
+        self.memory = memory
         self.rewards = np.array([e.reward for e in episodes], dtype=float)
         texts = [e.query for e in episodes] + [e.response for e in episodes]
         vectors = np.asarray(memory.store.embeddings.embed_documents(texts), dtype=np.float32)
@@ -77,8 +77,9 @@ class HeldOut:
 
     def evaluate(self, train_mean: float) -> dict[str, float]:
         """Student Spearman and MAE, MAE of predicting `train_mean`, teacher Spearman."""
-        student = np.array([e.expected for e in self.model.predict_embeddings(self.queries)])
-        teacher = self.model.predict_embeddings(self.queries, self.responses, model="teacher")
+        model = self.memory.value_model()  # the model the callback trained for its namespace
+        student = np.array([e.expected for e in model.predict_embeddings(self.queries)])
+        teacher = model.predict_embeddings(self.queries, self.responses, model="teacher")
         return {
             "spearman": spearman(student, self.rewards),
             "mae": float(np.abs(student - self.rewards).mean()),
