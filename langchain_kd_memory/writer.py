@@ -366,6 +366,7 @@ class BackgroundWriter:
                 self._journal = _Journal(journal, self.fsync)
             _REGISTRY[id(memory)] = self
         self._finalizer = weakref.finalize(memory, self._unregister, id(memory))
+        self._finalizer.atexit = False  # at exit the drain needs the journal open to compact it
         _LIVE.add(self)
         memory.add_pending_source(self)
         if self._journal is not None:
