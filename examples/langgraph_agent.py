@@ -143,6 +143,7 @@ def main() -> None:
             memory_part = model.last_system_prompt.partition("\n\n")[2] or "(nothing)"
             print("  " + memory_part.replace("\n", "\n  "))
             print(f"agent: {out['messages'][-1].text}")
+        middleware.flush()  # runs are stored in the background: wait for them before reading
         memory.record_feedback(episode_ids[0], 1.0)  # the user liked the first answer
         print(
             f"\nthumbs up on {episode_ids[0]}: reward", memory.store.get(episode_ids[:1])[0].reward

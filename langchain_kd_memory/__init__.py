@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from langchain_kd_memory.binning import RewardBinner
     from langchain_kd_memory.callbacks import ConsolidationCallback, ConsolidationStatus
     from langchain_kd_memory.config import DistillationConfig, StudentConfig, TeacherConfig
+    from langchain_kd_memory.consolidation import ConsolidationReport
     from langchain_kd_memory.decisions import RankedResponse
     from langchain_kd_memory.distillation import ModelDistillation
     from langchain_kd_memory.embeddings import (
@@ -40,18 +41,20 @@ if TYPE_CHECKING:
         NotTrainedError,
         StoreError,
     )
-    from langchain_kd_memory.memory import ConsolidationReport, DistilledEpisodicMemory
+    from langchain_kd_memory.memory import DistilledEpisodicMemory
     from langchain_kd_memory.middleware import EpisodicMemoryMiddleware, MemoryMiddlewareStatus
     from langchain_kd_memory.router import RouterStatus, ValueRouter
     from langchain_kd_memory.runs import FinishedRun
     from langchain_kd_memory.storage import EpisodeStore
     from langchain_kd_memory.store import EpisodeBaseStore
+    from langchain_kd_memory.writer import BackgroundWriter, RecordingStatus, WriterStatus
 
 _MODULES: dict[str, str] = {
+    "BackgroundWriter": "writer",
     "CheckpointError": "errors",
     "ConfigError": "errors",
     "ConsolidationCallback": "callbacks",
-    "ConsolidationReport": "memory",
+    "ConsolidationReport": "consolidation",
     "ConsolidationStatus": "callbacks",
     "default_embeddings": "embeddings",
     "DistillationConfig": "config",
@@ -81,6 +84,7 @@ _MODULES: dict[str, str] = {
     "OpenAIEmbedder": "embeddings",
     "RankedResponse": "decisions",
     "RewardBinner": "binning",
+    "RecordingStatus": "writer",
     "RewardEstimate": "episodes",
     "RouterStatus": "router",
     "StoreError": "errors",
@@ -88,10 +92,12 @@ _MODULES: dict[str, str] = {
     "TeacherConfig": "config",
     "TrainingArrays": "episodes",
     "ValueRouter": "router",
+    "WriterStatus": "writer",
 }
 """The module of `langchain_kd_memory` that defines each public name."""
 
 __all__ = [
+    "BackgroundWriter",
     "CheckpointError",
     "ConfigError",
     "ConsolidationCallback",
@@ -123,6 +129,7 @@ __all__ = [
     "OpenAIEmbedder",
     "RankedResponse",
     "RewardBinner",
+    "RecordingStatus",
     "RewardEstimate",
     "RouterStatus",
     "StoreError",
@@ -130,6 +137,7 @@ __all__ = [
     "TeacherConfig",
     "TrainingArrays",
     "ValueRouter",
+    "WriterStatus",
     "default_embeddings",
     "embedder_identity",
 ]

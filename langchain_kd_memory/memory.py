@@ -10,16 +10,12 @@ tools), it has the four members of classic LangChain memory (`memory_variables`,
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import threading
-import time
 import uuid
-import weakref
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import numpy as np
@@ -29,13 +25,14 @@ from langchain_core.callbacks import (
 )
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, get_buffer_string
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable
 from langchain_core.runnables.config import run_in_executor
 from pydantic import Field, PrivateAttr, field_validator
 
 from langchain_kd_memory._validate import check_int, check_number
+from langchain_kd_memory.classic import history, input_text, output_text
+from langchain_kd_memory.consolidation import ConsolidationReport, consolidate
 from langchain_kd_memory.decisions import (
     Exploration,
     RankedResponse,
@@ -52,18 +49,16 @@ from langchain_kd_memory.episodes import (
     validate_reward_range,
 )
 from langchain_kd_memory.errors import (
-    CheckpointError,
     ConfigError,
     EmbedderMismatchError,
     EpisodeNotFoundError,
-    InsufficientDataError,
     InvalidArgumentError,
     InvalidEpisodeError,
     NotTrainedError,
 )
+from langchain_kd_memory.listeners import Listeners, PendingEpisodes, RatingListener
 from langchain_kd_memory.recall import observed_range, rank, to_document
 from langchain_kd_memory.router import ValueRouter
-from langchain_kd_memory.runs import extract_query, extract_response
 from langchain_kd_memory.storage import (
     DEFAULT_PERSIST_DIRECTORY,
     EpisodeStore,
@@ -78,46 +73,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-
-
-class PendingEpisodes(Protocol):
-    """Holds episodes not stored yet (e.g. a background writer's queue) and can rate them."""
-
-    def rate_pending(self, episode_id: str, reward: float) -> Episode | None:
-        """Give the pending episode (or trajectory) `episode_id` this reward.
-
-        Returns:
-            The episode as it will be stored (for a trajectory, its last step), or None if
-            `episode_id` is not pending here.
-        """
-
-
-RatingListener = Callable[[str], None]
-"""Called with the namespace each time an episode there gets a reward."""
-
-# ----------------------------------------------------------------------------- report
-
-
-@dataclass(frozen=True)
-class ConsolidationReport:
-    """What one consolidation did.
-
-    Attributes:
-        namespace: The namespace whose rated episodes were trained on (None: every namespace,
-            for the shared model).
-        episodes_used: How many rated episodes the model was trained on.
-        duration_s: Wall-clock seconds, reading the arrays and saving included.
-        metrics: The training results of `ModelDistillation.distill_from_memories`.
-        checkpoint_version: Version of the checkpoint saved, or None without `model_dir`.
-        checkpoint_path: Path of the checkpoint's manifest, or None without `model_dir`.
-    """
-
-    namespace: str | None
-    episodes_used: int
-    duration_s: float
-    metrics: dict[str, Any] = field(repr=False)
-    checkpoint_version: int | None = None
-    checkpoint_path: str | None = None
 
 
 # ----------------------------------------------------------------------------- memory
@@ -225,9 +180,7 @@ class DistilledEpisodicMemory(BaseRetriever):
     """Classic memory: return recalled episodes as messages instead of one string."""
 
     _consolidation_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _listeners_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _listeners: list[Callable[[], RatingListener | None]] = PrivateAttr(default_factory=list)
-    _pending: weakref.WeakSet[PendingEpisodes] = PrivateAttr(default_factory=weakref.WeakSet)
+    _listeners: Listeners = PrivateAttr(default_factory=Listeners)
     _models: ValueModels = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
@@ -325,37 +278,18 @@ class DistilledEpisodicMemory(BaseRetriever):
         uses it to count new ratings. A bound method is held weakly: once its object is no
         longer used anywhere else (e.g. a callback created for one request), it stops listening.
         """
-        if not callable(listener):
-            raise InvalidArgumentError("listener must be callable")
-        ref: Callable[[], RatingListener | None] = (
-            weakref.WeakMethod(listener) if inspect.ismethod(listener) else lambda: listener
-        )
-        with self._listeners_lock:
-            self._listeners.append(ref)
+        self._listeners.add_rating_listener(listener)
+
+    def remove_rating_listener(self, listener: RatingListener) -> None:
+        """Stop calling `listener` (no error if it was not registered)."""
+        self._listeners.remove_rating_listener(listener)
 
     def add_pending_source(self, source: PendingEpisodes) -> None:
         """Let `record_feedback` rate episodes `source` holds but has not stored yet.
 
         A background writer registers itself; it is held weakly.
         """
-        with self._listeners_lock:
-            self._pending.add(source)
-
-    def remove_rating_listener(self, listener: RatingListener) -> None:
-        """Stop calling `listener` (no error if it was not registered)."""
-        with self._listeners_lock:
-            self._listeners = [ref for ref in self._listeners if ref() not in (None, listener)]
-
-    def _notify_rated(self, namespaces: Sequence[str]) -> None:
-        with self._listeners_lock:
-            self._listeners = [ref for ref in self._listeners if ref() is not None]
-            listeners = [listener for ref in self._listeners if (listener := ref()) is not None]
-        for namespace in namespaces:
-            for listener in listeners:
-                try:
-                    listener(namespace)
-                except Exception:
-                    logger.exception("rating listener %r failed", listener)
+        self._listeners.add_pending_source(source)
 
     # ------------------------------------------------------------------ episodes
 
@@ -416,7 +350,7 @@ class DistilledEpisodicMemory(BaseRetriever):
             for e in episodes
         ]
         ids = self.store.add(batch)
-        self._notify_rated([e.namespace for e in batch if e.is_rated])
+        self._listeners.notify_rated([e.namespace for e in batch if e.is_rated])
         return ids
 
     def add_trajectory(
@@ -492,13 +426,10 @@ class DistilledEpisodicMemory(BaseRetriever):
             try:
                 first = self._locate(f"{target}/0", namespace)
             except EpisodeNotFoundError:
-                with self._listeners_lock:
-                    sources = list(self._pending)
                 value = validate_reward(reward, allow_none=False)
-                for source in sources:
-                    pending = source.rate_pending(target, value)  # type: ignore[arg-type]
-                    if pending is not None:
-                        return pending  # counted as a rating when it is stored
+                pending = self._listeners.rate_pending(target, value)  # type: ignore[arg-type]
+                if pending is not None:
+                    return pending  # counted as a rating when it is stored
                 raise EpisodeNotFoundError(
                     f"no episode or trajectory with id {target!r}"
                     + ("" if namespace is None else f" in namespace {namespace!r}")
@@ -509,7 +440,7 @@ class DistilledEpisodicMemory(BaseRetriever):
             episode = updated[-1]
         else:
             episode = self.store.update_reward(episode.id, reward, namespace=episode.namespace)
-        self._notify_rated([episode.namespace])
+        self._listeners.notify_rated([episode.namespace])
         return episode
 
     def _locate(self, episode_id: str, namespace: str | None) -> Episode:
@@ -665,48 +596,12 @@ class DistilledEpisodicMemory(BaseRetriever):
         )
         limit = check_int("max_training_episodes", limit, low=2)
         with self._consolidation_lock:
-            start = time.perf_counter()
-            model = self._models.own(ns)
-            rated = self.store.count_rated(ns)
-            model.check_trainable(min(rated, limit), self.store.count(ns) - rated, namespace=ns)
-            arrays = self.store.training_arrays(namespace=ns, limit=limit)
-            if np.all(arrays.rewards == arrays.rewards[0]):
-                raise InsufficientDataError(
-                    f"all {len(arrays)} rated episodes of {where} have the reward "
-                    f"{float(arrays.rewards[0])}: there is nothing to learn about which queries "
-                    "go better; record varied rewards (failures as well as successes)"
-                )
-            metrics = model.distill_from_memories(
-                arrays, num_epochs=num_epochs, batch_size=batch_size, quiet=quiet
-            )
-            version, path = self._save_checkpoint(model, ns)
-            report = ConsolidationReport(
-                namespace=ns,
-                episodes_used=len(arrays),
-                duration_s=time.perf_counter() - start,
-                metrics=metrics,
-                checkpoint_version=version,
-                checkpoint_path=path,
+            report = consolidate(
+                self.store, self._models, ns, limit=limit, num_epochs=num_epochs,
+                batch_size=batch_size, quiet=quiet,
             )
         logger.info("consolidated %s: %s", where, report)
         return report
-
-    def _save_checkpoint(
-        self, model: ModelDistillation, namespace: str | None
-    ) -> tuple[int | None, str | None]:
-        prefix = self._models.prefix(namespace)
-        if prefix is None:
-            return None, None
-        try:
-            Path(prefix).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CheckpointError(
-                f"cannot create model_dir {self.model_dir!r}: {exc}; point it at a writable "
-                "directory"
-            ) from exc
-        saved = model.save_models(prefix, namespace=namespace)
-        self._models.saved(namespace)
-        return saved["version"], saved["config"]
 
     # ------------------------------------------------------------------ recall
 
@@ -784,42 +679,6 @@ class DistilledEpisodicMemory(BaseRetriever):
         """Classic memory: the variables `load_memory_variables` returns (`[memory_key]`)."""
         return [self.memory_key]
 
-    def _input_text(self, inputs: Mapping[str, Any]) -> str:
-        if not isinstance(inputs, Mapping):
-            raise InvalidArgumentError(f"inputs must be a dict, got {type(inputs).__name__}")
-        key = self.input_key
-        if key is None:
-            keys = [k for k in inputs if k not in (self.memory_key, "stop")]
-            if len(keys) != 1:
-                raise InvalidArgumentError(
-                    f"cannot tell which input is the user's text among {sorted(keys)}: "
-                    "set input_key"
-                )
-            key = keys[0]
-        if key not in inputs:
-            raise InvalidArgumentError(f"input_key {key!r} is not in the inputs {sorted(inputs)}")
-        return extract_query(inputs[key])
-
-    def _output_text(self, outputs: Mapping[str, Any]) -> str:
-        if not isinstance(outputs, Mapping):
-            raise InvalidArgumentError(f"outputs must be a dict, got {type(outputs).__name__}")
-        key = self.output_key
-        if key is None:
-            if len(outputs) == 1:
-                key = next(iter(outputs))
-            elif "output" in outputs:
-                key = "output"
-            else:
-                raise InvalidArgumentError(
-                    f"cannot tell which output is the answer among {sorted(outputs)}: "
-                    "set output_key"
-                )
-        if key not in outputs:
-            raise InvalidArgumentError(
-                f"output_key {key!r} is not in the outputs {sorted(outputs)}"
-            )
-        return extract_response(outputs[key])
-
     def load_memory_variables(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Classic memory: the episodes recalled for the input text.
 
@@ -828,18 +687,16 @@ class DistilledEpisodicMemory(BaseRetriever):
             ``{memory_key: [HumanMessage, AIMessage, ...]}`` when `return_messages`; empty
             when the input is blank or nothing is stored.
         """
-        query = self._input_text(inputs)
+        query = input_text(inputs, self.input_key, self.memory_key)
         documents = self.invoke(query) if query.strip() else []
-        messages: list[BaseMessage] = []
-        for doc in documents:
-            messages.append(HumanMessage(doc.metadata["query"]))
-            if doc.metadata["response"]:
-                messages.append(AIMessage(doc.metadata["response"]))
-        return {self.memory_key: messages if self.return_messages else get_buffer_string(messages)}
+        return {self.memory_key: history(documents, self.return_messages)}
 
     def save_context(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
         """Classic memory: store the exchange as an unrated episode."""
-        self.add_episode(self._input_text(inputs), self._output_text(outputs))
+        self.add_episode(
+            input_text(inputs, self.input_key, self.memory_key),
+            output_text(outputs, self.output_key),
+        )
 
     def clear(self) -> None:
         """Classic memory: delete every episode of this memory's namespace (only that one)."""

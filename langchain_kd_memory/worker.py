@@ -24,8 +24,9 @@ import threading
 from pathlib import Path
 
 from langchain_kd_memory._validate import check_int, check_number
+from langchain_kd_memory.consolidation import ConsolidationReport
 from langchain_kd_memory.errors import InsufficientDataError, InvalidArgumentError, KDMemoryError
-from langchain_kd_memory.memory import ConsolidationReport, DistilledEpisodicMemory
+from langchain_kd_memory.memory import DistilledEpisodicMemory
 
 logger = logging.getLogger(__name__)
 

@@ -64,11 +64,13 @@ class Agent:
     def ask(self, text: str) -> str:
         result = self.graph.invoke({"messages": [HumanMessage(text)]},
                                    config={"callbacks": [self.callback]})
+        assert self.callback.wait(timeout=120)  # the run is stored in the background
         return str(result["messages"][-1].text)
 
     async def aask(self, text: str) -> str:
         result = await self.graph.ainvoke({"messages": [HumanMessage(text)]},
                                           config={"callbacks": [self.callback]})
+        assert self.callback.wait(timeout=120)  # the run is stored in the background
         return str(result["messages"][-1].text)
 
     def prompt(self) -> str:

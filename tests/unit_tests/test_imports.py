@@ -3,6 +3,7 @@
 import langchain_kd_memory
 
 EXPECTED_ALL = [
+    "BackgroundWriter",
     "CheckpointError",
     "ConfigError",
     "ConsolidationCallback",
@@ -34,6 +35,7 @@ EXPECTED_ALL = [
     "OpenAIEmbedder",
     "RankedResponse",
     "RewardBinner",
+    "RecordingStatus",
     "RewardEstimate",
     "RouterStatus",
     "StoreError",
@@ -41,6 +43,7 @@ EXPECTED_ALL = [
     "TeacherConfig",
     "TrainingArrays",
     "ValueRouter",
+    "WriterStatus",
     "default_embeddings",
     "embedder_identity",
 ]

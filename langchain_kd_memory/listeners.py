@@ -1,0 +1,85 @@
+"""Who hears about a memory's episodes: rating listeners, and sources of pending episodes.
+
+A `ConsolidationCallback` listens for ratings to count them; a background writer is a source
+of episodes not stored yet, which `record_feedback` can still rate. Both are held weakly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from langchain_kd_memory.episodes import Episode
+from langchain_kd_memory.errors import InvalidArgumentError
+
+logger = logging.getLogger(__name__)
+
+RatingListener = Callable[[str], None]
+"""Called with the namespace each time an episode there gets a reward."""
+
+
+class PendingEpisodes(Protocol):
+    """Holds episodes not stored yet (e.g. a background writer's queue) and can rate them."""
+
+    def rate_pending(self, episode_id: str, reward: float) -> Episode | None:
+        """Give the pending episode (or trajectory) `episode_id` this reward.
+
+        Returns:
+            The episode as it will be stored (for a trajectory, its last step), or None if
+            `episode_id` is not pending here.
+        """
+
+
+class Listeners:
+    """The rating listeners and pending sources of one memory (thread-safe, weak references)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], RatingListener | None]] = []
+        self._pending: weakref.WeakSet[PendingEpisodes] = weakref.WeakSet()
+
+    def add_rating_listener(self, listener: RatingListener) -> None:
+        """Call `listener(namespace)` on each rating; a bound method is held weakly."""
+        if not callable(listener):
+            raise InvalidArgumentError("listener must be callable")
+        ref: Callable[[], RatingListener | None] = (
+            weakref.WeakMethod(listener) if inspect.ismethod(listener) else lambda: listener
+        )
+        with self._lock:
+            self._listeners.append(ref)
+
+    def remove_rating_listener(self, listener: RatingListener) -> None:
+        """Stop calling `listener` (no error if it was not registered)."""
+        with self._lock:
+            self._listeners = [ref for ref in self._listeners if ref() not in (None, listener)]
+
+    def notify_rated(self, namespaces: Sequence[str]) -> None:
+        """Tell every listener about one rating per entry of `namespaces` (errors are logged)."""
+        with self._lock:
+            self._listeners = [ref for ref in self._listeners if ref() is not None]
+            listeners = [listener for ref in self._listeners if (listener := ref()) is not None]
+        for namespace in namespaces:
+            for listener in listeners:
+                try:
+                    listener(namespace)
+                except Exception:
+                    logger.exception("rating listener %r failed", listener)
+
+    def add_pending_source(self, source: PendingEpisodes) -> None:
+        """Let `rate_pending` ask `source` (held weakly)."""
+        with self._lock:
+            self._pending.add(source)
+
+    def rate_pending(self, episode_id: str, reward: float) -> Episode | None:
+        """Rate `episode_id` where it is pending; None if no source holds it."""
+        with self._lock:
+            sources = list(self._pending)
+        for source in sources:
+            pending = source.rate_pending(episode_id, reward)
+            if pending is not None:
+                return pending
+        return None
