@@ -65,7 +65,8 @@ class ConsolidationStatus(RecordingStatus):
             run of several model steps is one run).
         recorded_by_middleware: Runs left to an `EpisodicMemoryMiddleware` over the same memory
             that recorded them (each run is recorded once).
-        ratings_since_consolidation: Ratings counted towards the next consolidation.
+        ratings_since_consolidation: Ratings counted towards the next consolidations (all
+            namespaces together).
         consolidations_run: Consolidations that finished successfully.
         errors: Errors caught (reward_fn raising or returning a non-number, a failed write,
             consolidation); a run whose reward_fn failed is recorded unrated.
@@ -99,10 +100,11 @@ class ConsolidationCallback(BaseCallbackHandler):
       raises or returns something other than a finite number is counted in `status.errors`
       and the run is recorded unrated. When an `EpisodicMemoryMiddleware` over the same memory
       runs inside the agent, it records the run (under this run id) and the callback does not.
-    - Each rating in `namespace` (a reward from `reward_fn` or any later
-      `memory.record_feedback`) counts; every `every_n_episodes` of them start
-      `memory.consolidate(namespace)`. With `background=True` it runs on one worker thread:
-      never two at once, and triggers that arrive while it trains are merged into one more run.
+    - Each rating of the memory (a reward from `reward_fn`, the middleware's, or any later
+      `memory.record_feedback`) counts towards its namespace; every `every_n_episodes`
+      ratings of a namespace start `memory.consolidate(namespace)`, which trains that
+      namespace's own value model. With `background=True` they run on one worker thread, one
+      at a time, in the order they became due.
     - Nothing raises into the agent (`raise_error = False`): errors are logged and kept in
       `status`. Synchronous and asynchronous runs are both supported (LangChain runs synchronous
       handlers of async runs in an executor).
@@ -172,7 +174,8 @@ class ConsolidationCallback(BaseCallbackHandler):
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._worker: threading.Thread | None = None
-        self._pending = False
+        self._counts: dict[str, int] = {}  # ratings per namespace since its last consolidation
+        self._due: list[str] = []  # namespaces to consolidate, in order
         self._recorder = RunRecorder(
             memory, self._report, writer=writer, journal=journal, record_inline=record_inline
         )
@@ -299,22 +302,26 @@ class ConsolidationCallback(BaseCallbackHandler):
             self._status.last_error = exc
 
     def _on_rating(self, namespace: str) -> None:
-        """Count a rating in our namespace; start a consolidation every N of them."""
-        if namespace != self.namespace:
-            return
+        """Count a rating of `namespace`; consolidate that namespace every N of them."""
         with self._lock:
+            self._counts[namespace] = self._counts.get(namespace, 0) + 1
             self._status.ratings_since_consolidation += 1
-            if self._status.ratings_since_consolidation < self.every_n_episodes:
+            if self._counts[namespace] < self.every_n_episodes:
                 return
-            self._status.ratings_since_consolidation = 0
+            self._take(namespace)
         self._start()
 
+    def _take(self, namespace: str) -> None:
+        """Move `namespace`'s counted ratings to the queue of consolidations (under the lock)."""
+        self._status.ratings_since_consolidation -= self._counts.pop(namespace, 0)
+        if namespace not in self._due:
+            self._due.append(namespace)
+
     def _start(self) -> None:
-        """Start a consolidation now (merged with one that is running, if any)."""
+        """Consolidate the due namespaces now (merged with a consolidation that is running)."""
         with self._lock:
             if self._status.training_in_progress:
-                self._pending = True
-                return
+                return  # the running loop takes the namespaces queued meanwhile
             self._status.training_in_progress = True
             if self.background:
                 self._worker = threading.Thread(
@@ -327,24 +334,24 @@ class ConsolidationCallback(BaseCallbackHandler):
 
     def _consolidate_until_done(self) -> None:
         while True:
+            with self._lock:
+                if not self._due:
+                    self._status.training_in_progress = False
+                    self._idle.notify_all()
+                    return
+                namespace = self._due.pop(0)
             try:
-                report = self.memory.consolidate(self.namespace)
+                report = self.memory.consolidate(namespace)
             except InsufficientDataError as exc:
                 logger.info("consolidation skipped: %s", exc)
                 with self._lock:
                     self._status.last_error = exc
             except Exception as exc:
-                self._fail("consolidation of namespace %r failed", self.namespace, exc)
+                self._fail("consolidation of namespace %r failed", namespace, exc)
             else:
                 with self._lock:
                     self._status.consolidations_run += 1
                     self._status.last_report = report
-            with self._lock:
-                if not self._pending:
-                    self._status.training_in_progress = False
-                    self._idle.notify_all()
-                    return
-                self._pending = False
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the runs queued so far are written and no consolidation is running.
@@ -377,8 +384,9 @@ class ConsolidationCallback(BaseCallbackHandler):
         if not self._recorder.flush(timeout):
             return False
         with self._lock:
-            outstanding = self._status.ratings_since_consolidation
-            self._status.ratings_since_consolidation = 0
-        if outstanding:
+            for namespace in list(self._counts):
+                self._take(namespace)
+            due = bool(self._due)
+        if due:
             self._start()
         return self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))

@@ -354,3 +354,23 @@ def test_texts_over_the_limit_are_cut_and_marked_not_dropped(memory: TrackedMemo
     assert short.metadata == {}
     with pytest.raises(InvalidEpisodeError, match="limit is 100,000"):  # direct adds refuse
         memory.add_episode(long_question, "answer")
+
+
+def test_ratings_are_counted_and_consolidated_per_namespace(memory: TrackedMemory) -> None:
+    callback = ConsolidationCallback(memory, every_n_episodes=12)
+
+    def rated(namespace: str, n: int) -> list[dict[str, Any]]:
+        return [{"query": QUESTIONS[i % 6] + f" ({i})", "response": "ok", "namespace": namespace,
+                 "reward": 0.9 if "refund" in QUESTIONS[i % 6] else 0.1} for i in range(n)]
+
+    memory.add_episodes(rated("user-a", 12) + rated("user-b", 11))
+    assert callback.wait(timeout=120)
+    assert callback.status.consolidations_run == 1
+    assert callback.status.last_report is not None
+    assert callback.status.last_report.namespace == "user-a"
+    assert memory.value_model("user-a") is not memory.distillation  # its own model
+    assert memory.value_model("user-b") is memory.distillation  # 11 < 12: not yet
+    assert callback.status.ratings_since_consolidation == 11
+    assert callback.flush(timeout=120)  # the end of a script: user-b's 11 ratings too
+    assert callback.status.consolidations_run == 2
+    assert memory.value_model("user-b") is not memory.distillation
