@@ -78,3 +78,7 @@ class ConfigError(KDMemoryError, ValueError):
 
 class CheckpointError(KDMemoryError, RuntimeError):
     """A checkpoint is missing, corrupted, tampered with or unsafe to load."""
+
+
+class GameError(KDMemoryError, RuntimeError):
+    """A TextWorld game could not be made or started (see `games.py`)."""
