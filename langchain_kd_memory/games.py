@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -234,7 +235,9 @@ class CookingGame:
             admissible_commands=True, inventory=True, max_score=True, description=True,
             won=True, lost=True, policy_commands=True, extras=["walkthrough"],
         )
-        self._env = textworld.start(str(path), request_infos=infos)
+        with warnings.catch_warnings():  # jericho's note that it cannot score the game itself:
+            warnings.simplefilter("ignore")  # TextWorld keeps the score
+            self._env = textworld.start(str(path), request_infos=infos)
         self._tried: dict[tuple[str, str, int], set[str]] = {}
         self._key: tuple[str, str, int] = ("", "", 0)
         self._notes = self._last = ""
