@@ -22,16 +22,14 @@ import sys
 import textwrap
 import threading
 import traceback
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from langchain_kd_memory import ingest
 from langchain_kd_memory.episodes import (
     DEFAULT_NAMESPACE,
     DEFAULT_PERSIST_DIRECTORY,
@@ -41,7 +39,6 @@ from langchain_kd_memory.episodes import (
 from langchain_kd_memory.errors import (
     ConfigError,
     DuplicateEpisodeError,
-    EpisodeNotFoundError,
     InvalidArgumentError,
     InvalidEpisodeError,
     InvalidNamespaceError,
@@ -60,7 +57,6 @@ DEFAULT_COLLECTION = "episodes"
 DEFAULT_CHROMA_PORT = 8000
 INGEST_BATCH = 256
 EXPORT_PAGE = 1000
-LOOKUP_CHUNK = 256
 HISTOGRAM_ROWS = 16
 HISTOGRAM_WIDTH = 40
 LISTED_EXISTING = 20
@@ -161,202 +157,6 @@ def _require_trained(memory: DistilledEpisodicMemory) -> None:
 # ----------------------------------------------------------------------------- ingest
 
 
-INGEST_IDS = uuid.UUID("9c1f5e0a-4b7d-5e8f-a2c3-6d4b1e7f0a95")
-"""UUID5 namespace of the ids `ingest` derives for lines without one (never change it)."""
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived during an ingest: it unwinds like Ctrl-C, so that the ingest rolls back."""
-
-
-@dataclass(frozen=True)
-class _Line:
-    number: int
-    episode: Episode
-    dated: bool
-    """Whether the line gives `created_at` (else the episode is dated by its first ingest)."""
-
-
-def _read_lines(handle: IO[bytes]) -> Iterator[tuple[int, str | None]]:
-    """(line number, text) of each non-blank line; text None if it is not UTF-8."""
-    for number, raw in enumerate(handle, start=1):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            yield number, None
-            continue
-        if text.strip():
-            yield number, text
-
-
-_LINE_ERRORS = (ValueError, OverflowError, RecursionError)
-"""What a bad line can raise: the package's input errors (ValueErrors), and what json, float
-and Chroma raise on huge numbers or deep nesting whatever the library checks first."""
-
-
-def _reason(exc: BaseException) -> str:
-    """The FILE:LINE reason for an error a line raised."""
-    if isinstance(exc, OverflowError):
-        return f"a number is too large to store ({exc})"
-    if isinstance(exc, RecursionError):
-        return "JSON nested too deeply to read (metadata values are scalars)"
-    return str(exc)
-
-
-def _derived_id(data: dict[str, Any], seen: dict[str, int]) -> str:
-    """A UUID5 of the line's content (namespace resolved) and of how often it came before.
-
-    The same file, read again from any path or through stdin, gives the same ids, also after
-    lines were added or removed elsewhere in it (a line number would shift them); identical
-    lines stay distinct episodes, told apart by their occurrence.
-    """
-    content = {key: value for key, value in data.items() if key != "id" and value is not None}
-    text = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    occurrence = seen[text] = seen.get(text, -1) + 1
-    return str(uuid.uuid5(INGEST_IDS, f"{occurrence}:{text}"))
-
-
-def _parse_line(text: str | None, namespace: str, seen: dict[str, int]) -> tuple[Episode, bool]:
-    """The episode on one line and whether it gives `created_at`; ValueError says what is wrong.
-
-    A line without an id gets one derived from its content (`_derived_id`).
-    """
-    if text is None:
-        raise ValueError("not valid UTF-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON: {exc.msg} (column {exc.colno})") from exc
-    except ValueError as exc:  # an integer of more than 4,300 digits
-        raise ValueError(f"unreadable JSON: {str(exc).split(';')[0]}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-    if data.get("namespace") is None:
-        data["namespace"] = namespace
-    if data.get("id") is None:
-        data["id"] = _derived_id(data, seen)
-    return Episode.from_dict(data), data.get("created_at") is not None
-
-
-def _parse_file(
-    handle: IO[bytes], namespace: str
-) -> tuple[list[_Line], list[tuple[int, str]]]:
-    """Valid lines, and (line number, reason) of each invalid one (repeated ids included)."""
-    valid: list[_Line] = []
-    invalid: list[tuple[int, str]] = []
-    first_line: dict[tuple[str, str], int] = {}
-    seen: dict[str, int] = {}
-    for number, text in _read_lines(handle):
-        try:
-            episode, dated = _parse_line(text, namespace, seen)
-        except _LINE_ERRORS as exc:
-            invalid.append((number, _reason(exc)))
-            continue
-        key = (episode.namespace, episode.id)
-        if key in first_line:
-            invalid.append((number, f"id {episode.id!r} repeats line {first_line[key]}"))
-            continue
-        first_line[key] = number
-        valid.append(_Line(number, episode, dated))
-    return valid, invalid
-
-
-def _storable(store: EpisodeStore, lines: list[_Line]) -> tuple[list[_Line], list[tuple[int, str]]]:
-    """Split valid lines into those the store accepts and (line number, reason) of the rest."""
-    accepted: list[_Line] = []
-    refused: list[tuple[int, str]] = []
-    for line in lines:
-        try:
-            store.check_episodes([line.episode])  # Chroma's metadata limits, reward range
-            accepted.append(line)
-        except _LINE_ERRORS as exc:
-            refused.append((line.number, _reason(exc)))
-    return accepted, refused
-
-
-def _find_stored(store: EpisodeStore, episodes: list[Episode]) -> dict[tuple[str, str], Episode]:
-    """The stored episodes under the (namespace, id) of `episodes` (by namespace and id)."""
-    by_namespace: dict[str, list[str]] = {}
-    for episode in episodes:
-        by_namespace.setdefault(episode.namespace, []).append(episode.id)
-    found: dict[tuple[str, str], Episode] = {}
-    for ns, ids in by_namespace.items():
-        if store.count(ns) == 0:
-            continue
-        for start in range(0, len(ids), LOOKUP_CHUNK):
-            chunk = ids[start : start + LOOKUP_CHUNK]
-            try:
-                hits = store.get(chunk, namespace=ns)
-            except EpisodeNotFoundError:  # some are new: find out which, one by one
-                hits = []
-                for episode_id in chunk:
-                    with contextlib.suppress(EpisodeNotFoundError):
-                        hits += store.get([episode_id], namespace=ns)
-            found.update(((ns, episode.id), episode) for episode in hits)
-    return found
-
-
-def _differences(line: _Line, stored: Episode) -> list[str]:
-    """The fields in which the stored episode differs from the line's (created_at only if given)."""
-    names = ["query", "response", "reward", "metadata"] + (["created_at"] if line.dated else [])
-    return [name for name in names if getattr(line.episode, name) != getattr(stored, name)]
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """Within the block, SIGTERM raises `Terminated` (once; a second one is ignored)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread can handle signals
-        return
-
-    def terminate(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the rollback finish
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _undo(store: EpisodeStore, attempted: list[Episode]) -> None:
-    """Delete what an interrupted ingest stored (the batch in flight may have landed)."""
-    try:
-        landed = _find_stored(store, attempted)
-        by_namespace: dict[str, list[str]] = {}
-        for ns, episode_id in landed:
-            by_namespace.setdefault(ns, []).append(episode_id)
-        for ns, ids in by_namespace.items():
-            store.delete(ids, namespace=ns)
-    except KDMemoryError as exc:
-        print(f"{PROG}: episodes stored before the stop below could not be removed again "
-              f"({exc}): run the same command again to complete the ingest", file=sys.stderr)
-        return
-    if landed:
-        print(f"{PROG}: the {len(landed)} episodes stored before the stop below were removed "
-              "again: nothing was ingested", file=sys.stderr)
-
-
-def _store_all(memory: DistilledEpisodicMemory, episodes: list[Episode], batch_size: int,
-               console: _Console) -> None:
-    """Add `episodes` in batches; on an error, Ctrl-C or SIGTERM, remove what was added."""
-    attempted = 0
-    with _sigterm_unwinds():
-        try:
-            with tqdm(total=len(episodes), unit="episode", desc="ingest",
-                      disable=not console.bars) as bar:
-                for start in range(0, len(episodes), batch_size):
-                    batch = episodes[start : start + batch_size]
-                    attempted = start + len(batch)
-                    memory.add_episodes(batch)
-                    bar.update(len(batch))
-                    logger.info("stored %d of %d episodes", attempted, len(episodes))
-        except BaseException:
-            _undo(memory.store, episodes[:attempted])
-            raise
-
-
 def _cmd_ingest(args: argparse.Namespace, console: _Console) -> int:
     source = "<stdin>" if args.file == "-" else args.file
     try:
@@ -364,12 +164,12 @@ def _cmd_ingest(args: argparse.Namespace, console: _Console) -> int:
             contextlib.nullcontext(sys.stdin.buffer) if args.file == "-"
             else open(args.file, "rb")
         ) as handle:
-            lines, invalid = _parse_file(handle, args.namespace or DEFAULT_NAMESPACE)
+            lines, invalid = ingest.parse_file(handle, args.namespace or DEFAULT_NAMESPACE)
     except OSError as exc:
         raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from exc
     memory = _open_memory(args) if lines else None  # a file of bad lines creates nothing
     if memory is not None:
-        lines, unstorable = _storable(memory.store, lines)
+        lines, unstorable = ingest.storable(memory.store, lines)
         invalid = sorted(invalid + unstorable)
     for number, reason in invalid:
         print(f"{source}:{number}: {reason}", file=sys.stderr)
@@ -380,11 +180,11 @@ def _cmd_ingest(args: argparse.Namespace, console: _Console) -> int:
         )
     if memory is None:
         memory = _open_memory(args)
-    stored = _find_stored(memory.store, [line.episode for line in lines])
+    stored = ingest.find_stored(memory.store, [line.episode for line in lines])
     taken = [line for line in lines if (line.episode.namespace, line.episode.id) in stored]
     changed = [
         (line, diff) for line in taken
-        if (diff := _differences(line, stored[line.episode.namespace, line.episode.id]))
+        if (diff := ingest.differences(line, stored[line.episode.namespace, line.episode.id]))
     ]
     if changed and not args.skip_existing:
         for line, diff in changed[:LISTED_EXISTING]:
@@ -402,7 +202,8 @@ def _cmd_ingest(args: argparse.Namespace, console: _Console) -> int:
         )
     taken_numbers = {line.number for line in taken}
     new = [line.episode for line in lines if line.number not in taken_numbers]
-    _store_all(memory, new, args.batch_size, console)
+    ingest.store_all(memory, new, args.batch_size, progress=console.bars,
+                     say=lambda message: print(f"{PROG}: {message}", file=sys.stderr))
     counts: dict[str, int] = {}
     for episode in new:
         counts[episode.namespace] = counts.get(episode.namespace, 0) + 1
@@ -1027,7 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
-    except Terminated:
+    except ingest.Terminated:
         print(f"{PROG}: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
     except (UsageError, *_USAGE_ERRORS) as exc:
