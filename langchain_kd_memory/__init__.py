@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from langchain_kd_memory.decisions import RankedResponse
     from langchain_kd_memory.distillation import ModelDistillation
     from langchain_kd_memory.embeddings import (
+        CachedEmbeddings,
         EmbedderIdentity,
         LocalEmbeddings,
         OpenAIEmbedder,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
 _MODULES: dict[str, str] = {
     "BackgroundWriter": "writer",
+    "CachedEmbeddings": "embeddings",
     "CheckpointError": "errors",
     "ConfigError": "errors",
     "ConsolidationCallback": "callbacks",
@@ -98,6 +100,7 @@ _MODULES: dict[str, str] = {
 
 __all__ = [
     "BackgroundWriter",
+    "CachedEmbeddings",
     "CheckpointError",
     "ConfigError",
     "ConsolidationCallback",

@@ -1,4 +1,4 @@
-"""Embedders: the local default (all-MiniLM-L6-v2, offline), an OpenAI one, identity, `Embedder`.
+"""Embedders: the local default (all-MiniLM-L6-v2, offline), an OpenAI one, a cache, `Embedder`.
 
 Any LangChain `Embeddings` works with the library. Its identity (a name and a dimension) is
 recorded by the store and in every checkpoint, so that vectors from different models are never
@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -188,8 +189,15 @@ def _load_sentence_transformer(path: str, device: str) -> Any:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
 
-            _MODEL_CACHE[key] = SentenceTransformer(path, device=device, local_files_only=True)
+            shown = transformers_logging.is_progress_bar_enabled()
+            transformers_logging.disable_progress_bar()  # a local load: no "Loading weights" bar
+            try:
+                _MODEL_CACHE[key] = SentenceTransformer(path, device=device, local_files_only=True)
+            finally:
+                if shown:
+                    transformers_logging.enable_progress_bar()
         return _MODEL_CACHE[key]
 
 
@@ -262,6 +270,58 @@ class LocalEmbeddings(Embeddings):
 
     def embed_query(self, text: str) -> list[float]:
         """Embed one text."""
+        return self.embed_documents([text])[0]
+
+
+class CachedEmbeddings(Embeddings):
+    """Any embedder with a bounded in-process cache: a text seen before is not embedded again.
+
+    For agents whose texts repeat (the same tool calls, game commands or canned answers
+    ranked again and again). The identity is the wrapped embedder's, so stores and checkpoints
+    made with one work with the other. Thread-safe; the least recently used texts go first.
+
+    Example:
+        .. code-block:: python
+
+            memory = DistilledEpisodicMemory(embeddings=CachedEmbeddings(default_embeddings()))
+    """
+
+    def __init__(self, embeddings: Embeddings, max_entries: int = 100_000) -> None:
+        """Wrap `embeddings`, keeping the vectors of at most `max_entries` texts."""
+        if not isinstance(embeddings, Embeddings):
+            raise InvalidArgumentError(
+                f"embeddings must be a LangChain Embeddings, got {type(embeddings).__name__}"
+            )
+        self.embeddings = embeddings
+        self.max_entries = check_int("max_entries", max_entries, low=1)
+        self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._identity: EmbedderIdentity | None = None
+
+    @property
+    def identity(self) -> EmbedderIdentity:
+        """The wrapped embedder's identity."""
+        if self._identity is None:
+            self._identity = embedder_identity(self.embeddings)
+        return self._identity
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed `texts`, calling the wrapped embedder once for those not cached."""
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        vectors = self.embeddings.embed_documents(missing) if missing else []
+        fresh = dict(zip(missing, vectors, strict=True))
+        with self._lock:
+            out = [fresh[t] if t in fresh else self._cache[t] for t in texts]
+            for text, vector in zip(texts, out, strict=True):
+                self._cache[text] = vector
+                self._cache.move_to_end(text)
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        return out
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed one text (cached like a document)."""
         return self.embed_documents([text])[0]
 
 

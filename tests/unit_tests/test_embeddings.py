@@ -12,6 +12,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from langchain_kd_memory.embeddings import (
+    CachedEmbeddings,
     EmbedderIdentity,
     LocalEmbeddings,
     OpenAIEmbedder,
@@ -52,6 +53,36 @@ def test_identity_of_a_foreign_embedder_is_measured() -> None:
             return [1.0, 0.0, 0.0]
 
     assert embedder_identity(Constant()) == EmbedderIdentity("Constant:const-v1", 3)
+
+
+def test_cached_embeddings_embed_each_text_once_and_stay_bounded() -> None:
+    from langchain_core.embeddings import Embeddings
+
+    calls: list[list[str]] = []
+
+    class Counting(Embeddings):
+        model = "count-v1"
+
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            calls.append(list(texts))
+            return [[float(len(t)), 1.0] for t in texts]
+
+        def embed_query(self, text: str) -> list[float]:
+            return self.embed_documents([text])[0]
+
+    cached = CachedEmbeddings(Counting(), max_entries=2)
+    assert cached.identity == EmbedderIdentity("Counting:count-v1", 2)
+    calls.clear()  # the identity probe
+    assert cached.embed_documents(["a", "bb", "a"]) == [[1.0, 1.0], [2.0, 1.0], [1.0, 1.0]]
+    assert cached.embed_query("bb") == [2.0, 1.0]
+    assert calls == [["a", "bb"]]  # one call, each new text once
+    cached.embed_documents(["ccc"])  # evicts "a", the least recently used
+    cached.embed_documents(["a", "ccc"])
+    assert calls[1:] == [["ccc"], ["a"]]
+    with pytest.raises(InvalidArgumentError, match="max_entries"):
+        CachedEmbeddings(Counting(), max_entries=0)
+    with pytest.raises(InvalidArgumentError, match="Embeddings"):
+        CachedEmbeddings("MiniLM")  # type: ignore[arg-type]
 
 
 def _embedding_handler(
