@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	$(PY) examples/textworld_agent.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

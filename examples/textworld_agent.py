@@ -18,8 +18,8 @@ What it shows, step by step:
    bigger model or a human).
 
 Usage:
-    python examples/textworld_agent.py                       # 60 games, every 10: ~3 minutes
-    python examples/textworld_agent.py --train-games 20 --every 10 --test-games 3 --no-plots
+    make demo        # or: .venv/bin/python examples/textworld_agent.py (60 games: ~3 minutes)
+    .venv/bin/python examples/textworld_agent.py --train-games 20 --every 10 --test-games 3 --no-plots
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--persist-directory", default=None,
                         help="where the memory lives (a fresh temporary one if not given)")
+    parser.add_argument("--plot-dir", type=Path,
+                        default=Path(__file__).resolve().parent.parent / "demo_data" / "plots")
     parser.add_argument("--no-plots", action="store_true", help="skip the learning-curve plot")
     args = parser.parse_args()
     directory = args.persist_directory or tempfile.mkdtemp(prefix="kd-textworld-")
@@ -125,7 +127,7 @@ def main() -> None:
         ax.set(xlabel="training games", ylabel="held-out score", ylim=(0, 1.05),
                title=f"TextWorld {LEVEL}: learning from memory")
         ax.legend()
-        out = Path(directory) / "plots" / "learning_curve.png"
+        out = args.plot_dir / "textworld_learning_curve.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=110)
         print(f"plot: {out}")

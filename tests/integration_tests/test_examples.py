@@ -25,7 +25,11 @@ TIMEOUT_S = 300
 """Per example; generous because the machine running the suite may be busy."""
 
 COMMANDS: dict[str, list[str]] = {
-    "demo": ["demo.py", "--conversations", "40", "--no-plots"],
+    "chitchat_demo": ["chitchat_demo.py", "--conversations", "40", "--no-plots"],
+    "textworld_agent": [
+        "textworld_agent.py", "--train-games", "10", "--every", "5", "--test-games", "2",
+        "--no-plots",
+    ],
     "chatbot": ["chatbot.py", "--demo"],
     "agent_loop": [
         "agent_loop.py", "--episodes", "40", "--every", "20", "--holdout", "30", "--epochs", "3",
@@ -103,11 +107,25 @@ def test_help_describes_the_example(runs: dict[str, Run], name: str) -> None:
 
 
 def test_demo_stores_trains_and_recalls_with_rewards(runs: dict[str, Run]) -> None:
-    output = runs["demo"].check()
+    output = runs["chitchat_demo"].check()
     assert re.search(r"trained on \d+ episodes", output)
     recalled = re.findall(r"similarity (\d\.\d+) +reward (\d+\.\d+)", output)
     assert len(recalled) >= 3
     assert all(1.0 <= float(reward) <= 10.0 for _, reward in recalled)
+
+
+def test_textworld_agent_plays_learns_and_escalates(runs: dict[str, Run]) -> None:
+    output = runs["textworld_agent"].check()
+    assert "10 training games, 2 held-out games (L1)" in output
+    rows = re.findall(r"^ +(\d+) +(\d+) +(\d\.\d\d)   ", output, re.MULTILINE)
+    assert [int(games) for games, _, _ in rows] == [0, 5, 10]
+    assert int(rows[-1][1]) > int(rows[1][1]) > 0  # each consolidation trains on more steps
+    assert all(0.0 <= float(score) <= 1.0 for _, _, score in rows)
+    escalated = re.search(r"escalation \(budget 0\.2\): held-out score (\d\.\d\d), (\d+) of "
+                          r"(\d+) steps handed to the expert", output)
+    assert escalated and int(escalated[2]) <= int(escalated[3])
+    assert re.search(r"held-out score: \d\.\d\d before learning, \d\.\d\d after 10 games",
+                     output)
 
 
 def test_chatbot_learns_from_feedback_during_the_session(runs: dict[str, Run]) -> None:

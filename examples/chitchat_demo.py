@@ -1,6 +1,6 @@
-"""The product end to end on real human-rated conversations.
+"""The product end to end on real human-rated conversations (little signal in a chat's opening).
 
-    make demo        # or: .venv/bin/python examples/demo.py [--conversations 500]
+    .venv/bin/python examples/chitchat_demo.py [--conversations 500]
 
 1. Stores rated conversations from the Chit Chat Challenge dataset as episodes in an on-disk
    Chroma (./demo_data): query = the prompt and opening turns, response = the rest of the chat,
@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=500,
                         help="rated conversations to store (default 500)")
     parser.add_argument("--persist-directory", type=Path,
-                        default=Path(__file__).resolve().parent.parent / "demo_data")
+                        default=Path(__file__).resolve().parent.parent / "demo_data" / "chitchat")
     parser.add_argument("--no-plots", action="store_true", help="skip writing the PNGs")
     args = parser.parse_args()
 
