@@ -1,12 +1,12 @@
 """Agent benchmark: does remembering rewards make an agent better? TextWorld cooking games.
 
-    python benchmarks/bench_agent.py            # full: L1 and L2, 100 training games, 3 seeds
+    python benchmarks/bench_agent.py            # full: L1 and L2, 50 training games, 2 seeds
     python benchmarks/bench_agent.py --quick    # L1, 20 training games, 1 seed, prints only
 
 Each strategy plays the same training games (TextWorld `tw-cooking`, train split) in the same
 order, learning as it goes, and is measured on the same held-out games (test split: foods and
 preparations never seen in training), greedily and without writing to its memory, after 0, 10,
-20, 50 and 100 training games. The score is the share of the game's points reached within the
+20 and 50 training games. The score is the share of the game's points reached within the
 level's step cap (1.0 = won). Every agent sees the same state text and candidate commands
 (`langchain_kd_memory.games.CookingGame`); they differ only in how they choose:
 
@@ -19,7 +19,9 @@ level's step cap (1.0 = won). Every agent sees the same state text and candidate
   each game the Q-values of the memories used move toward the returns that followed
   (Q += 0.3 * (G - Q), MemRL's rule), new memories start at their own return.
 * value (this package): `rank_responses(state, candidates)` with UCB exploration while
-  training, greedy on held-out games; `consolidate()` every 10 training games.
+  training, greedy on held-out games; `consolidate()` every 10 training games. Its teacher
+  sees `TeacherConfig(interactions=True)` inputs ([q, r, q*r, |q-r|]); `--interactions 0`
+  measures the default [q, r].
 
 The memory strategies record each training game with `add_trajectory`: every step is an
 episode (state, command) whose reward is the discounted return that followed (gamma 0.7; a
@@ -60,6 +62,7 @@ from langchain_kd_memory import (  # noqa: E402
     CachedEmbeddings,
     DistilledEpisodicMemory,
     ModelDistillation,
+    TeacherConfig,
     default_embeddings,
 )
 from langchain_kd_memory.games import (  # noqa: E402
@@ -167,20 +170,24 @@ def evaluate(strategy: Strategy, games: list[Path], level: str) -> float:
     return float(np.mean([play(g, level, strategy.policy(training=False))[0] for g in games]))
 
 
-def new_memory(directory: Path, embeddings: Embeddings, seed: int) -> DistilledEpisodicMemory:
+def new_memory(
+    directory: Path, embeddings: Embeddings, seed: int, interactions: bool
+) -> DistilledEpisodicMemory:
     return DistilledEpisodicMemory(
         embeddings=embeddings, persist_directory=str(directory), reward_range=(0.0, 1.0),
-        distillation=ModelDistillation(embeddings=embeddings, seed=seed),
+        distillation=ModelDistillation(
+            embeddings=embeddings, seed=seed, teacher=TeacherConfig(interactions=interactions)
+        ),
     )
 
 
 def run_strategy(
     name: str, seed: int, level: str, train: list[Path], test: list[Path],
-    checkpoints: Sequence[int], embeddings: Embeddings, workdir: Path,
+    checkpoints: Sequence[int], embeddings: Embeddings, workdir: Path, interactions: bool,
 ) -> tuple[dict[int, float], Strategy, float]:
     """Train one strategy on `train` in seed order; its held-out score at each checkpoint."""
     memory = None if name in ("random", "walkthrough") else new_memory(
-        workdir / f"{level}-{name}-{seed}", embeddings, seed
+        workdir / f"{level}-{name}-{seed}", embeddings, seed, interactions
     )
     strategy = Strategy(name, seed, memory)
     order = np.random.default_rng(seed).permutation(len(train))
@@ -248,7 +255,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(levels) + 1, figsize=(5 * (len(levels) + 1), 4))
     for ax, level in zip(axes, levels, strict=False):
         data = results["levels"][level]
-        for name in STRATEGIES:
+        for name in data["curves"]:
             xs = sorted(int(x) for x in data["curves"][name])
             means = [np.mean(data["curves"][name][str(x)]) for x in xs]
             ax.plot(xs, means, marker="o", label=name, lw=2.5 if name == "value" else 1.2)
@@ -282,15 +289,18 @@ def report(results: dict[str, Any], command: str) -> str:
         headers = ["strategy", *[f"after {c}" for c in data["checkpoints"]], "train time"]
         rows = [["walkthrough (ceiling)", *[f"{data['walkthrough']:.2f}"] * len(data["checkpoints"]),
                  "-"]]
-        for name in STRATEGIES:
+        for name in data["curves"]:
             cells = [f"{Summary.of(data['curves'][name][str(c)]).mean:.2f} ± "
                      f"{Summary.of(data['curves'][name][str(c)]).std:.2f}"
                      for c in data["checkpoints"]]
             rows.append([name, *cells, f"{np.mean(data['seconds'][name]):.0f} s"])
         lines += [markdown_table(headers, rows), ""]
         last = str(data["checkpoints"][-1])
-        final = {name: np.mean(data["curves"][name][last]) for name in STRATEGIES}
-        best_peer = max((n for n in STRATEGIES if n != "value"), key=final.__getitem__)
+        final = {name: np.mean(curve[last]) for name, curve in data["curves"].items()}
+        peers = [n for n in final if n != "value"]
+        if "value" not in final or not peers:
+            continue
+        best_peer = max(peers, key=final.__getitem__)
         lines += [
             f"After {last} training games the value agent scores {final['value']:.2f} on held-out "
             f"{level} games, against {final[best_peer]:.2f} for the best other strategy "
@@ -325,13 +335,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-games", type=int, default=None)
     parser.add_argument("--test-games", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated")
+    parser.add_argument("--interactions", type=int, default=1,
+                        help="1: the value agent's teacher sees [q, r, q*r, |q-r|]; 0: [q, r]")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args(argv)
     levels = (args.levels or ("L1" if args.quick else "L1,L2")).split(",")
-    n_train = args.train_games or (20 if args.quick else 100)
+    n_train = args.train_games or (20 if args.quick else 50)
     n_test = args.test_games or (5 if args.quick else 20)
-    n_seeds = args.seeds or (1 if args.quick else 3)
+    n_seeds = args.seeds or (1 if args.quick else 2)
     checkpoints = sorted({c for c in (0, 10, 20, 50, 100) if c < n_train} | {n_train})
+    names = args.strategies.split(",")
+    if unknown := set(names) - set(STRATEGIES):
+        parser.error(f"unknown strategies {sorted(unknown)}; choose from {STRATEGIES}")
     started = time.perf_counter()
     embeddings = CachedEmbeddings(default_embeddings())
     results: dict[str, Any] = {"machine": machine_facts(), "levels": {}}
@@ -345,13 +361,14 @@ def main(argv: list[str] | None = None) -> int:
                 "walkthrough": evaluate(ceiling, test, level), "curves": {}, "seconds": {},
                 "escalation": [],
             }
-            for name in STRATEGIES:
+            for name in names:
                 data["curves"][name] = {str(c): [] for c in checkpoints}
                 data["seconds"][name] = []
             for seed in range(n_seeds):
-                for name in STRATEGIES:
+                for name in names:
                     curve, strategy, seconds = run_strategy(
-                        name, seed, level, train, test, checkpoints, embeddings, Path(tmp)
+                        name, seed, level, train, test, checkpoints, embeddings, Path(tmp),
+                        bool(args.interactions),
                     )
                     for c, score in curve.items():
                         data["curves"][name][str(c)].append(score)
@@ -368,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
                                 results["rank_speed"] = rank_speed(strategy.memory, game.reset())
             results["levels"][level] = data
     results["minutes"] = (time.perf_counter() - started) / 60
-    command = "python benchmarks/bench_agent.py" + (" --quick" if args.quick else "")
+    command = " ".join(["python benchmarks/bench_agent.py", *(sys.argv[1:] if argv is None
+                                                              else argv)])
     text = report(results, command)
     print(text)
     if not args.quick and not args.no_write:

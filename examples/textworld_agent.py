@@ -6,7 +6,8 @@ What it shows, step by step:
    use and cached). Each state is a text (notes, room, inventory, last feedback) with a list of
    candidate commands; a game is won by finding the recipe's ingredient and preparing the meal.
 2. Acting: `memory.rank_responses(state, candidates, explore=0.25)` values every candidate
-   command with the teacher network and returns them best first (random play until the first
+   command with the teacher network (built with `TeacherConfig(interactions=True)`: it sees how
+   a command relates to the state) and returns them best first (random play until the first
    consolidation). Exploration tries commands the model is unsure about while it learns.
 3. Remembering: after each game, `memory.add_trajectory(steps, gains, gamma=0.7)` stores every
    step as an episode whose reward is the discounted return that followed.
@@ -18,7 +19,7 @@ What it shows, step by step:
    bigger model or a human).
 
 Usage:
-    make demo        # or: .venv/bin/python examples/textworld_agent.py (60 games: ~3 minutes)
+    make demo        # or: .venv/bin/python examples/textworld_agent.py (50 games: ~3 minutes)
     .venv/bin/python examples/textworld_agent.py --train-games 20 --every 10 --test-games 3 --no-plots
 """
 
@@ -32,7 +33,13 @@ from pathlib import Path
 import numpy as np
 from langchain_core.runnables import RunnableLambda
 
-from langchain_kd_memory import CachedEmbeddings, DistilledEpisodicMemory, default_embeddings
+from langchain_kd_memory import (
+    CachedEmbeddings,
+    DistilledEpisodicMemory,
+    ModelDistillation,
+    TeacherConfig,
+    default_embeddings,
+)
 from langchain_kd_memory.games import MAX_STEPS, CookingGame, Observation, ensure_games
 
 LEVEL = "L1"
@@ -62,7 +69,7 @@ def play(path: Path, act) -> tuple[float, list[tuple[str, str]], list[float]]:  
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--train-games", type=int, default=60)
+    parser.add_argument("--train-games", type=int, default=50)
     parser.add_argument("--every", type=int, default=10, help="consolidate every N games")
     parser.add_argument("--test-games", type=int, default=10, help="held-out games")
     parser.add_argument("--seed", type=int, default=0)
@@ -77,9 +84,13 @@ def main() -> None:
 
     train = ensure_games(LEVEL, "train", args.train_games)
     test = ensure_games(LEVEL, "test", args.test_games)
+    embeddings = CachedEmbeddings(default_embeddings())  # commands repeat: embed each once
     memory = DistilledEpisodicMemory(
-        embeddings=CachedEmbeddings(default_embeddings()),  # commands repeat: embed each once
-        persist_directory=directory, reward_range=(0.0, 1.0),
+        embeddings=embeddings, persist_directory=directory, reward_range=(0.0, 1.0),
+        # the teacher compares state and command ([q, r, q*r, |q-r|]): what ranking actions needs
+        distillation=ModelDistillation(
+            embeddings=embeddings, seed=args.seed, teacher=TeacherConfig(interactions=True)
+        ),
     )
 
     def held_out(act) -> float:  # noqa: ANN001

@@ -56,10 +56,21 @@ class NetworkConfig:
 
 @dataclass
 class TeacherConfig(NetworkConfig):
-    """Shape of the teacher: a wide MLP, as the seed intends (1024 -> 512 -> 256 -> 128)."""
+    """Shape of the teacher: a wide MLP, as the seed intends (1024 -> 512 -> 256 -> 128).
+
+    `interactions=True` (privileged teachers only) feeds it ``[q, r, q * r, |q - r|]`` instead
+    of ``[q, r]``: how the response relates to the query, which an agent choosing among
+    candidate actions needs (BENCHMARKS.md, Agent).
+    """
 
     hidden_sizes: tuple[int, ...] = (1024, 512, 256, 128)
     dropout: float = 0.2
+    interactions: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.interactions, bool):
+            raise ConfigError(f"interactions must be a bool, got {self.interactions!r}")
 
 
 @dataclass

@@ -126,7 +126,8 @@ class TeacherNetwork(nn.Module):
         config = config or TeacherConfig()
         self.embedding_dim = embedding_dim
         self.privileged = privileged
-        input_dim = 2 * embedding_dim if privileged else embedding_dim
+        self.interactions = privileged and config.interactions
+        input_dim = (4 if self.interactions else 2 if privileged else 1) * embedding_dim
         self.mlp = RewardMLP(
             input_dim, config.hidden_sizes, num_bins, config.dropout, device, generator
         )
@@ -147,7 +148,10 @@ class TeacherNetwork(nn.Module):
                 "unknown response), or build it with privileged=False"
             )
         _check_input("response", response, self.embedding_dim)
-        return self.mlp(torch.cat([query, response], dim=1))
+        parts = [query, response]
+        if self.interactions:
+            parts += [query * response, (query - response).abs()]
+        return self.mlp(torch.cat(parts, dim=1))
 
 
 class StudentNetwork(nn.Module):

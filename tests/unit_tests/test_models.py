@@ -107,3 +107,18 @@ def test_meta_networks_give_shapes_without_memory():
     teacher = TeacherNetwork(400_000, 64, TeacherConfig((1024,), 0.1), device="meta")
     assert teacher.mlp.body[0].weight.is_meta
     assert teacher.mlp.body[0].weight.shape == (1024, 800_000)
+
+
+def test_an_interactions_teacher_sees_how_the_response_relates_to_the_query():
+    torch.manual_seed(0)
+    teacher = TeacherNetwork(8, 4, TeacherConfig(hidden_sizes=(16,), interactions=True))
+    first = teacher.mlp.net[0] if hasattr(teacher.mlp, "net") else next(
+        m for m in teacher.modules() if isinstance(m, torch.nn.Linear)
+    )
+    assert first.in_features == 4 * 8  # [q, r, q * r, |q - r|]
+    assert TeacherNetwork(8, 4, TeacherConfig(interactions=True), privileged=False).interactions \
+        is False  # a query-only teacher has no response to relate
+    q, r = torch.randn(3, 8), torch.randn(3, 8)
+    assert teacher(q, r).shape == (3, 4)
+    with pytest.raises(ConfigError, match="interactions"):
+        TeacherConfig(interactions="yes")
