@@ -93,8 +93,9 @@ class DistilledEpisodicMemory(BaseRetriever):
 
     where `w` is `reward_weight`, `similarity` is the cosine similarity of the queries, and
     `value` is the episode's reward mapped to [0, 1]: the observed reward if it is rated, else
-    the student's predicted expected reward for the episode's query (only when the student beat
-    predicting the mean on its validation split: otherwise its guesses are noise), else 0.5.
+    the teacher's expected reward for the episode's stored query and response vectors (only
+    when the teacher beat predicting the mean on its validation split: otherwise its guesses
+    are noise), else 0.5.
     Rewards are mapped with the value model's fitted reward range (its bins); before the first
     consolidation, with the range of the candidates' observed rewards. `w = 0` is pure
     similarity search. Each `Document` carries the episode in `page_content` and `id`, `query`,
@@ -111,8 +112,9 @@ class DistilledEpisodicMemory(BaseRetriever):
     at the end; until then `score` and recall keep using the old one. One consolidation runs at
     a time. A new memory loads the latest checkpoint from `model_dir`.
 
-    One value model per memory: it learns from the namespace given to `consolidate` (the
-    memory's `namespace` by default). All methods are safe to call from several threads.
+    Value models: `consolidate(namespace)` trains that namespace's own model,
+    `consolidate()` the shared one (all namespaces); a namespace without its own uses the
+    shared one. All methods are safe to call from several threads.
 
     Setup:
         .. code-block:: python
