@@ -85,7 +85,9 @@ PLOT_DIR = ROOT / "docs" / "img"
 Policy = Callable[[Observation], str]
 
 
-def play(path: Path, level: str, policy: Policy) -> tuple[float, list[tuple[str, str]], list[float]]:
+def play(
+    path: Path, level: str, policy: Policy
+) -> tuple[float, list[tuple[str, str]], list[float]]:
     """One game: its normalized score, the (state, command) steps and each step's gain."""
     steps: list[tuple[str, str]] = []
     gains: list[float] = []
@@ -203,7 +205,9 @@ def run_strategy(
     return curve, strategy, time.perf_counter() - start
 
 
-def escalation(strategy: Strategy, test: list[Path], level: str, seed: int) -> list[dict[str, float]]:
+def escalation(
+    strategy: Strategy, test: list[Path], level: str, seed: int
+) -> list[dict[str, float]]:
     """Held-out score when the router hands low-value steps to the expert, vs random hand-offs."""
     memory = strategy.memory
     assert memory is not None and memory.is_trained
@@ -215,18 +219,18 @@ def escalation(strategy: Strategy, test: list[Path], level: str, seed: int) -> l
             strong=RunnableLambda(lambda x: x["obs"].expert or greedy(x["obs"])),
             budget=budget,
         )
-        routed = np.mean([
-            play(g, level, lambda obs: router.invoke({"input": obs.state, "obs": obs}))[0]
-            for g in test
-        ])
+        def routed_policy(obs: Observation, router: Any = router) -> str:
+            return str(router.invoke({"input": obs.state, "obs": obs}))
+
+        routed = np.mean([play(g, level, routed_policy)[0] for g in test])
         status = router.status
         share = status.strong / max(1, status.strong + status.default)
-        rng = np.random.default_rng(seed)
-        blind = np.mean([
-            play(g, level, lambda obs: (obs.expert or greedy(obs)) if rng.random() < share
-                 else greedy(obs))[0]
-            for g in test
-        ])
+        coin = np.random.default_rng(seed)
+
+        def blind_policy(obs: Observation, rng: Any = coin, share: float = share) -> str:
+            return (obs.expert or greedy(obs)) if rng.random() < share else greedy(obs)
+
+        blind = np.mean([play(g, level, blind_policy)[0] for g in test])
         rows.append({"budget": budget, "share": float(share), "router": float(routed),
                      "random": float(blind)})
     return rows
@@ -283,12 +287,13 @@ def report(results: dict[str, Any], command: str) -> str:
     """The BENCHMARKS.md section, prose included, from the numbers."""
     lines = [f"`{command}` ({results['machine']}; {results['minutes']:.1f} min)", ""]
     for level, data in results["levels"].items():
-        n_seeds = len(data["curves"]["value"][str(data["checkpoints"][-1])])
+        n_seeds = len(next(iter(data["curves"].values()))[str(data["checkpoints"][-1])])
         lines += [f"### {level}: {data['train_games']} training games, {data['test_games']} "
-                  f"held-out games, {n_seeds} seed{'s' if n_seeds > 1 else ''} (mean ± std over seeds)", ""]
+                  f"held-out games, {n_seeds} seed{'s' if n_seeds > 1 else ''} "
+                  "(mean ± std over seeds)", ""]
         headers = ["strategy", *[f"after {c}" for c in data["checkpoints"]], "train time"]
-        rows = [["walkthrough (ceiling)", *[f"{data['walkthrough']:.2f}"] * len(data["checkpoints"]),
-                 "-"]]
+        ceiling = f"{data['walkthrough']:.2f}"
+        rows = [["walkthrough (ceiling)", *[ceiling] * len(data["checkpoints"]), "-"]]
         for name in data["curves"]:
             cells = [f"{Summary.of(data['curves'][name][str(c)]).mean:.2f} ± "
                      f"{Summary.of(data['curves'][name][str(c)]).std:.2f}"

@@ -5,8 +5,8 @@
 
 Each benchmark runs as its own process (quality, storage, speed, consolidation, callback,
 agent), its output streamed as it comes. A failing one does not stop the others; the exit
-status is 1 if any failed. The whole full run is meant to finish in under 45 minutes on a 2-core machine (the
-agent benchmark, TextWorld games, takes about half of it).
+status is 1 if any failed. The whole full run is meant to finish in under 45 minutes on a
+2-core machine (the agent benchmark, TextWorld games, takes about half of it).
 """
 
 from __future__ import annotations

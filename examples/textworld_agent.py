@@ -20,7 +20,7 @@ What it shows, step by step:
 
 Usage:
     make demo        # or: .venv/bin/python examples/textworld_agent.py (50 games: ~3 minutes)
-    .venv/bin/python examples/textworld_agent.py --train-games 20 --every 10 --test-games 3 --no-plots
+    .venv/bin/python examples/textworld_agent.py --train-games 20 --every 10 --test-games 3
 """
 
 from __future__ import annotations
