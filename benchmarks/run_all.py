@@ -4,7 +4,7 @@
     python benchmarks/run_all.py --quick    # smoke runs; BENCHMARKS.md is left alone
 
 Each benchmark runs as its own process (quality, storage, speed, consolidation, callback,
-agent), its output streamed as it comes. A failing one does not stop the others; the exit
+import, agent), its output streamed as it comes. A failing one does not stop the others; the exit
 status is 1 if any failed. The whole full run is meant to finish in under 45 minutes on a
 2-core machine (the agent benchmark, TextWorld games, takes about half of it).
 """
@@ -28,6 +28,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("speed", [], ["--quick"]),
     ("consolidation", [], ["--quick"]),
     ("callback", [], ["--runs", "5", "--no-write"]),
+    ("import", [], ["--quick"]),
     ("agent", [], ["--quick"]),
 ]
 
