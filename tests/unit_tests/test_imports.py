@@ -4,6 +4,7 @@ import langchain_kd_memory
 
 EXPECTED_ALL = [
     "BackgroundWriter",
+    "CachedEmbeddings",
     "CheckpointError",
     "ConfigError",
     "ConsolidationCallback",
