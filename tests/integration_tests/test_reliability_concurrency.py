@@ -3,7 +3,7 @@ and several processes can write to one Chroma server.
 
 The embedder here is a real but cheap one (hashed character n-grams, scikit-learn's
 `HashingVectorizer`): what is tested is the store, the memory and the consolidation worker under
-contention, and 4,000 MiniLM calls would take minutes on a 2-core machine. The single-process test
+contention, and 2,000 MiniLM calls would take minutes on a 2-core machine. The single-process test
 keeps its embedded Chroma in /dev/shm when there is one: SQLite commits cost ~30 ms on this
 machine's disk and ~3 ms in memory, which is what the other guarantees need, not this one.
 """
@@ -37,7 +37,7 @@ from langchain_kd_memory.storage import EpisodeStore
 
 logger = logging.getLogger(__name__)
 
-THREADS, PER_THREAD = 8, 500
+THREADS, PER_THREAD = 8, 250
 PROCESSES, PER_PROCESS = 2, 100
 TOPICS = ["refund for my order", "weather this weekend", "reset my password", "train times"]
 
@@ -82,7 +82,7 @@ def fast_directory(tmp_path: Path) -> Iterator[str]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_8_threads_x_500_episodes_during_background_consolidation(
+def test_8_threads_x_250_episodes_during_background_consolidation(
     fast_directory: str, tmp_path: Path
 ) -> None:
     store = EpisodeStore("conc", embeddings=HashingEmbeddings(), persist_directory=fast_directory)
@@ -93,7 +93,7 @@ def test_8_threads_x_500_episodes_during_background_consolidation(
         for i, topic in enumerate(TOPICS * 25)
     ])
     memory.consolidate()
-    callback = ConsolidationCallback(memory, every_n_episodes=1500, background=True)
+    callback = ConsolidationCallback(memory, every_n_episodes=750, background=True)
 
     failures: list[BaseException] = []
     writers_done = threading.Event()
