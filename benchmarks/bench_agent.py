@@ -65,11 +65,13 @@ from langchain_kd_memory import (  # noqa: E402
     TeacherConfig,
     default_embeddings,
 )
+from langchain_kd_memory.decisions import discounted_returns  # noqa: E402
 from langchain_kd_memory.games import (  # noqa: E402
     MAX_STEPS,
     CookingGame,
     Observation,
     ensure_games,
+    play_game,
 )
 
 GAMMA = 0.7
@@ -83,32 +85,6 @@ STRATEGIES = ("random", "similarity", "hindsight", "memrl", "value")
 PLOT_DIR = ROOT / "docs" / "img"
 
 Policy = Callable[[Observation], str]
-
-
-def play(
-    path: Path, level: str, policy: Policy
-) -> tuple[float, list[tuple[str, str]], list[float]]:
-    """One game: its normalized score, the (state, command) steps and each step's gain."""
-    steps: list[tuple[str, str]] = []
-    gains: list[float] = []
-    with CookingGame.open(path, MAX_STEPS[level]) as game:
-        obs = game.reset()
-        while not obs.done:
-            command = policy(obs)
-            after = game.step(command)
-            steps.append((obs.state, command))
-            gains.append((after.score - obs.score) / obs.max_score)
-            obs = after
-    return obs.normalized_score, steps, gains
-
-
-def returns(gains: Sequence[float], gamma: float = GAMMA) -> list[float]:
-    """Discounted return after each step: G_t = r_t + gamma * G_{t+1}."""
-    out, total = [], 0.0
-    for gain in reversed(gains):
-        total = gain + gamma * total
-        out.append(total)
-    return out[::-1]
 
 
 class Strategy:
@@ -154,7 +130,7 @@ class Strategy:
             return
         self.memory.add_trajectory(steps, gains, gamma=GAMMA, trajectory_id=f"game-{game}")
         if self.name == "memrl":
-            got = returns(gains)
+            got = discounted_returns(gains, GAMMA)
             for step, memory_id in self.used:
                 q = self.memory.store.get([memory_id])[0].reward or 0.0
                 self.memory.record_feedback(memory_id, q + MEMRL_ALPHA * (got[step] - q))
@@ -169,7 +145,8 @@ class Strategy:
 
 def evaluate(strategy: Strategy, games: list[Path], level: str) -> float:
     """Mean normalized score on `games`, greedy, nothing recorded."""
-    return float(np.mean([play(g, level, strategy.policy(training=False))[0] for g in games]))
+    policy = strategy.policy(training=False)
+    return float(np.mean([play_game(g, policy, MAX_STEPS[level]).score for g in games]))
 
 
 def new_memory(
@@ -200,8 +177,8 @@ def run_strategy(
             curve[done] = evaluate(strategy, test, level)
         if done == len(train):
             break
-        _, steps, gains = play(train[order[done]], level, strategy.policy(training=True))
-        strategy.learn(done, steps, gains)
+        game = play_game(train[order[done]], strategy.policy(training=True), MAX_STEPS[level])
+        strategy.learn(done, game.steps, game.gains)
     return curve, strategy, time.perf_counter() - start
 
 
@@ -222,7 +199,7 @@ def escalation(
         def routed_policy(obs: Observation, router: Any = router) -> str:
             return str(router.invoke({"input": obs.state, "obs": obs}))
 
-        routed = np.mean([play(g, level, routed_policy)[0] for g in test])
+        routed = np.mean([play_game(g, routed_policy, MAX_STEPS[level]).score for g in test])
         status = router.status
         share = status.strong / max(1, status.strong + status.default)
         coin = np.random.default_rng(seed)
@@ -230,7 +207,7 @@ def escalation(
         def blind_policy(obs: Observation, rng: Any = coin, share: float = share) -> str:
             return (obs.expert or greedy(obs)) if rng.random() < share else greedy(obs)
 
-        blind = np.mean([play(g, level, blind_policy)[0] for g in test])
+        blind = np.mean([play_game(g, blind_policy, MAX_STEPS[level]).score for g in test])
         rows.append({"budget": budget, "share": float(share), "router": float(routed),
                      "random": float(blind)})
     return rows
@@ -240,7 +217,7 @@ def rank_speed(memory: DistilledEpisodicMemory, obs: Observation) -> dict[str, f
     """Milliseconds: rank_responses of one state's candidates vs embedding them (uncached)."""
     inner = default_embeddings()
     texts = [obs.state, *obs.candidates]
-    cached = memory.store.embedder.texts(texts)  # noqa: F841 - warms the cache
+    memory.store.embedder.texts(texts)  # puts them in the cache
     return {
         "candidates": len(obs.candidates),
         "rank_cached_ms": 1e3 * time_per_call(lambda: memory.rank_responses(obs.state,

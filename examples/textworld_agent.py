@@ -40,7 +40,7 @@ from langchain_kd_memory import (
     TeacherConfig,
     default_embeddings,
 )
-from langchain_kd_memory.games import MAX_STEPS, CookingGame, Observation, ensure_games
+from langchain_kd_memory.games import MAX_STEPS, Observation, ensure_games, play_game
 
 LEVEL = "L1"
 
@@ -51,20 +51,6 @@ def choose(memory: DistilledEpisodicMemory, obs: Observation, explore: float,
     if not memory.is_trained:
         return str(rng.choice(obs.candidates))
     return memory.rank_responses(obs.state, obs.candidates, explore=explore, rng=rng)[0].response
-
-
-def play(path: Path, act) -> tuple[float, list[tuple[str, str]], list[float]]:  # noqa: ANN001
-    """Play one game with `act(obs) -> command`: its score (1 = won), steps and step rewards."""
-    steps, gains = [], []
-    with CookingGame.open(path, max_steps=MAX_STEPS[LEVEL]) as game:
-        obs = game.reset()
-        while not obs.done:
-            command = act(obs)
-            after = game.step(command)
-            steps.append((obs.state, command))
-            gains.append((after.score - obs.score) / obs.max_score)  # share of the points
-            obs = after
-    return obs.normalized_score, steps, gains
 
 
 def main() -> None:
@@ -94,7 +80,7 @@ def main() -> None:
     )
 
     def held_out(act) -> float:  # noqa: ANN001
-        return float(np.mean([play(path, act)[0] for path in test]))
+        return float(np.mean([play_game(path, act, MAX_STEPS[LEVEL]).score for path in test]))
 
     def greedy(obs: Observation) -> str:
         return choose(memory, obs, 0.0, rng)
@@ -105,9 +91,10 @@ def main() -> None:
     print(f"{0:>6}  {0:>8}  {curve[0][1]:>14.2f}   random play, nothing learned yet")
     wins = 0
     for i, path in enumerate(train, start=1):
-        score, steps, gains = play(path, lambda obs: choose(memory, obs, 0.25, rng))
-        memory.add_trajectory(steps, gains, gamma=0.7, trajectory_id=f"game-{i}")
-        wins += score == 1.0
+        game = play_game(path, lambda obs: choose(memory, obs, 0.25, rng), MAX_STEPS[LEVEL])
+        # every step an episode; its reward the discounted share of the points that followed
+        memory.add_trajectory(game.steps, game.gains, gamma=0.7, trajectory_id=f"game-{i}")
+        wins += game.score == 1.0
         if i % args.every == 0 or i == len(train):
             report = memory.consolidate()
             curve.append((i, held_out(greedy)))

@@ -34,7 +34,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -294,6 +294,36 @@ class CookingGame:
             won=bool(state.won), lost=bool(state.lost), expert=plan[0] if plan else None,
             walkthrough=list(state.get("extra.walkthrough") or []),
         )
+
+
+@dataclass(frozen=True)
+class PlayedGame:
+    """One finished game: its score and what the agent did.
+
+    Attributes:
+        score: Normalized score at the end (1.0 = won).
+        steps: (state text, command) of every step, in order.
+        gains: Each step's reward: the points it gained / the game's maximum.
+    """
+
+    score: float
+    steps: list[tuple[str, str]]
+    gains: list[float]
+
+
+def play_game(path: Path | str, act: Callable[[Observation], str], max_steps: int) -> PlayedGame:
+    """Play the game at `path` with `act(observation) -> command` until it is over."""
+    steps: list[tuple[str, str]] = []
+    gains: list[float] = []
+    with CookingGame.open(path, max_steps) as game:
+        obs = game.reset()
+        while not obs.done:
+            command = act(obs)
+            after = game.step(command)
+            steps.append((obs.state, command))
+            gains.append((after.score - obs.score) / obs.max_score)
+            obs = after
+    return PlayedGame(obs.normalized_score, steps, gains)
 
 
 def game_facts(path: Path | str) -> dict[str, Any]:

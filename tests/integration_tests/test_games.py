@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from langchain_kd_memory.errors import GameError, InvalidArgumentError
-from langchain_kd_memory.games import CookingGame, ensure_games, game_facts, tw_make_command
+from langchain_kd_memory.games import (
+    CookingGame,
+    ensure_games,
+    game_facts,
+    play_game,
+    tw_make_command,
+)
 
 pytest.importorskip("textworld")
 
@@ -38,6 +44,16 @@ def test_the_walkthrough_wins_and_the_view_follows_the_game(games: list[Path]) -
         for command in [c for c in obs.walkthrough if c not in ("inventory", "examine cookbook")]:
             obs = game.step(command)
         assert obs.won and obs.done and obs.normalized_score == 1.0
+
+
+def test_play_game_records_each_step_and_its_share_of_the_points(games: list[Path]) -> None:
+    won = play_game(games[0], lambda obs: obs.expert or obs.candidates[0], max_steps=20)
+    assert won.score == 1.0
+    assert len(won.steps) == len(won.gains) > 0
+    assert sum(won.gains) == pytest.approx(1.0)  # every point, once
+    assert all(gain >= 0 for gain in won.gains)
+    capped = play_game(games[0], lambda obs: obs.candidates[-1], max_steps=3)
+    assert len(capped.steps) <= 3 and capped.score < 1.0
 
 
 def test_a_game_ends_after_its_steps(games: list[Path]) -> None:
