@@ -19,7 +19,7 @@ What it shows, step by step:
    bigger model or a human).
 
 Usage:
-    make demo        # or: .venv/bin/python examples/textworld_agent.py (50 games: about 5 minutes)
+    make demo        # or: .venv/bin/python examples/textworld_agent.py (50 games: 1.5-5 minutes)
     .venv/bin/python examples/textworld_agent.py --train-games 20 --every 10 --test-games 3
 """
 
