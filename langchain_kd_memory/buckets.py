@@ -383,7 +383,10 @@ class Layout:
             with chroma_call(f"open the namespace registry {name!r}"):
                 if create:
                     self._registry = self.client.get_or_create_collection(
-                        name, metadata={FORMAT_META: STORE_FORMAT}, embedding_function=None
+                        name,
+                        configuration=_OWN_CONFIG,  # type: ignore[arg-type]
+                        metadata={FORMAT_META: STORE_FORMAT},
+                        embedding_function=None,
                     )
                 else:
                     try:
