@@ -559,8 +559,11 @@ class Layout:
                 new.append(namespace)
             else:
                 places[namespace] = self._places[namespace] = place
-        created = self._create({ns: rows[ns] for ns in new}) if new else []
-        places.update({p.namespace: p for p in created})
+        created: list[Place] = []
+        if new:
+            # another process may create some of them first: use its places, undo none of them
+            made, created = self._create({ns: rows[ns] for ns in new})
+            places.update(made)
         return places, created
 
     def _open_bucket(self, registry: Collection) -> int:
@@ -616,8 +619,12 @@ class Layout:
                                 metadatas=[{BUCKET_META: number}])
         return assigned
 
-    def _create(self, rows: Mapping[str, int]) -> list[Place]:
-        """Register new namespaces; return the places of those this process created."""
+    def _create(self, rows: Mapping[str, int]) -> tuple[dict[str, Place], list[Place]]:
+        """Register new namespaces.
+
+        Returns the place of every one of them (another process may have registered some
+        first: its placement wins) and those this process created.
+        """
         registry = self.registry(create=True)
         assert registry is not None
         assigned = self._assign(registry, rows)
@@ -633,6 +640,7 @@ class Layout:
             registry.add(ids=[_NS + ns for ns in rows], embeddings=_dummies(len(rows)),
                          metadatas=metadatas)  # type: ignore[arg-type]
         records = self.records(list(rows))
+        places: dict[str, Place] = {}
         created = []
         for namespace in rows:
             record = records.get(namespace)
@@ -642,10 +650,10 @@ class Layout:
                     f"namespace {namespace!r} was deleted by another process while this one "
                     "created it; try again"
                 )
-            self._places[namespace] = place
+            self._places[namespace] = places[namespace] = place
             if record.get(TAG_KEY) == tags[namespace]:
                 created.append(place)
-        return created
+        return places, created
 
     def forget(self, place: Place) -> None:
         """Remove a namespace this process created if it is still empty (undo of a failed add)."""
@@ -689,8 +697,7 @@ class Layout:
                 self._places.pop(namespace, None)
                 place = self._legacy(namespace)
                 if place is None and create:
-                    self._create({namespace: 1})
-                    place = self._places.get(namespace)
+                    place = self._create({namespace: 1})[0][namespace]
                 return place
             place = self._place_of(namespace, record, create=True)
             if place is not None:
