@@ -2,7 +2,7 @@
 
     python benchmarks/bench_scale.py              # full: 10,000 namespaces embedded; server run
     python benchmarks/bench_scale.py --quick      # a small run (1,000 and 100 namespaces)
-    python benchmarks/bench_scale.py --update-md  # also rewrite the "Scale" section of BENCHMARKS.md
+    python benchmarks/bench_scale.py --update-md  # also rewrite BENCHMARKS.md's "Scale" section
 
 (a) Embedded Chroma, one process: N namespaces x 10 episodes, written in `add` calls of 50
 namespaces (500 episodes) each, with precomputed synthetic unit vectors (384-dim; the embedder is
@@ -116,10 +116,10 @@ def search_timings(
     store: EpisodeStore, namespaces: list[str], repeats: int, rng: np.random.Generator
 ) -> list[float]:
     queries = unit_vectors(repeats + 5, rng)
-    return timed(
-        lambda i: store.search_by_vector(queries[i], k=K, namespace=namespaces[i % len(namespaces)]),
-        repeats,
-    )
+    def search(i: int) -> object:
+        return store.search_by_vector(queries[i], k=K, namespace=namespaces[i % len(namespaces)])
+
+    return timed(search, repeats)
 
 
 # ---------------------------------------------------------------- (a) embedded, one process

@@ -453,7 +453,8 @@ def test_processes_creating_and_moving_the_same_namespaces_agree(
         assert child.returncode == 0, err
     moves = sum(json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
 
-    client = chromadb.HttpClient(host=host, port=port, settings=Settings(anonymized_telemetry=False))
+    settings = Settings(anonymized_telemetry=False)
+    client = chromadb.HttpClient(host=host, port=port, settings=settings)
     store = EpisodeStore(prefix, embeddings=TextVectors(), client=client, move_at=12)
     namespaces = [f"ns{n}" for n in range(8)]
     assert moves == 8  # each namespace moved once, by one process
