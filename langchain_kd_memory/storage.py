@@ -1,9 +1,10 @@
 """`EpisodeStore`: episodes in Chroma; small namespaces share bucket collections.
 
-This module and `buckets` (the layout: registry, buckets, own collections, moves, what several
-processes may do at once) are the only ones that import `chromadb`.
+This module, `buckets` (the layout: registry, buckets, own collections, moves, what several
+processes may do at once) and `records` (an episode as a Chroma record, checks of filters) are
+the only ones that import `chromadb`.
 
-Records:
+Records (written and read through `records`):
     * One record per episode: the vector is the query embedding, the document is the query,
       and the metadata holds the user's keys as given plus reserved ``kd_`` keys: the response
       text, the reward (absent when not rated) and a ``kd_rated`` flag, the creation time (ISO
@@ -30,7 +31,6 @@ Layout (details, measurements and the guarantees across processes in `buckets`):
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import logging
 import re
@@ -43,7 +43,6 @@ import chromadb
 import numpy as np
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
-from chromadb.api.types import validate_where
 from chromadb.config import Settings
 from langchain_core.embeddings import Embeddings
 
@@ -63,8 +62,6 @@ from langchain_kd_memory.embeddings import Embedder, EmbedderIdentity
 from langchain_kd_memory.episodes import (
     DEFAULT_NAMESPACE,
     DEFAULT_PERSIST_DIRECTORY,
-    MAX_TEXT_LENGTH,
-    RESERVED_METADATA_PREFIX,
     Episode,
     TrainingArrays,
     check_reward_in_range,
@@ -79,6 +76,21 @@ from langchain_kd_memory.errors import (
     InvalidEpisodeError,
     StoreError,
 )
+from langchain_kd_memory.records import (
+    CHROMA_RESERVED_PREFIXES,
+    CREATED_TS_KEY,
+    INT64,
+    RATED_KEY,
+    RESPONSE_EMBEDDING_KEY,
+    REWARD_KEY,
+    check_ids,
+    check_search_query,
+    check_where,
+    decode_vector,
+    episode_of,
+    rated_where,
+    record_metadata,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,88 +99,12 @@ __all__ = ["STORE_FORMAT", "EpisodeStore", "encode_namespace", "http_client",
 
 _T = TypeVar("_T")
 
-# Reserved record metadata keys.
-RESPONSE_KEY = "kd_response"
-REWARD_KEY = "kd_reward"
-RATED_KEY = "kd_rated"
-CREATED_AT_KEY = "kd_created_at"
-CREATED_TS_KEY = "kd_created_ts"
-RESPONSE_EMBEDDING_KEY = "kd_response_emb"
-
-CHROMA_RESERVED_PREFIXES = ("#", "$", "chroma:")
-"""Metadata keys Chroma keeps for itself (``#document``, ``$and``, ``chroma:document``)."""
-
 _COLLECTION_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{1,61}[a-zA-Z0-9]")
-_INT64 = (-(2**63), 2**63 - 1)
 _TRAINING_PAGE = 1024
 RECENT_SAMPLE = 256
 """Creation times sampled to find which episodes are the most recent ones."""
 UNDO_BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
 """Waits between attempts to remove what a failed add wrote (Chroma may be restarting)."""
-
-
-def _encode_vector(vector: np.ndarray) -> str:
-    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-
-
-def check_search_query(query: object) -> str:
-    """Return `query` if it is a usable search text, else raise `InvalidArgumentError`."""
-    if not isinstance(query, str) or not query.strip():
-        raise InvalidArgumentError(f"query must be a non-empty str, got {query!r}")
-    if len(query) > MAX_TEXT_LENGTH:
-        raise InvalidArgumentError(
-            f"query is {len(query):,} characters; the limit is {MAX_TEXT_LENGTH:,}: search with "
-            "a shorter text (embedders read only the first few hundred tokens)"
-        )
-    return query
-
-
-def _check_ids(ids: object) -> list[str]:
-    if isinstance(ids, str) or not isinstance(ids, Sequence):
-        raise InvalidArgumentError(
-            f"ids must be a list of str, got {type(ids).__name__}; wrap a single id in a list"
-        )
-    for episode_id in ids:
-        if not isinstance(episode_id, str) or not episode_id.strip():
-            raise InvalidArgumentError(f"every id must be a non-empty str, got {episode_id!r}")
-    return list(ids)
-
-
-_check_namespace = validate_namespace
-
-
-def _reject_reserved_keys(node: object) -> None:
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            if isinstance(key, str) and key.startswith((RESERVED_METADATA_PREFIX, "#", "chroma:")):
-                raise InvalidArgumentError(
-                    f"where filters address user metadata only; {key!r} uses a reserved "
-                    f"prefix ({RESERVED_METADATA_PREFIX!r} is the store's, '#' and 'chroma:' "
-                    "Chroma's)"
-                )
-            _reject_reserved_keys(value)
-    elif isinstance(node, (list, tuple)):
-        for item in node:
-            _reject_reserved_keys(item)
-
-
-def _check_where(where: object) -> dict[str, Any] | None:
-    if where is None:
-        return None
-    if not isinstance(where, Mapping) or not where:
-        raise InvalidArgumentError(f"where must be a non-empty dict or None, got {where!r}")
-    _reject_reserved_keys(where)
-    try:
-        validate_where(dict(where))  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise InvalidArgumentError(f"invalid where filter: {exc}") from exc
-    return dict(where)
-
-
-def _rated_where(since_ts: float | None) -> dict[str, Any]:
-    """The `where` filter of rated episodes, created at or after `since_ts` if given."""
-    rated: dict[str, Any] = {RATED_KEY: True}
-    return rated if since_ts is None else {"$and": [rated, {CREATED_TS_KEY: {"$gte": since_ts}}]}
 
 
 def http_client(host: str, port: int = 8000) -> ClientAPI:
@@ -331,7 +267,7 @@ class EpisodeStore:
         """Where the records of `namespace` (every namespace when None) are."""
         if namespace is None:
             return self._layout.catalog()[1]
-        place = self._layout.place(_check_namespace(namespace))
+        place = self._layout.place(validate_namespace(namespace))
         return [] if place is None else [place.scope]
 
     def _read(self, namespace: str, read: Callable[[Place], _T], empty: _T) -> _T:
@@ -352,54 +288,11 @@ class EpisodeStore:
                 return read(fresh)
         return result
 
-    # ----------------------------------------------------------------- vectors
-
-    def _decode_vector(self, text: object, episode_id: str) -> np.ndarray:
-        try:
-            vector = np.frombuffer(base64.b64decode(str(text), validate=True), dtype="<f4")
-        except ValueError as exc:
-            raise StoreError(f"episode {episode_id!r} has a corrupt response embedding") from exc
-        if vector.shape != (self.dimension,):
-            raise StoreError(
-                f"episode {episode_id!r} has a response embedding of {vector.size} floats, "
-                f"expected {self.dimension}"
-            )
-        return vector
-
     # ----------------------------------------------------------------- records
 
-    @staticmethod
-    def _record_metadata(episode: Episode, response_vector: np.ndarray) -> dict[str, Any]:
-        metadata: dict[str, Any] = dict(episode.metadata)
-        metadata[RESPONSE_KEY] = episode.response
-        metadata[RATED_KEY] = episode.reward is not None
-        if episode.reward is not None:
-            metadata[REWARD_KEY] = episode.reward
-        metadata[CREATED_AT_KEY] = episode.created_at.isoformat()
-        metadata[CREATED_TS_KEY] = episode.created_at.timestamp()
-        metadata[RESPONSE_EMBEDDING_KEY] = _encode_vector(response_vector)
-        return metadata
+    def _decode_vector(self, text: object, episode_id: str) -> np.ndarray:
+        return decode_vector(text, episode_id, self.dimension)
 
-    @staticmethod
-    def _episode(
-        episode_id: str, document: str | None, metadata: Mapping[str, Any], namespace: str
-    ) -> Episode:
-        if document is None or RESPONSE_KEY not in metadata or CREATED_AT_KEY not in metadata:
-            raise StoreError(
-                f"record {episode_id!r} in namespace {namespace!r} was not written by an "
-                "EpisodeStore"
-            )
-        return Episode(
-            query=document,
-            response=str(metadata[RESPONSE_KEY]),
-            reward=metadata.get(REWARD_KEY),
-            metadata={
-                k: v for k, v in metadata.items() if not k.startswith(RESERVED_METADATA_PREFIX)
-            },
-            namespace=namespace,
-            id=episode_id,
-            created_at=datetime.fromisoformat(str(metadata[CREATED_AT_KEY])),
-        )
     def check_episodes(self, episodes: object) -> list[Episode]:
         """Return `episodes` as a list if `add` would accept them, else raise; nothing is written.
 
@@ -430,7 +323,7 @@ class EpisodeStore:
                         f"Chroma reserves ({', '.join(map(repr, CHROMA_RESERVED_PREFIXES))}): "
                         "rename it"
                     )
-                if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+                if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
                     raise InvalidEpisodeError(
                         f"metadata[{key!r}] of episode {episode.id!r} does not fit in 64 bits"
                     )
@@ -551,7 +444,7 @@ class EpisodeStore:
             ):
                 row = by_id[chroma_id]
                 episode_id = batch[row].id
-                if self._episode(episode_id, document, metadata, namespace) != batch[row]:
+                if episode_of(episode_id, document, metadata, namespace) != batch[row]:
                     raise DuplicateEpisodeError(
                         f"episode id {episode_id!r} already exists in namespace {namespace!r} "
                         "and differs from the one given; use update_rewards to change its "
@@ -593,7 +486,7 @@ class EpisodeStore:
                         embeddings=np.stack([q for _, _, q, _ in chunk]),
                         documents=[ep.query for _, ep, _, _ in chunk],
                         metadatas=[
-                            {**self._record_metadata(ep, r), **place.tags()}
+                            {**record_metadata(ep, r), **place.tags()}
                             for place, ep, _, r in chunk
                         ],
                     )
@@ -682,7 +575,7 @@ class EpisodeStore:
             for scope in self._layout.catalog()[1]:
                 self._get_in(scope, unique, include, found)
         else:
-            ns = _check_namespace(namespace)
+            ns = validate_namespace(namespace)
             place = self._layout.place(ns)
             if place is not None:
                 self._get_in(place.scope, unique, include, found)
@@ -754,10 +647,10 @@ class EpisodeStore:
             EpisodeNotFoundError: If an id is not stored (the message names it).
             InvalidArgumentError: If `namespace` is None and an id exists in two namespaces.
         """
-        wanted = _check_ids(ids)
+        wanted = check_ids(ids)
         found = self._fetch(wanted, namespace, ["documents", "metadatas"])
         return [
-            self._episode(i, found[i][1]["documents"], found[i][1]["metadatas"], found[i][0])
+            episode_of(i, found[i][1]["documents"], found[i][1]["metadatas"], found[i][0])
             for i in wanted
         ]
 
@@ -801,7 +694,7 @@ class EpisodeStore:
         """
         if not isinstance(rewards, Mapping):
             raise InvalidArgumentError(f"rewards must be a dict of id -> reward, got {rewards!r}")
-        ids = _check_ids(list(rewards))
+        ids = check_ids(list(rewards))
         values = [validate_reward(rewards[i]) for i in ids]
         with self._lock:
             found = self._fetch(ids, namespace, ["documents", "metadatas"])
@@ -826,7 +719,7 @@ class EpisodeStore:
                 self._apply(ns, ids, change)
         return [
             dataclasses.replace(
-                self._episode(i, found[i][1]["documents"], found[i][1]["metadatas"], found[i][0]),
+                episode_of(i, found[i][1]["documents"], found[i][1]["metadatas"], found[i][0]),
                 reward=value,
             )
             for i, value in zip(ids, values, strict=True)
@@ -838,7 +731,7 @@ class EpisodeStore:
         Raises:
             EpisodeNotFoundError: If an id is not stored.
         """
-        wanted = _check_ids(ids)
+        wanted = check_ids(ids)
         with self._lock:
             found = self._fetch(wanted, namespace, [])
             by_namespace: dict[str, list[str]] = {}
@@ -859,7 +752,7 @@ class EpisodeStore:
         Returns:
             How many episodes were deleted (0 if the namespace did not exist).
         """
-        namespace = _check_namespace(namespace)
+        namespace = validate_namespace(namespace)
         with self._lock:
             count = self._layout.drop(namespace)
         logger.info("deleted namespace %r (%d episodes)", namespace, count)
@@ -876,7 +769,7 @@ class EpisodeStore:
         """Number of episodes in `namespace`, or in the whole store when None."""
         if namespace is None:
             return sum(self._count_in(scope) for scope in self._scopes(None))
-        ns = _check_namespace(namespace)
+        ns = validate_namespace(namespace)
         return self._read(ns, lambda place: self._count_in(place.scope), 0)
 
     def count_rated(self, namespace: str | None = None) -> int:
@@ -884,7 +777,7 @@ class EpisodeStore:
         rated = {RATED_KEY: True}
         if namespace is None:
             return sum(self._count_in(scope, rated) for scope in self._scopes(None))
-        ns = _check_namespace(namespace)
+        ns = validate_namespace(namespace)
         return self._read(ns, lambda place: self._count_in(place.scope, rated), 0)
 
     def vectors(
@@ -898,7 +791,7 @@ class EpisodeStore:
         Raises:
             EpisodeNotFoundError: If an id is not stored.
         """
-        wanted = _check_ids(ids)
+        wanted = check_ids(ids)
         found = self._fetch(wanted, namespace, ["embeddings", "metadatas"])
         empty = np.zeros((0, self.dimension), dtype=np.float32)
         if not wanted:
@@ -921,7 +814,7 @@ class EpisodeStore:
             limit: How many episodes at most; all of them if None.
             offset: How many episodes to skip first.
         """
-        ns = DEFAULT_NAMESPACE if namespace is None else _check_namespace(namespace)
+        ns = DEFAULT_NAMESPACE if namespace is None else validate_namespace(namespace)
         limit = optional(check_int, "limit", limit, low=1)
         offset = check_int("offset", offset, low=0)
 
@@ -935,7 +828,7 @@ class EpisodeStore:
                     offset=offset,
                 )
             rows = zip(got["ids"], got["documents"] or [], got["metadatas"] or [], strict=True)
-            return [self._episode(scope.eid(i), doc, meta, ns) for i, doc, meta in rows]
+            return [episode_of(scope.eid(i), doc, meta, ns) for i, doc, meta in rows]
 
         return self._read(ns, page, [])
 
@@ -996,8 +889,8 @@ class EpisodeStore:
     ) -> tuple[int, str, dict[str, Any] | None]:
         return (
             check_int("k", k, low=1),
-            DEFAULT_NAMESPACE if namespace is None else _check_namespace(namespace),
-            _check_where(where),
+            DEFAULT_NAMESPACE if namespace is None else validate_namespace(namespace),
+            check_where(where),
         )
 
     def _query(
@@ -1020,7 +913,7 @@ class EpisodeStore:
         distances = (result["distances"] or [[]])[0]
         rows = zip(result["ids"][0], documents, metadatas, distances, strict=True)
         return [
-            (self._episode(scope.eid(i), doc, meta, place.namespace), 1.0 - float(dist))
+            (episode_of(scope.eid(i), doc, meta, place.namespace), 1.0 - float(dist))
             for i, doc, meta, dist in rows
         ]
 
@@ -1031,7 +924,7 @@ class EpisodeStore:
     ) -> Iterator[tuple[TrainingArrays, np.ndarray]]:
         """Pages of rated episodes with their creation timestamps; never embeds anything."""
         for scope in scopes:
-            where = scope.where(_rated_where(since_ts))
+            where = scope.where(rated_where(since_ts))
             offset = 0
             while True:
                 with _chroma(f"read training data from {scope.collection.name!r}"):
@@ -1078,7 +971,7 @@ class EpisodeStore:
         found = []
         for scope in scopes:
             with _chroma(f"list rated episodes of {scope.collection.name!r}"):
-                where = scope.where(_rated_where(since_ts))
+                where = scope.where(rated_where(since_ts))
                 found.append(scope.collection.get(where=where, include=[])["ids"])  # type: ignore[arg-type]
         return found
 
@@ -1135,7 +1028,7 @@ class EpisodeStore:
         if since is not None and not isinstance(since, datetime):
             raise InvalidArgumentError(f"since must be a datetime or None, got {since!r}")
         if namespace is not None:
-            namespace = _check_namespace(namespace)
+            namespace = validate_namespace(namespace)
         since_ts = None if since is None else (
             since if since.tzinfo else since.replace(tzinfo=timezone.utc)
         ).timestamp()
@@ -1159,7 +1052,7 @@ class EpisodeStore:
         if limit is not None:
             limit = check_int("limit", limit, low=1)
         if namespace is not None:
-            namespace = _check_namespace(namespace)
+            namespace = validate_namespace(namespace)
         scopes = self._training_scopes(namespace)
         cutoff = None if limit is None else self._recent_cutoff(scopes, limit)
         pages = list(self._rated_pages(scopes, _TRAINING_PAGE, cutoff))
