@@ -76,9 +76,9 @@ from langchain_kd_memory.errors import (
     InvalidEpisodeError,
     StoreError,
 )
+from langchain_kd_memory.rated import rated_pages, recent_cutoff
 from langchain_kd_memory.records import (
     CHROMA_RESERVED_PREFIXES,
-    CREATED_TS_KEY,
     INT64,
     RATED_KEY,
     RESPONSE_EMBEDDING_KEY,
@@ -88,7 +88,6 @@ from langchain_kd_memory.records import (
     check_where,
     decode_vector,
     episode_of,
-    rated_where,
     record_metadata,
 )
 
@@ -101,8 +100,6 @@ _T = TypeVar("_T")
 
 _COLLECTION_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{1,61}[a-zA-Z0-9]")
 _TRAINING_PAGE = 1024
-RECENT_SAMPLE = 256
-"""Creation times sampled to find which episodes are the most recent ones."""
 UNDO_BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
 """Waits between attempts to remove what a failed add wrote (Chroma may be restarting)."""
 
@@ -919,39 +916,6 @@ class EpisodeStore:
 
     # ----------------------------------------------------------------- training data
 
-    def _rated_pages(
-        self, scopes: list[Scope], batch_size: int, since_ts: float | None
-    ) -> Iterator[tuple[TrainingArrays, np.ndarray]]:
-        """Pages of rated episodes with their creation timestamps; never embeds anything."""
-        for scope in scopes:
-            where = scope.where(rated_where(since_ts))
-            offset = 0
-            while True:
-                with _chroma(f"read training data from {scope.collection.name!r}"):
-                    page = scope.collection.get(
-                        where=where,  # type: ignore[arg-type]
-                        include=["embeddings", "metadatas"],  # type: ignore[list-item]
-                        limit=batch_size,
-                        offset=offset,
-                    )
-                ids = [scope.eid(i) for i in page["ids"]]
-                if not ids:
-                    break
-                metadatas = page["metadatas"] or []
-                arrays = TrainingArrays(
-                    np.asarray(page["embeddings"], dtype=np.float32),
-                    np.stack([
-                        self._decode_vector(m[RESPONSE_EMBEDDING_KEY], i)
-                        for i, m in zip(ids, metadatas, strict=True)
-                    ]),
-                    np.array([m[REWARD_KEY] for m in metadatas], dtype=np.float32),
-                    tuple(ids),
-                )
-                yield arrays, np.array([m[CREATED_TS_KEY] for m in metadatas], dtype=np.float64)
-                if len(ids) < batch_size:
-                    break
-                offset += len(ids)
-
     def _training_scopes(self, namespace: str | None) -> list[Scope]:
         """Where the rated episodes of `namespace` (every namespace when None) are read from.
 
@@ -965,45 +929,6 @@ class EpisodeStore:
             lambda place: [place.scope] if self._count_in(place.scope, {RATED_KEY: True}) else [],
             [],
         )
-
-    def _rated_ids(self, scopes: list[Scope], since_ts: float | None) -> list[list[str]]:
-        """The record ids of the rated episodes in each scope (ids only: nothing else is read)."""
-        found = []
-        for scope in scopes:
-            with _chroma(f"list rated episodes of {scope.collection.name!r}"):
-                where = scope.where(rated_where(since_ts))
-                found.append(scope.collection.get(where=where, include=[])["ids"])  # type: ignore[arg-type]
-        return found
-
-    def _recent_cutoff(self, scopes: list[Scope], limit: int) -> float | None:
-        """A creation time after which at least `limit` (and not many more) episodes are rated.
-
-        Estimated from the timestamps of a random sample of the rated episodes, then checked
-        by counting ids. None means: read everything (few episodes, or no cutoff found).
-        """
-        ids = self._rated_ids(scopes, None)
-        total = sum(len(v) for v in ids)
-        if total <= limit + RECENT_SAMPLE:
-            return None
-        rng = np.random.default_rng(total)
-        pool = [(s, i) for s, scope_ids in enumerate(ids) for i in scope_ids]
-        sample: dict[int, list[str]] = {}
-        for row in rng.choice(total, size=RECENT_SAMPLE, replace=False):
-            sample.setdefault(pool[row][0], []).append(pool[row][1])
-        times: list[float] = []
-        for s, chroma_ids in sample.items():
-            with _chroma(f"sample creation times of {scopes[s].collection.name!r}"):
-                got = scopes[s].collection.get(ids=chroma_ids, include=["metadatas"])  # type: ignore[list-item]
-            times += [float(m[CREATED_TS_KEY]) for m in got["metadatas"] or []]  # type: ignore[arg-type]
-        share = limit / total
-        for margin in (1.5, 3.0, 6.0):
-            keep = min(1.0, share * margin + 8 / RECENT_SAMPLE)
-            if keep >= 1.0:
-                return None
-            cutoff = float(np.quantile(times, 1.0 - keep))
-            if sum(len(v) for v in self._rated_ids(scopes, cutoff)) >= limit:
-                return cutoff
-        return None
 
     def training_batches(
         self,
@@ -1032,7 +957,8 @@ class EpisodeStore:
         since_ts = None if since is None else (
             since if since.tzinfo else since.replace(tzinfo=timezone.utc)
         ).timestamp()
-        pages = self._rated_pages(self._training_scopes(namespace), batch_size, since_ts)
+        pages = rated_pages(self._training_scopes(namespace), batch_size, since_ts,
+                            self._decode_vector)
         return (arrays for arrays, _ in pages)
 
     def training_arrays(
@@ -1054,8 +980,8 @@ class EpisodeStore:
         if namespace is not None:
             namespace = validate_namespace(namespace)
         scopes = self._training_scopes(namespace)
-        cutoff = None if limit is None else self._recent_cutoff(scopes, limit)
-        pages = list(self._rated_pages(scopes, _TRAINING_PAGE, cutoff))
+        cutoff = None if limit is None else recent_cutoff(scopes, limit)
+        pages = list(rated_pages(scopes, _TRAINING_PAGE, cutoff, self._decode_vector))
         if not pages:
             empty = np.zeros((0, self.dimension), dtype=np.float32)
             return TrainingArrays(empty, empty, np.zeros(0, dtype=np.float32))
