@@ -1,14 +1,10 @@
-"""`EpisodeStore`: episodes in Chroma, one collection per namespace.
+"""`EpisodeStore`: episodes in Chroma; small namespaces share bucket collections.
 
-This is the only module that imports `chromadb`.
+This module, `buckets` (the layout: registry, buckets, own collections, moves, what several
+processes may do at once) and `records` (an episode as a Chroma record, checks of filters) are
+the only ones that import `chromadb`.
 
-Layout:
-    * One Chroma collection per namespace, named ``{collection_name}.ns.{encoded namespace}``.
-      The encoding keeps ASCII letters and digits and writes every other UTF-8 byte as ``_hh``,
-      so it is reversible and two namespaces never share a collection. A namespace whose
-      encoding would exceed Chroma's 512-character limit is named
-      ``{collection_name}.nh.{sha256 of the namespace}``. The original namespace and the
-      embedder's identity live in the collection metadata.
+Records (written and read through `records`):
     * One record per episode: the vector is the query embedding, the document is the query,
       and the metadata holds the user's keys as given plus reserved ``kd_`` keys: the response
       text, the reward (absent when not rated) and a ``kd_rated`` flag, the creation time (ISO
@@ -16,42 +12,56 @@ Layout:
       returned bit for bit; measured: float16 would save ~20% of disk and no time). Query
       vectors come back from Chroma's cosine index within float32 rounding (about 1 ulp). An
       empty response is stored with an all-zero response embedding: nothing is embedded for it.
+      In a bucket the record id is ``"<namespace tag>:<episode id>"`` and the metadata also holds
+      ``kd_ns`` and ``kd_gen`` (see `buckets`); the episode comes back exactly as stored.
     * Collections use cosine space and no Chroma embedding function (``embedding_function=None``):
       the store always passes vectors it computed, so Chroma's default embedder (which would
       download a model) never runs; if anything asked Chroma to embed, it would raise instead.
+
+Layout (details, measurements and the guarantees across processes in `buckets`):
+    * ``{collection_name}.registry`` says where each namespace lives, with the embedder and the
+      reward range it was created with. Each process caches it.
+    * Namespaces of fewer than `move_at` (256) records share bucket collections
+      ``{collection_name}.b.<k>`` of about `bucket_capacity` (2,000) records: 10,000 namespaces of
+      10 episodes take ~50 collections, not 10,000 (Chroma keeps ~2.6 MB per collection loaded).
+    * A namespace that reaches `move_at` records moves to a collection of its own,
+      ``{collection_name}.ns.<encoded namespace>``, as every namespace had in format 1. Stores
+      written by format 1 open and work unchanged: their collections are own namespaces.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
 import logging
 import re
-import string
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import chromadb
 import numpy as np
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
-from chromadb.api.types import validate_where
 from chromadb.config import Settings
-from chromadb.errors import NotFoundError
 from langchain_core.embeddings import Embeddings
 
 from langchain_kd_memory._validate import check_int, check_str, optional
+from langchain_kd_memory.buckets import (
+    BUCKET_CAPACITY,
+    MOVE_AT,
+    STORE_FORMAT,
+    Layout,
+    Place,
+    Scope,
+    encode_namespace,
+    raise_open_file_limit,
+)
+from langchain_kd_memory.buckets import chroma_call as _chroma
 from langchain_kd_memory.embeddings import Embedder, EmbedderIdentity
 from langchain_kd_memory.episodes import (
     DEFAULT_NAMESPACE,
     DEFAULT_PERSIST_DIRECTORY,
-    MAX_TEXT_LENGTH,
-    RESERVED_METADATA_PREFIX,
     Episode,
     TrainingArrays,
     check_reward_in_range,
@@ -60,139 +70,38 @@ from langchain_kd_memory.episodes import (
     validate_reward_range,
 )
 from langchain_kd_memory.errors import (
-    ConfigError,
     DuplicateEpisodeError,
-    EmbedderMismatchError,
     EpisodeNotFoundError,
     InvalidArgumentError,
     InvalidEpisodeError,
-    KDMemoryError,
     StoreError,
+)
+from langchain_kd_memory.rated import rated_pages, recent_cutoff
+from langchain_kd_memory.records import (
+    CHROMA_RESERVED_PREFIXES,
+    INT64,
+    RATED_KEY,
+    RESPONSE_EMBEDDING_KEY,
+    REWARD_KEY,
+    check_ids,
+    check_search_query,
+    check_where,
+    decode_vector,
+    episode_of,
+    record_metadata,
 )
 
 logger = logging.getLogger(__name__)
 
-STORE_FORMAT = 1
+__all__ = ["STORE_FORMAT", "EpisodeStore", "encode_namespace", "http_client",
+           "raise_open_file_limit"]
 
-# Reserved record metadata keys.
-RESPONSE_KEY = "kd_response"
-REWARD_KEY = "kd_reward"
-RATED_KEY = "kd_rated"
-CREATED_AT_KEY = "kd_created_at"
-CREATED_TS_KEY = "kd_created_ts"
-RESPONSE_EMBEDDING_KEY = "kd_response_emb"
-
-# Collection metadata keys.
-_NAMESPACE_META = "kd_namespace"
-_EMBEDDER_META = "kd_embedder"
-_DIMENSION_META = "kd_dimension"
-_FORMAT_META = "kd_format"
-_REWARD_LOW_META = "kd_reward_low"
-_REWARD_HIGH_META = "kd_reward_high"
-
-CHROMA_RESERVED_PREFIXES = ("#", "$", "chroma:")
-"""Metadata keys Chroma keeps for itself (``#document``, ``$and``, ``chroma:document``)."""
+_T = TypeVar("_T")
 
 _COLLECTION_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{1,61}[a-zA-Z0-9]")
-_KEPT_CHARACTERS = frozenset(string.ascii_letters + string.digits)
-_MAX_CHROMA_NAME = 512
-_INT64 = (-(2**63), 2**63 - 1)
 _TRAINING_PAGE = 1024
-RECENT_SAMPLE = 256
-"""Creation times sampled to find which episodes are the most recent ones."""
 UNDO_BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
 """Waits between attempts to remove what a failed add wrote (Chroma may be restarting)."""
-
-
-def encode_namespace(namespace: str) -> str:
-    """Encode a namespace into Chroma's name alphabet, reversibly and without collisions.
-
-    ASCII letters and digits are kept; every other character becomes ``_hh`` for each byte of
-    its UTF-8 encoding (``"user/42"`` -> ``"user_2f42"``, ``"a_b"`` -> ``"a_5fb"``).
-    """
-    return "".join(
-        ch if ch in _KEPT_CHARACTERS else "".join(f"_{b:02x}" for b in ch.encode("utf-8"))
-        for ch in namespace
-    )
-
-
-def _encode_vector(vector: np.ndarray) -> str:
-    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-
-
-@contextmanager
-def _chroma(action: str) -> Iterator[None]:
-    """Turn a Chroma (or transport) failure inside the block into a `StoreError`."""
-    try:
-        yield
-    except KDMemoryError:
-        raise
-    except Exception as exc:
-        raise StoreError(f"Chroma failed to {action}: {type(exc).__name__}: {exc}") from exc
-
-
-def _show_range(reward_range: tuple[float, float] | None) -> str:
-    return "none" if reward_range is None else f"[{reward_range[0]}, {reward_range[1]}]"
-
-
-def check_search_query(query: object) -> str:
-    """Return `query` if it is a usable search text, else raise `InvalidArgumentError`."""
-    if not isinstance(query, str) or not query.strip():
-        raise InvalidArgumentError(f"query must be a non-empty str, got {query!r}")
-    if len(query) > MAX_TEXT_LENGTH:
-        raise InvalidArgumentError(
-            f"query is {len(query):,} characters; the limit is {MAX_TEXT_LENGTH:,}: search with "
-            "a shorter text (embedders read only the first few hundred tokens)"
-        )
-    return query
-
-
-def _check_ids(ids: object) -> list[str]:
-    if isinstance(ids, str) or not isinstance(ids, Sequence):
-        raise InvalidArgumentError(
-            f"ids must be a list of str, got {type(ids).__name__}; wrap a single id in a list"
-        )
-    for episode_id in ids:
-        if not isinstance(episode_id, str) or not episode_id.strip():
-            raise InvalidArgumentError(f"every id must be a non-empty str, got {episode_id!r}")
-    return list(ids)
-
-
-_check_namespace = validate_namespace
-
-
-def _reject_reserved_keys(node: object) -> None:
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            if isinstance(key, str) and key.startswith((RESERVED_METADATA_PREFIX, "#", "chroma:")):
-                raise InvalidArgumentError(
-                    f"where filters address user metadata only; {key!r} uses a reserved "
-                    f"prefix ({RESERVED_METADATA_PREFIX!r} is the store's, '#' and 'chroma:' "
-                    "Chroma's)"
-                )
-            _reject_reserved_keys(value)
-    elif isinstance(node, (list, tuple)):
-        for item in node:
-            _reject_reserved_keys(item)
-
-
-def _check_where(where: object) -> dict[str, Any] | None:
-    if where is None:
-        return None
-    if not isinstance(where, Mapping) or not where:
-        raise InvalidArgumentError(f"where must be a non-empty dict or None, got {where!r}")
-    _reject_reserved_keys(where)
-    try:
-        validate_where(dict(where))  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise InvalidArgumentError(f"invalid where filter: {exc}") from exc
-    return dict(where)
-
-
-def _rated_where(since_ts: float | None) -> dict[str, Any]:
-    """The `where` filter of rated episodes, created at or after `since_ts` if given."""
-    rated: dict[str, Any] = {RATED_KEY: True}
-    return rated if since_ts is None else {"$and": [rated, {CREATED_TS_KEY: {"$gte": since_ts}}]}
 
 
 def http_client(host: str, port: int = 8000) -> ClientAPI:
@@ -211,7 +120,7 @@ def http_client(host: str, port: int = 8000) -> ClientAPI:
 
 
 class EpisodeStore:
-    """Episodes (query, response, reward, metadata) kept in Chroma, one collection per namespace.
+    """Episodes (query, response, reward, metadata) kept in Chroma, isolated by namespace.
 
     Queries and responses are embedded once, on `add`; the stored vectors are what search and
     training use afterwards (`training_batches` never calls the embedder). Every public method
@@ -243,8 +152,11 @@ class EpisodeStore:
             arrays = store.training_arrays()   # query/response embeddings + rewards, rated only
 
     Concurrency: writes from several threads of one process are serialised by a lock, so none is
-    lost. Duplicate-id checks are not atomic across processes sharing one Chroma server, and a
-    namespace deleted through another store object is only noticed by this one once reopened.
+    lost. Several processes may share one Chroma server: creating a namespace and moving it to
+    its own collection are safe against each other's writes (see `buckets` for exactly what is
+    guaranteed). Duplicate-id checks are not atomic across processes, and a namespace with its
+    own collection deleted through another store object is only noticed by this one once
+    reopened.
     """
 
     def __init__(
@@ -254,6 +166,9 @@ class EpisodeStore:
         persist_directory: str | None = None,
         client: ClientAPI | None = None,
         reward_range: tuple[float, float] | None = None,
+        *,
+        move_at: int = MOVE_AT,
+        bucket_capacity: int = BUCKET_CAPACITY,
     ) -> None:
         """Open (or create on first write) a store.
 
@@ -262,17 +177,21 @@ class EpisodeStore:
                 ``[a-zA-Z0-9_-]``, starting and ending with a letter or digit.
             embeddings: Any LangChain `Embeddings`; the local MiniLM if None.
             persist_directory: Directory of the embedded Chroma database (default
-                ``./.kd_memory``); ignored when `client` is given.
+                ``./.kd_memory``); ignored when `client` is given. The soft limit of open files
+                is raised to the hard limit first (see `raise_open_file_limit`).
             client: Any chromadb client (e.g. ``chromadb.HttpClient(...)``), used as is.
             reward_range: The lowest and highest possible reward, e.g. ``(0, 1)`` or ``(1, 10)``;
-                rewards outside it are refused. It is recorded in the metadata of each
-                namespace's collection on creation, and a namespace keeps the range it was
-                created with: a store opened without a range enforces the recorded one, a
-                store declaring another range is refused.
+                rewards outside it are refused. It is recorded with each namespace on creation,
+                and a namespace keeps the range it was created with: a store opened without a
+                range enforces the recorded one, a store declaring another range is refused.
+            move_at: A namespace moves from its shared bucket to a collection of its own once
+                it holds this many episodes (1: every namespace has its own, as in format 1).
+            bucket_capacity: A bucket stops taking new namespaces once it holds this many
+                episodes.
 
         Raises:
-            InvalidArgumentError: If `collection_name`, `embeddings`, `client` or
-                `reward_range` is unusable.
+            InvalidArgumentError: If `collection_name`, `embeddings`, `client`, `reward_range`,
+                `move_at` or `bucket_capacity` is unusable.
         """
         if not isinstance(collection_name, str) or not _COLLECTION_NAME_RE.fullmatch(
             collection_name
@@ -284,10 +203,13 @@ class EpisodeStore:
         if persist_directory is not None and client is not None:
             raise InvalidArgumentError("pass persist_directory or client, not both")
         self.reward_range = validate_reward_range(reward_range)
+        move_at = check_int("move_at", move_at, low=1)
+        bucket_capacity = check_int("bucket_capacity", bucket_capacity, low=1)
         self.collection_name = collection_name
         self.embedder = Embedder(embeddings)
         self._identity = self.embedder.identity
         if client is None:
+            raise_open_file_limit()
             with _chroma("open the database"):
                 client = chromadb.PersistentClient(
                     path=persist_directory or DEFAULT_PERSIST_DIRECTORY,
@@ -298,10 +220,10 @@ class EpisodeStore:
                 f"client must be a chromadb client, got {type(client).__name__}"
             )
         self.client: ClientAPI = client
-        self._collections: dict[str, Collection] = {}
-        self._ranges: dict[str, tuple[float, float] | None] = {}
+        self._layout = Layout(client, collection_name, self._identity, self.reward_range,
+                              move_at, bucket_capacity)
+        self._lock = self._layout.lock
         self._max_batch: int | None = None
-        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         return f"EpisodeStore(collection_name={self.collection_name!r}, embedder={self._identity})"
@@ -321,80 +243,12 @@ class EpisodeStore:
         """Embedding dimension."""
         return self._identity.dimension
 
-    # ----------------------------------------------------------------- collections
+    @property
+    def layout(self) -> Layout:
+        """Where each namespace lives in Chroma (registry, buckets, own collections)."""
+        return self._layout
 
-    def _chroma_name(self, namespace: str) -> str:
-        name = f"{self.collection_name}.ns.{encode_namespace(namespace)}"
-        if len(name) <= _MAX_CHROMA_NAME:
-            return name
-        digest = hashlib.sha256(namespace.encode("utf-8")).hexdigest()
-        return f"{self.collection_name}.nh.{digest}"
-
-    def _is_own_name(self, name: str) -> bool:
-        return name.startswith((f"{self.collection_name}.ns.", f"{self.collection_name}.nh."))
-
-    def _check_collection(self, collection: Collection, namespace: str) -> None:
-        meta = collection.metadata or {}
-        if meta.get(_NAMESPACE_META) != namespace or _EMBEDDER_META not in meta:
-            raise StoreError(
-                f"Chroma collection {collection.name!r} was not created by an EpisodeStore for "
-                f"namespace {namespace!r}; use another collection_name"
-            )
-        stored = EmbedderIdentity(str(meta[_EMBEDDER_META]), int(meta[_DIMENSION_META]))
-        if stored != self._identity:
-            raise EmbedderMismatchError(
-                f"namespace {namespace!r} of store {self.collection_name!r} holds vectors from "
-                f"{stored}, but this store embeds with {self._identity}; open it with the same "
-                "embedder or use another collection_name"
-            )
-        low, high = meta.get(_REWARD_LOW_META), meta.get(_REWARD_HIGH_META)
-        recorded = None if low is None or high is None else (float(low), float(high))
-        if self.reward_range is not None and recorded != self.reward_range:
-            raise ConfigError(
-                f"namespace {namespace!r} of store {self.collection_name!r} was created with "
-                f"reward_range {_show_range(recorded)}, but this store declares "
-                f"{_show_range(self.reward_range)}; open it with the same reward_range (or none)"
-            )
-        self._ranges[namespace] = recorded
-
-    def _collection(self, namespace: str, create: bool = False) -> Collection | None:
-        """The namespace's collection (created if `create`), or None if it does not exist."""
-        cached = self._collections.get(namespace)  # no lock: readers must not queue behind writes
-        if cached is not None:
-            return cached
-        with self._lock:
-            cached = self._collections.get(namespace)
-            if cached is not None:
-                return cached
-            name = self._chroma_name(namespace)
-            with _chroma(f"open collection {name!r}"):
-                if create:
-                    metadata: dict[str, Any] = {
-                        _NAMESPACE_META: namespace,
-                        _EMBEDDER_META: self._identity.name,
-                        _DIMENSION_META: self._identity.dimension,
-                        _FORMAT_META: STORE_FORMAT,
-                    }
-                    if self.reward_range is not None:
-                        metadata[_REWARD_LOW_META], metadata[_REWARD_HIGH_META] = (
-                            self.reward_range
-                        )
-                    collection = self.client.get_or_create_collection(
-                        name,
-                        configuration={"hnsw": {"space": "cosine"}},
-                        metadata=metadata,
-                        embedding_function=None,
-                    )
-                else:
-                    try:
-                        collection = self.client.get_collection(name, embedding_function=None)
-                    except NotFoundError:
-                        return None
-            self._check_collection(collection, namespace)
-            if create:
-                logger.debug("opened collection %s for namespace %r", name, namespace)
-            self._collections[namespace] = collection
-            return collection
+    # ----------------------------------------------------------------- placement
 
     def _max_batch_size(self) -> int:
         if self._max_batch is None:
@@ -404,76 +258,37 @@ class EpisodeStore:
 
     def namespaces(self) -> list[str]:
         """The namespaces that hold (or held) episodes in this store, sorted."""
-        found: list[str] = []
-        page = 100
-        offset = 0
-        while True:
-            with _chroma("list collections"):
-                collections = self.client.list_collections(limit=page, offset=offset)
-            for collection in collections:
-                namespace = (collection.metadata or {}).get(_NAMESPACE_META)
-                if (
-                    self._is_own_name(collection.name)
-                    and isinstance(namespace, str)
-                    and self._chroma_name(namespace) == collection.name
-                ):
-                    found.append(namespace)
-            if len(collections) < page:
-                return sorted(found)
-            offset += page
+        return self._layout.namespaces()
 
-    def _resolve_namespaces(self, namespace: object) -> list[str]:
-        """`[namespace]`, or every namespace of the store when it is None."""
-        return self.namespaces() if namespace is None else [_check_namespace(namespace)]
+    def _scopes(self, namespace: str | None) -> list[Scope]:
+        """Where the records of `namespace` (every namespace when None) are."""
+        if namespace is None:
+            return self._layout.catalog()[1]
+        place = self._layout.place(validate_namespace(namespace))
+        return [] if place is None else [place.scope]
 
-    # ----------------------------------------------------------------- vectors
+    def _read(self, namespace: str, read: Callable[[Place], _T], empty: _T) -> _T:
+        """`read(place)` of the namespace; `empty` if it does not exist.
 
-    def _decode_vector(self, text: object, episode_id: str) -> np.ndarray:
-        try:
-            vector = np.frombuffer(base64.b64decode(str(text), validate=True), dtype="<f4")
-        except ValueError as exc:
-            raise StoreError(f"episode {episode_id!r} has a corrupt response embedding") from exc
-        if vector.shape != (self.dimension,):
-            raise StoreError(
-                f"episode {episode_id!r} has a response embedding of {vector.size} floats, "
-                f"expected {self.dimension}"
-            )
-        return vector
+        A bucket read that finds nothing reads the registry again: another process may have
+        moved the namespace since this one cached where it is.
+        """
+        place = self._layout.place(namespace)
+        if place is None:
+            return empty
+        result = read(place)
+        if place.tag is not None and not result:
+            fresh = self._layout.refresh(namespace)
+            if fresh is None:
+                return empty
+            if fresh != place:
+                return read(fresh)
+        return result
 
     # ----------------------------------------------------------------- records
 
-    @staticmethod
-    def _record_metadata(episode: Episode, response_vector: np.ndarray) -> dict[str, Any]:
-        metadata: dict[str, Any] = dict(episode.metadata)
-        metadata[RESPONSE_KEY] = episode.response
-        metadata[RATED_KEY] = episode.reward is not None
-        if episode.reward is not None:
-            metadata[REWARD_KEY] = episode.reward
-        metadata[CREATED_AT_KEY] = episode.created_at.isoformat()
-        metadata[CREATED_TS_KEY] = episode.created_at.timestamp()
-        metadata[RESPONSE_EMBEDDING_KEY] = _encode_vector(response_vector)
-        return metadata
-
-    @staticmethod
-    def _episode(
-        episode_id: str, document: str | None, metadata: Mapping[str, Any], namespace: str
-    ) -> Episode:
-        if document is None or RESPONSE_KEY not in metadata or CREATED_AT_KEY not in metadata:
-            raise StoreError(
-                f"record {episode_id!r} in namespace {namespace!r} was not written by an "
-                "EpisodeStore"
-            )
-        return Episode(
-            query=document,
-            response=str(metadata[RESPONSE_KEY]),
-            reward=metadata.get(REWARD_KEY),
-            metadata={
-                k: v for k, v in metadata.items() if not k.startswith(RESERVED_METADATA_PREFIX)
-            },
-            namespace=namespace,
-            id=episode_id,
-            created_at=datetime.fromisoformat(str(metadata[CREATED_AT_KEY])),
-        )
+    def _decode_vector(self, text: object, episode_id: str) -> np.ndarray:
+        return decode_vector(text, episode_id, self.dimension)
 
     def check_episodes(self, episodes: object) -> list[Episode]:
         """Return `episodes` as a list if `add` would accept them, else raise; nothing is written.
@@ -505,7 +320,7 @@ class EpisodeStore:
                         f"Chroma reserves ({', '.join(map(repr, CHROMA_RESERVED_PREFIXES))}): "
                         "rename it"
                     )
-                if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+                if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
                     raise InvalidEpisodeError(
                         f"metadata[{key!r}] of episode {episode.id!r} does not fit in 64 bits"
                     )
@@ -520,9 +335,7 @@ class EpisodeStore:
         return list(episodes)
 
     def _reward_range(self, namespace: str) -> tuple[float, float] | None:
-        if self._collection(namespace) is None:  # opening it reads the recorded range
-            return self.reward_range
-        return self._ranges.get(namespace)
+        return self._layout.reward_range_of(namespace)
 
     # ----------------------------------------------------------------- writes
 
@@ -615,62 +428,102 @@ class EpisodeStore:
             groups.setdefault(batch[row].namespace, []).append(row)
         stored: set[int] = set()
         for namespace, ns_rows in groups.items():
-            collection = self._collection(namespace)
-            if collection is None:
+            place = self._layout.place(namespace)
+            if place is None:
                 continue
-            by_id = {batch[r].id: r for r in ns_rows}
+            by_id = {place.cid(batch[r].id): r for r in ns_rows}
             with _chroma(f"look up ids in namespace {namespace!r}"):
-                found = collection.get(
+                found = place.collection.get(
                     ids=list(by_id), include=["documents", "metadatas"]  # type: ignore[list-item]
                 )
-            for episode_id, document, metadata in zip(
+            for chroma_id, document, metadata in zip(
                 found["ids"], found["documents"] or [], found["metadatas"] or [], strict=True
             ):
-                row = by_id[episode_id]
-                if self._episode(episode_id, document, metadata, namespace) != batch[row]:
+                row = by_id[chroma_id]
+                episode_id = batch[row].id
+                if episode_of(episode_id, document, metadata, namespace) != batch[row]:
                     raise DuplicateEpisodeError(
                         f"episode id {episode_id!r} already exists in namespace {namespace!r} "
-                        "and differs from the one given; use update_reward to change its "
+                        "and differs from the one given; use update_rewards to change its "
                         "reward, or delete it first"
                     )
                 stored.add(row)
         return [row for row in rows if row not in stored]
 
+    def _put(
+        self,
+        places: Mapping[str, Place],
+        items: list[tuple[Episode, np.ndarray, np.ndarray]],
+        upsert: bool,
+        attempted: list[tuple[Collection, list[str], list[str]]],
+    ) -> None:
+        """Write episodes with their vectors where their namespaces are.
+
+        Requests hold at most Chroma's maximum batch size; a bucket takes the rows of all its
+        namespaces at once.
+        """
+        by_collection: dict[str, list[tuple[Place, Episode, np.ndarray, np.ndarray]]] = {}
+        for episode, query, response in items:
+            place = places[episode.namespace]
+            by_collection.setdefault(place.collection.name, []).append(
+                (place, episode, query, response)
+            )
+        step = self._max_batch_size()
+        for rows in by_collection.values():
+            collection = rows[0][0].collection
+            write = collection.upsert if upsert else collection.add
+            for start in range(0, len(rows), step):
+                chunk = rows[start : start + step]
+                ids = [place.cid(ep.id) for place, ep, _, _ in chunk]
+                attempted.append((collection, ids, [ep.id for _, ep, _, _ in chunk]))
+                names = ", ".join(dict.fromkeys(repr(ep.namespace) for _, ep, _, _ in chunk))
+                with _chroma(f"write episodes to namespace {names}"):
+                    write(
+                        ids=ids,
+                        embeddings=np.stack([q for _, _, q, _ in chunk]),
+                        documents=[ep.query for _, ep, _, _ in chunk],
+                        metadatas=[
+                            {**record_metadata(ep, r), **place.tags()}
+                            for place, ep, _, r in chunk
+                        ],
+                    )
+
     def _write(
         self, batch: list[Episode], queries: np.ndarray, responses: np.ndarray, *, upsert: bool
     ) -> None:
-        """Write the rows, grouped by namespace, in requests of Chroma's maximum batch size.
+        """Write the rows where their namespaces are, creating new namespaces.
+
+        Then check that no other process moved a namespace meanwhile (the write is redone where
+        it is now), and move namespaces that grew past `move_at`.
 
         On failure of an add, what this call may have written (the failed request included: it
         may have landed) is deleted again, retrying while Chroma is unreachable; the
         `StoreError` raised lists what may remain in `maybe_stored`.
         """
-        groups: dict[str, list[int]] = {}
-        for row, episode in enumerate(batch):
-            groups.setdefault(episode.namespace, []).append(row)
-        step = self._max_batch_size()
-        attempted: list[tuple[Collection, list[str]]] = []
-        created: list[str] = []
+        rows: dict[str, int] = {}
+        for episode in batch:
+            rows[episode.namespace] = rows.get(episode.namespace, 0) + 1
+        items = list(zip(batch, queries, responses, strict=True))
+        attempted: list[tuple[Collection, list[str], list[str]]] = []
+        created: list[Place] = []
         try:
-            for namespace, rows in groups.items():
-                if self._collection(namespace) is None:
-                    created.append(namespace)
-                collection = self._collection(namespace, create=True)
-                assert collection is not None
-                write = collection.upsert if upsert else collection.add
-                for start in range(0, len(rows), step):
-                    chunk = rows[start : start + step]
-                    ids = [batch[r].id for r in chunk]
-                    attempted.append((collection, ids))
-                    with _chroma(f"write episodes to namespace {namespace!r}"):
-                        write(
-                            ids=ids,
-                            embeddings=queries[chunk],
-                            documents=[batch[r].query for r in chunk],
-                            metadatas=[
-                                self._record_metadata(batch[r], responses[r]) for r in chunk
-                            ],
-                        )
+            places, created = self._layout.places_for_write(rows)
+            self._put(places, items, upsert, attempted)
+            for _ in range(3):  # each round: namespaces another process moved or deleted
+                moved = self._layout.changed(places)
+                if not moved:
+                    break
+                old = {ns: places[ns] for ns in moved}
+                for namespace in moved:
+                    place = self._layout.settle(namespace, create=True)
+                    assert place is not None
+                    places[namespace] = place
+                self._put(places, [it for it in items if it[0].namespace in old], upsert,
+                          attempted)
+                for namespace, place in old.items():  # what this call left in the old bucket
+                    ids = [place.cid(ep.id) for ep in batch if ep.namespace == namespace]
+                    with _chroma(f"remove moved episodes of namespace {namespace!r}"):
+                        place.collection.delete(ids=ids)
         except StoreError as exc:
             if upsert:
                 raise
@@ -683,59 +536,103 @@ class EpisodeStore:
                     maybe_stored=remaining,
                 ) from exc
             raise
+        self._layout.maybe_move(list(places.values()))
 
-    def _undo(self, attempted: list[tuple[Collection, list[str]]], created: list[str]) -> list[str]:
-        """Delete the attempted ids and emptied new collections; return the ids that remain."""
+    def _undo(
+        self, attempted: list[tuple[Collection, list[str], list[str]]], created: list[Place]
+    ) -> list[str]:
+        """Delete the attempted records and emptied new namespaces; return the ids that remain."""
         for delay in UNDO_BACKOFF_S:
             try:
                 remaining: list[str] = []
-                for collection, ids in attempted:
+                for collection, ids, episode_ids in attempted:
                     with _chroma("remove the episodes of a failed add"):
                         collection.delete(ids=ids)
-                        remaining += collection.get(ids=ids, include=[])["ids"]
-                for namespace in created if not remaining else []:
-                    new = self._collections.get(namespace)
-                    if new is not None and new.count() == 0:
-                        self._drop_collection(namespace)
+                        left = set(collection.get(ids=ids, include=[])["ids"])
+                    remaining += [e for i, e in zip(ids, episode_ids, strict=True) if i in left]
+                for place in created if not remaining else []:
+                    self._layout.forget(place)
                 logger.warning("add failed; removed what it had written")
-                return remaining
+                return list(dict.fromkeys(remaining))
             except Exception as exc:
                 logger.warning("could not undo a failed add (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
         logger.error("could not undo a failed add; the store may hold part of it")
-        return [episode_id for _, ids in attempted for episode_id in ids]
-
-    def _drop_collection(self, namespace: str) -> None:
-        self._collections.pop(namespace, None)
-        with _chroma(f"delete the collection of namespace {namespace!r}"):
-            self.client.delete_collection(self._chroma_name(namespace))
+        return list(dict.fromkeys(e for _, _, episode_ids in attempted for e in episode_ids))
 
     def _fetch(
         self, ids: list[str], namespace: object, include: list[str]
-    ) -> dict[str, tuple[str, Collection, dict[str, Any]]]:
-        """Find every id: {id: (namespace, collection, record)}; raise if one is missing."""
+    ) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Find every id: {id: (namespace, record)}; raise if one is missing."""
         unique = list(dict.fromkeys(ids))
-        found: dict[str, tuple[str, Collection, dict[str, Any]]] = {}
-        for ns in self._resolve_namespaces(namespace):
-            collection = self._collection(ns)
-            if collection is None or not unique:
-                continue
-            with _chroma(f"get episodes from namespace {ns!r}"):
-                result = collection.get(ids=unique, include=include)  # type: ignore[arg-type]
-            for row, episode_id in enumerate(result["ids"]):
-                if episode_id in found:
-                    raise InvalidArgumentError(
-                        f"episode id {episode_id!r} exists in namespaces {found[episode_id][0]!r} "
-                        f"and {ns!r}; pass namespace="
-                    )
-                record = {key: result[key][row] for key in include}  # type: ignore[literal-required]
-                found[episode_id] = (ns, collection, record)
+        found: dict[str, tuple[str, dict[str, Any]]] = {}
+        if not unique:
+            return found
+        if namespace is None:
+            for scope in self._layout.catalog()[1]:
+                self._get_in(scope, unique, include, found)
+        else:
+            ns = validate_namespace(namespace)
+            place = self._layout.place(ns)
+            if place is not None:
+                self._get_in(place.scope, unique, include, found)
+                if len(found) < len(unique) and place.tag is not None:
+                    fresh = self._layout.refresh(ns)  # moved by another process?
+                    if fresh is not None and fresh != place:
+                        found.clear()
+                        self._get_in(fresh.scope, unique, include, found)
         missing = [episode_id for episode_id in unique if episode_id not in found]
         if missing:
             where = "this store" if namespace is None else f"namespace {namespace!r}"
             raise EpisodeNotFoundError(f"no episode with id {missing[0]!r} in {where}")
         return found
 
+    def _get_in(
+        self,
+        scope: Scope,
+        episode_ids: list[str],
+        include: list[str],
+        found: dict[str, tuple[str, dict[str, Any]]],
+    ) -> bool:
+        """Add the records of `scope` with these episode ids to `found`; whether any was there."""
+        chroma_ids = scope.chroma_ids(episode_ids)
+        step = self._max_batch_size()
+        hit = False
+        for start in range(0, len(chroma_ids), step):
+            with _chroma(f"get episodes from {scope.collection.name!r}"):
+                result = scope.collection.get(
+                    ids=chroma_ids[start : start + step], include=include  # type: ignore[arg-type]
+                )
+            for row, chroma_id in enumerate(result["ids"]):
+                hit = True
+                episode_id, ns = scope.eid(chroma_id), scope.namespace_of(chroma_id)
+                if episode_id in found and found[episode_id][0] != ns:
+                    raise InvalidArgumentError(
+                        f"episode id {episode_id!r} exists in namespaces {found[episode_id][0]!r} "
+                        f"and {ns!r}; pass namespace="
+                    )
+                record = {key: result[key][row] for key in include}  # type: ignore[literal-required]
+                found[episode_id] = (ns, record)
+        return hit
+
+    def _apply(self, namespace: str, ids: list[str], change: Callable[[Place], None]) -> None:
+        """Run `change(place)` on the namespace's records, and again where it is now.
+
+        A write in a bucket is checked against the registry: if another process moved the
+        namespace meanwhile, the change is redone there.
+        """
+        place = self._layout.place(namespace)
+        if place is None:
+            raise EpisodeNotFoundError(f"no episode with id {ids[0]!r} in namespace {namespace!r}")
+        change(place)
+        for _ in range(3):
+            if not self._layout.changed({namespace: place}):
+                return
+            fresh = self._layout.settle(namespace, create=False)
+            if fresh is None:
+                return  # deleted meanwhile: the episodes went with it
+            change(fresh)
+            place = fresh
     def get(self, ids: Sequence[str], namespace: str | None = None) -> list[Episode]:
         """The episodes with these ids, in the same order.
 
@@ -747,10 +644,10 @@ class EpisodeStore:
             EpisodeNotFoundError: If an id is not stored (the message names it).
             InvalidArgumentError: If `namespace` is None and an id exists in two namespaces.
         """
-        wanted = _check_ids(ids)
+        wanted = check_ids(ids)
         found = self._fetch(wanted, namespace, ["documents", "metadatas"])
         return [
-            self._episode(i, found[i][2]["documents"], found[i][2]["metadatas"], found[i][0])
+            episode_of(i, found[i][1]["documents"], found[i][1]["metadatas"], found[i][0])
             for i in wanted
         ]
 
@@ -794,7 +691,7 @@ class EpisodeStore:
         """
         if not isinstance(rewards, Mapping):
             raise InvalidArgumentError(f"rewards must be a dict of id -> reward, got {rewards!r}")
-        ids = _check_ids(list(rewards))
+        ids = check_ids(list(rewards))
         values = [validate_reward(rewards[i]) for i in ids]
         with self._lock:
             found = self._fetch(ids, namespace, ["documents", "metadatas"])
@@ -803,19 +700,23 @@ class EpisodeStore:
                 raise InvalidArgumentError(
                     f"update_rewards changes one namespace at a time, got {sorted(spaces)}"
                 )
-            for value in values:
-                if value is not None:
-                    check_reward_in_range(value, self._reward_range(found[ids[0]][0]))
             if ids:
-                ns, collection, _ = found[ids[0]]
-                with _chroma(f"update the rewards of {len(ids)} episodes of namespace {ns!r}"):
-                    collection.update(
-                        ids=ids,
-                        metadatas=[{REWARD_KEY: v, RATED_KEY: v is not None} for v in values],
-                    )
+                ns = found[ids[0]][0]
+                for value in values:
+                    if value is not None:
+                        check_reward_in_range(value, self._reward_range(ns))
+                metadatas = [{REWARD_KEY: v, RATED_KEY: v is not None} for v in values]
+
+                def change(place: Place) -> None:
+                    with _chroma(f"update the rewards of {len(ids)} episodes of namespace {ns!r}"):
+                        place.collection.update(
+                            ids=[place.cid(i) for i in ids], metadatas=metadatas  # type: ignore[arg-type]
+                        )
+
+                self._apply(ns, ids, change)
         return [
             dataclasses.replace(
-                self._episode(i, found[i][2]["documents"], found[i][2]["metadatas"], found[i][0]),
+                episode_of(i, found[i][1]["documents"], found[i][1]["metadatas"], found[i][0]),
                 reward=value,
             )
             for i, value in zip(ids, values, strict=True)
@@ -827,15 +728,19 @@ class EpisodeStore:
         Raises:
             EpisodeNotFoundError: If an id is not stored.
         """
-        wanted = _check_ids(ids)
+        wanted = check_ids(ids)
         with self._lock:
             found = self._fetch(wanted, namespace, [])
-            by_namespace: dict[str, tuple[Collection, list[str]]] = {}
-            for episode_id, (ns, collection, _) in found.items():
-                by_namespace.setdefault(ns, (collection, []))[1].append(episode_id)
-            for ns, (collection, ns_ids) in by_namespace.items():
-                with _chroma(f"delete episodes from namespace {ns!r}"):
-                    collection.delete(ids=ns_ids)
+            by_namespace: dict[str, list[str]] = {}
+            for episode_id, (ns, _) in found.items():
+                by_namespace.setdefault(ns, []).append(episode_id)
+            for ns, ns_ids in by_namespace.items():
+
+                def change(place: Place, ns: str = ns, ns_ids: list[str] = ns_ids) -> None:
+                    with _chroma(f"delete episodes from namespace {ns!r}"):
+                        place.collection.delete(ids=[place.cid(i) for i in ns_ids])
+
+                self._apply(ns, ns_ids, change)
         logger.debug("deleted %d episodes", len(found))
 
     def delete_namespace(self, namespace: str) -> int:
@@ -844,36 +749,33 @@ class EpisodeStore:
         Returns:
             How many episodes were deleted (0 if the namespace did not exist).
         """
-        namespace = _check_namespace(namespace)
+        namespace = validate_namespace(namespace)
         with self._lock:
-            collection = self._collection(namespace)
-            if collection is None:
-                return 0
-            with _chroma(f"count namespace {namespace!r}"):
-                count = collection.count()
-            self._drop_collection(namespace)
+            count = self._layout.drop(namespace)
         logger.info("deleted namespace %r (%d episodes)", namespace, count)
         return count
 
+    @staticmethod
+    def _count_in(scope: Scope, where: dict[str, Any] | None = None) -> int:
+        with _chroma(f"count episodes in {scope.collection.name!r}"):
+            if where is None and not scope.tagged:
+                return scope.collection.count()
+            return len(scope.collection.get(where=scope.where(where), include=[])["ids"])  # type: ignore[arg-type]
+
     def count(self, namespace: str | None = None) -> int:
         """Number of episodes in `namespace`, or in the whole store when None."""
-        total = 0
-        for ns in self._resolve_namespaces(namespace):
-            collection = self._collection(ns)
-            if collection is not None:
-                with _chroma(f"count namespace {ns!r}"):
-                    total += collection.count()
-        return total
+        if namespace is None:
+            return sum(self._count_in(scope) for scope in self._scopes(None))
+        ns = validate_namespace(namespace)
+        return self._read(ns, lambda place: self._count_in(place.scope), 0)
 
     def count_rated(self, namespace: str | None = None) -> int:
         """Number of rated episodes in `namespace`, or in the whole store when None."""
-        total = 0
-        for ns in self._resolve_namespaces(namespace):
-            collection = self._collection(ns)
-            if collection is not None:
-                with _chroma(f"count rated episodes of namespace {ns!r}"):
-                    total += len(collection.get(where={RATED_KEY: True}, include=[])["ids"])
-        return total
+        rated = {RATED_KEY: True}
+        if namespace is None:
+            return sum(self._count_in(scope, rated) for scope in self._scopes(None))
+        ns = validate_namespace(namespace)
+        return self._read(ns, lambda place: self._count_in(place.scope, rated), 0)
 
     def vectors(
         self, ids: Sequence[str], namespace: str | None = None
@@ -886,12 +788,12 @@ class EpisodeStore:
         Raises:
             EpisodeNotFoundError: If an id is not stored.
         """
-        wanted = _check_ids(ids)
+        wanted = check_ids(ids)
         found = self._fetch(wanted, namespace, ["embeddings", "metadatas"])
         empty = np.zeros((0, self.dimension), dtype=np.float32)
         if not wanted:
             return empty, empty
-        records = [found[i][2] for i in wanted]
+        records = [found[i][1] for i in wanted]
         queries = np.stack([np.asarray(r["embeddings"], dtype=np.float32) for r in records])
         responses = np.stack([
             self._decode_vector(r["metadatas"][RESPONSE_EMBEDDING_KEY], i)
@@ -909,20 +811,23 @@ class EpisodeStore:
             limit: How many episodes at most; all of them if None.
             offset: How many episodes to skip first.
         """
-        ns = DEFAULT_NAMESPACE if namespace is None else _check_namespace(namespace)
+        ns = DEFAULT_NAMESPACE if namespace is None else validate_namespace(namespace)
         limit = optional(check_int, "limit", limit, low=1)
         offset = check_int("offset", offset, low=0)
-        collection = self._collection(ns)
-        if collection is None:
-            return []
-        with _chroma(f"list namespace {ns!r}"):
-            page = collection.get(
-                include=["documents", "metadatas"],  # type: ignore[list-item]
-                limit=limit,
-                offset=offset,
-            )
-        rows = zip(page["ids"], page["documents"] or [], page["metadatas"] or [], strict=True)
-        return [self._episode(i, doc, meta, ns) for i, doc, meta in rows]
+
+        def page(place: Place) -> list[Episode]:
+            scope = place.scope
+            with _chroma(f"list namespace {ns!r}"):
+                got = scope.collection.get(
+                    where=scope.where(),  # type: ignore[arg-type]
+                    include=["documents", "metadatas"],  # type: ignore[list-item]
+                    limit=limit,
+                    offset=offset,
+                )
+            rows = zip(got["ids"], got["documents"] or [], got["metadatas"] or [], strict=True)
+            return [episode_of(scope.eid(i), doc, meta, ns) for i, doc, meta in rows]
+
+        return self._read(ns, page, [])
 
     # ----------------------------------------------------------------- search
 
@@ -953,10 +858,10 @@ class EpisodeStore:
         """
         check_search_query(query)
         k, ns, clean_where = self._check_search(k, namespace, where)
-        collection = self._collection(ns)
-        if collection is None:
+        if self._layout.place(ns) is None:
             return []
-        return self._query(collection, ns, self.embedder.query(query)[None, :], k, clean_where)
+        matrix = self.embedder.query(query)[None, :]
+        return self._read(ns, lambda place: self._query(place, matrix, k, clean_where), [])
 
     def search_by_vector(
         self,
@@ -973,10 +878,7 @@ class EpisodeStore:
         """
         k, ns, clean_where = self._check_search(k, namespace, where)
         matrix = self.embedder.check([embedding], 1, "embedding")
-        collection = self._collection(ns)
-        if collection is None:
-            return []
-        return self._query(collection, ns, matrix, k, clean_where)
+        return self._read(ns, lambda place: self._query(place, matrix, k, clean_where), [])
 
     @staticmethod
     def _check_search(
@@ -984,23 +886,23 @@ class EpisodeStore:
     ) -> tuple[int, str, dict[str, Any] | None]:
         return (
             check_int("k", k, low=1),
-            DEFAULT_NAMESPACE if namespace is None else _check_namespace(namespace),
-            _check_where(where),
+            DEFAULT_NAMESPACE if namespace is None else validate_namespace(namespace),
+            check_where(where),
         )
 
     def _query(
         self,
-        collection: Collection,
-        namespace: str,
+        place: Place,
         matrix: np.ndarray,
         k: int,
         where: dict[str, Any] | None,
     ) -> list[tuple[Episode, float]]:
-        with _chroma(f"search namespace {namespace!r}"):
-            result = collection.query(
+        scope = place.scope
+        with _chroma(f"search namespace {place.namespace!r}"):
+            result = scope.collection.query(
                 query_embeddings=matrix,
                 n_results=k,
-                where=where,
+                where=scope.where(where),  # type: ignore[arg-type]
                 include=["documents", "metadatas", "distances"],  # type: ignore[list-item]
             )
         documents = (result["documents"] or [[]])[0]
@@ -1008,88 +910,25 @@ class EpisodeStore:
         distances = (result["distances"] or [[]])[0]
         rows = zip(result["ids"][0], documents, metadatas, distances, strict=True)
         return [
-            (self._episode(i, doc, meta, namespace), 1.0 - float(dist))
+            (episode_of(scope.eid(i), doc, meta, place.namespace), 1.0 - float(dist))
             for i, doc, meta, dist in rows
         ]
 
     # ----------------------------------------------------------------- training data
 
-    def _rated_pages(
-        self, namespaces: list[str], batch_size: int, since_ts: float | None
-    ) -> Iterator[tuple[TrainingArrays, np.ndarray]]:
-        """Pages of rated episodes with their creation timestamps; never embeds anything."""
-        where = _rated_where(since_ts)
-        for ns in namespaces:
-            collection = self._collection(ns)
-            offset = 0
-            while collection is not None:
-                with _chroma(f"read training data from namespace {ns!r}"):
-                    page = collection.get(
-                        where=where,  # type: ignore[arg-type]
-                        include=["embeddings", "metadatas"],  # type: ignore[list-item]
-                        limit=batch_size,
-                        offset=offset,
-                    )
-                ids = page["ids"]
-                if not ids:
-                    break
-                metadatas = page["metadatas"] or []
-                arrays = TrainingArrays(
-                    np.asarray(page["embeddings"], dtype=np.float32),
-                    np.stack([
-                        self._decode_vector(m[RESPONSE_EMBEDDING_KEY], i)
-                        for i, m in zip(ids, metadatas, strict=True)
-                    ]),
-                    np.array([m[REWARD_KEY] for m in metadatas], dtype=np.float32),
-                    tuple(ids),
-                )
-                yield arrays, np.array([m[CREATED_TS_KEY] for m in metadatas], dtype=np.float64)
-                if len(ids) < batch_size:
-                    break
-                offset += len(ids)
+    def _training_scopes(self, namespace: str | None) -> list[Scope]:
+        """Where the rated episodes of `namespace` (every namespace when None) are read from.
 
-    def _rated_ids(self, namespaces: list[str], since_ts: float | None) -> dict[str, list[str]]:
-        """The ids of the rated episodes of each namespace (ids only: nothing else is read)."""
-        found: dict[str, list[str]] = {}
-        for ns in namespaces:
-            collection = self._collection(ns)
-            if collection is not None:
-                with _chroma(f"list rated episodes of namespace {ns!r}"):
-                    where = _rated_where(since_ts)
-                    found[ns] = collection.get(where=where, include=[])["ids"]  # type: ignore[arg-type]
-        return found
-
-    def _recent_cutoff(self, namespaces: list[str], limit: int) -> float | None:
-        """A creation time after which at least `limit` (and not many more) episodes are rated.
-
-        Estimated from the timestamps of a random sample of the rated episodes, then checked
-        by counting ids. None means: read everything (few episodes, or no cutoff found).
+        A bucket namespace with no rated episode is looked up again: another process may have
+        moved it.
         """
-        ids = self._rated_ids(namespaces, None)
-        total = sum(len(v) for v in ids.values())
-        if total <= limit + RECENT_SAMPLE:
-            return None
-        rng = np.random.default_rng(total)
-        pool = [(ns, i) for ns, ns_ids in ids.items() for i in ns_ids]
-        sample: dict[str, list[str]] = {}
-        for row in rng.choice(total, size=RECENT_SAMPLE, replace=False):
-            sample.setdefault(pool[row][0], []).append(pool[row][1])
-        times: list[float] = []
-        for ns, ns_ids in sample.items():
-            collection = self._collection(ns)
-            assert collection is not None
-            with _chroma(f"sample creation times of namespace {ns!r}"):
-                got = collection.get(ids=ns_ids, include=["metadatas"])  # type: ignore[list-item]
-            times += [float(m[CREATED_TS_KEY]) for m in got["metadatas"] or []]  # type: ignore[arg-type]
-        share = limit / total
-        for margin in (1.5, 3.0, 6.0):
-            keep = min(1.0, share * margin + 8 / RECENT_SAMPLE)
-            if keep >= 1.0:
-                return None
-            cutoff = float(np.quantile(times, 1.0 - keep))
-            if sum(len(v) for v in self._rated_ids(namespaces, cutoff).values()) >= limit:
-                return cutoff
-        return None
+        if namespace is None:
+            return self._scopes(None)
+        return self._read(
+            namespace,
+            lambda place: [place.scope] if self._count_in(place.scope, {RATED_KEY: True}) else [],
+            [],
+        )
 
     def training_batches(
         self,
@@ -1114,11 +953,12 @@ class EpisodeStore:
         if since is not None and not isinstance(since, datetime):
             raise InvalidArgumentError(f"since must be a datetime or None, got {since!r}")
         if namespace is not None:
-            _check_namespace(namespace)
+            namespace = validate_namespace(namespace)
         since_ts = None if since is None else (
             since if since.tzinfo else since.replace(tzinfo=timezone.utc)
         ).timestamp()
-        pages = self._rated_pages(self._resolve_namespaces(namespace), batch_size, since_ts)
+        pages = rated_pages(self._training_scopes(namespace), batch_size, since_ts,
+                            self._decode_vector)
         return (arrays for arrays, _ in pages)
 
     def training_arrays(
@@ -1137,9 +977,11 @@ class EpisodeStore:
         """
         if limit is not None:
             limit = check_int("limit", limit, low=1)
-        namespaces = self._resolve_namespaces(namespace)
-        cutoff = None if limit is None else self._recent_cutoff(namespaces, limit)
-        pages = list(self._rated_pages(namespaces, _TRAINING_PAGE, cutoff))
+        if namespace is not None:
+            namespace = validate_namespace(namespace)
+        scopes = self._training_scopes(namespace)
+        cutoff = None if limit is None else recent_cutoff(scopes, limit)
+        pages = list(rated_pages(scopes, _TRAINING_PAGE, cutoff, self._decode_vector))
         if not pages:
             empty = np.zeros((0, self.dimension), dtype=np.float32)
             return TrainingArrays(empty, empty, np.zeros(0, dtype=np.float32))

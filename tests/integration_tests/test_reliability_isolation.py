@@ -3,21 +3,24 @@ LangGraph store, and deleting a namespace removes its episodes only.
 
 The namespaces are chosen to collide under naive schemes: "user/1" and "user_2f1" (its escaped
 form), "user/1" and "user/10" (string prefix), "user.1" (a LangGraph tuple joined with ".").
-Every namespace holds the same question, so similarity alone would happily mix them.
+Every namespace holds the same question, so similarity alone would happily mix them. Every test
+runs on two layouts: all namespaces in one shared bucket collection ("shared"), and "user/1" and
+"user/10" moved to collections of their own while the others share a bucket ("mixed").
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
-from test_reliability_input import store_snapshot
 
 from langchain_kd_memory.config import StudentConfig, TeacherConfig
 from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.episodes import Episode
 from langchain_kd_memory.errors import EpisodeNotFoundError, InvalidArgumentError
 from langchain_kd_memory.memory import DistilledEpisodicMemory
-from langchain_kd_memory.storage import EpisodeStore, encode_namespace
+from langchain_kd_memory.storage import EpisodeStore
 
 NAMESPACES = ["user/1", "user_2f1", "user/10", "user.1", "user"]
 QUESTION = "How do I reset my password?"
@@ -33,14 +36,42 @@ def model(store: EpisodeStore) -> ModelDistillation:
     )
 
 
-def collection_of(memory: DistilledEpisodicMemory, namespace: str) -> str:
-    return f"{memory.store.collection_name}.ns.{encode_namespace(namespace)}"
+def records_by_namespace(store: EpisodeStore) -> dict[str, list[tuple[Any, ...]]]:
+    """Everything Chroma holds for the store, by the namespace it belongs to, byte for byte.
+
+    Bucket records belong to their ``kd_ns`` tag, records of an own collection to the
+    collection's namespace, registry entries to the namespace they name.
+    """
+    found: dict[str, list[tuple[Any, ...]]] = {}
+    for listed in store.client.list_collections():
+        if not listed.name.startswith(f"{store.collection_name}."):
+            continue
+        raw = store.client.get_collection(listed.name, embedding_function=None)
+        got = raw.get(include=["documents", "metadatas", "embeddings"])  # type: ignore[list-item]
+        vectors = np.asarray(got["embeddings"], dtype=np.float32)
+        rows = zip(got["ids"], got["documents"], got["metadatas"], vectors, strict=True)
+        for chroma_id, document, meta, vector in rows:
+            if listed.name.endswith(".registry"):
+                owner = chroma_id[2:] if chroma_id[:2] in ("n:", "l:") else chroma_id
+            else:
+                owner = meta["kd_ns"] if "kd_ns" in meta else raw.metadata["kd_namespace"]
+            found.setdefault(owner, []).append(
+                (listed.name, chroma_id, document, sorted(meta.items()), vector.tobytes())
+            )
+    return {owner: sorted(rows) for owner, rows in found.items()}
 
 
-@pytest.fixture
-def memory(tmp_store: EpisodeStore) -> DistilledEpisodicMemory:
-    """Six episodes per namespace: the same question, answers that name their namespace."""
-    memory = DistilledEpisodicMemory(store=tmp_store, distillation=model(tmp_store))
+@pytest.fixture(params=["shared", "mixed"])
+def memory(tmp_store: EpisodeStore, request: pytest.FixtureRequest) -> DistilledEpisodicMemory:
+    """Six episodes per namespace: the same question, answers that name their namespace.
+
+    "mixed": the two namespaces that get a seventh episode move to collections of their own.
+    """
+    store = tmp_store if request.param == "shared" else EpisodeStore(
+        f"{tmp_store.collection_name}m", embeddings=tmp_store.embeddings,
+        client=tmp_store.client, move_at=7,
+    )
+    memory = DistilledEpisodicMemory(store=store, distillation=model(store))
     memory.add_episodes([
         {"query": QUESTION if i == 0 else f"{QUESTION} Attempt {i}.",
          "response": f"answer for {ns}", "reward": (i % 3) / 2, "namespace": ns,
@@ -52,6 +83,8 @@ def memory(tmp_store: EpisodeStore) -> DistilledEpisodicMemory:
         {"query": f"Unrated question of {ns}", "namespace": ns, "id": "same-id"}
         for ns in ("user/1", "user/10")
     ])
+    own = [ns for ns in NAMESPACES if memory.store.layout.place(ns).tag is None]
+    assert own == ([] if request.param == "shared" else ["user/1", "user/10"])
     return memory
 
 
@@ -132,12 +165,11 @@ def test_langgraph_store_namespaces_do_not_leak(memory: DistilledEpisodicMemory)
 def test_deleting_a_namespace_removes_only_its_episodes(
     memory: DistilledEpisodicMemory, victim: str
 ) -> None:
-    others = {name: state for name, state in store_snapshot(memory.store).items()
-              if name != collection_of(memory, victim)}
+    others = {ns: rows for ns, rows in records_by_namespace(memory.store).items() if ns != victim}
     removed = memory.store.count(victim)
     assert memory.store.delete_namespace(victim) == removed > 0
     assert memory.store.count(victim) == 0 and victim not in memory.store.namespaces()
-    assert store_snapshot(memory.store) == others
+    assert records_by_namespace(memory.store) == others
     with pytest.raises(EpisodeNotFoundError):
         memory.store.get([f"{victim}#0"], namespace=victim)
     # The namespace starts empty when used again: nothing comes back.
@@ -148,8 +180,8 @@ def test_deleting_a_namespace_removes_only_its_episodes(
 def test_clear_removes_only_the_memorys_namespace(memory: DistilledEpisodicMemory) -> None:
     scoped = DistilledEpisodicMemory(store=memory.store, distillation=model(memory.store),
                                      namespace="user/1")
-    others = {name: state for name, state in store_snapshot(memory.store).items()
-              if name != collection_of(memory, "user/1")}
+    others = {ns: rows for ns, rows in records_by_namespace(memory.store).items()
+              if ns != "user/1"}
     scoped.clear()
     assert memory.store.count("user/1") == 0
-    assert store_snapshot(memory.store) == others
+    assert records_by_namespace(memory.store) == others

@@ -150,20 +150,50 @@ def test_round_trip_is_exact(tmp_store: EpisodeStore) -> None:
     assert got[0].reward is None and got[0].response == ""
 
 
-def test_collection_layout_records_namespace_and_embedder(
+def test_layout_records_namespace_and_embedder(
     tmp_store: EpisodeStore, embeddings: LocalEmbeddings
 ) -> None:
-    tmp_store.add([Episode("q", namespace="user/42")])
-    (raw,) = own_collections(tmp_store)
-    assert raw.name == f"{tmp_store.collection_name}.ns.user_2f42"
-    assert raw.metadata["kd_namespace"] == "user/42"
-    assert raw.metadata["kd_embedder"] == embeddings.identity.name
-    assert raw.metadata["kd_dimension"] == DIM
-    assert raw.configuration_json["hnsw"]["space"] == "cosine"
+    episode = Episode("q", namespace="user/42", id="e1")
+    tmp_store.add([episode])
+    name = tmp_store.collection_name
+    raw = {c.name: c for c in own_collections(tmp_store)}
+    assert sorted(raw) == [f"{name}.b.0", f"{name}.registry"]
+    # The registry says where the namespace lives and what it was created with.
+    entry = raw[f"{name}.registry"].get(ids=["n:user/42"], include=["metadatas"])
+    record = entry["metadatas"][0]
+    assert record["kd_place"] == "bucket" and record["kd_bucket"] == 0
+    assert record["kd_embedder"] == embeddings.identity.name and record["kd_dimension"] == DIM
+    assert record["kd_format"] == 2 and re.fullmatch(r"[0-9a-f]{32}", record["kd_gen"])
+    # In the bucket, the record is tagged with the namespace and its id is made unique.
+    bucket = raw[f"{name}.b.0"]
+    assert bucket.metadata["kd_embedder"] == embeddings.identity.name
+    assert bucket.configuration_json["hnsw"]["space"] == "cosine"
+    assert bucket.configuration_json["hnsw"]["sync_threshold"] == 100
+    got = bucket.get(include=["metadatas"])
+    assert got["ids"] == [f"{record['kd_gen']}:e1"]
+    assert got["metadatas"][0]["kd_ns"] == "user/42"
+    assert got["metadatas"][0]["kd_gen"] == record["kd_gen"]
+    assert tmp_store.get(["e1"]) == [episode]
     # No Chroma embedding function is recorded: asking Chroma to embed fails, never downloads.
-    assert raw.configuration_json["embedding_function"] == {"type": "legacy"}
+    for collection in raw.values():
+        assert collection.configuration_json["embedding_function"] == {"type": "legacy"}
     with pytest.raises(ValueError, match="embedding function"):
-        raw.query(query_texts=["anything"], n_results=1)
+        bucket.query(query_texts=["anything"], n_results=1)
+
+
+def test_a_namespace_of_its_own_has_the_format_1_layout(
+    tmp_store: EpisodeStore, embeddings: LocalEmbeddings
+) -> None:
+    store = EpisodeStore(f"{tmp_store.collection_name}-own", embeddings=embeddings,
+                         client=tmp_store.client, move_at=1)
+    store.add([Episode("q", namespace="user/42", id="e1")])
+    raw = {c.name: c for c in own_collections(store)}
+    own = raw[f"{store.collection_name}.ns.user_2f42"]
+    assert own.metadata["kd_namespace"] == "user/42"
+    assert own.metadata["kd_embedder"] == embeddings.identity.name
+    assert own.metadata["kd_dimension"] == DIM and own.metadata["kd_format"] == 2
+    assert own.configuration_json["hnsw"]["space"] == "cosine"
+    assert own.get()["ids"] == ["e1"]
 
 
 @given(st.text(min_size=1, max_size=40))
@@ -198,22 +228,28 @@ def test_persists_across_processes(tmp_path: Path, embeddings: LocalEmbeddings) 
 # ---------------------------------------------------------------- namespaces
 
 
-def test_odd_namespaces_are_isolated(tmp_store: EpisodeStore) -> None:
+@pytest.mark.parametrize(("move_at", "collections"), [(256, 2), (1, 1 + len(ODD_NAMESPACES))])
+def test_odd_namespaces_are_isolated(
+    tmp_store: EpisodeStore, embeddings: LocalEmbeddings, move_at: int, collections: int
+) -> None:
+    """In one shared bucket, and with a collection each (hashed name for the longest)."""
+    store = EpisodeStore(f"{tmp_store.collection_name}-{move_at}", embeddings=embeddings,
+                         client=tmp_store.client, move_at=move_at)
     episodes = [
         Episode(f"question number {i} about billing", reward=float(i), namespace=ns, id="same")
         for i, ns in enumerate(ODD_NAMESPACES)
     ]
-    tmp_store.add(episodes)
-    assert tmp_store.namespaces() == sorted(ODD_NAMESPACES)
-    assert len(own_collections(tmp_store)) == len(ODD_NAMESPACES)
-    assert tmp_store.count() == len(ODD_NAMESPACES)
+    store.add(episodes)
+    assert store.namespaces() == sorted(ODD_NAMESPACES)
+    assert len(own_collections(store)) == collections  # with the registry
+    assert store.count() == len(ODD_NAMESPACES)
     for episode in episodes:
-        assert tmp_store.count(episode.namespace) == 1
-        assert tmp_store.get(["same"], namespace=episode.namespace) == [episode]
-        hits = tmp_store.search("billing", k=10, namespace=episode.namespace)
+        assert store.count(episode.namespace) == 1
+        assert store.get(["same"], namespace=episode.namespace) == [episode]
+        hits = store.search("billing", k=10, namespace=episode.namespace)
         assert [hit.namespace for hit, _ in hits] == [episode.namespace]
     with pytest.raises(InvalidArgumentError, match="exists in namespaces"):
-        tmp_store.get(["same"])  # ambiguous without a namespace
+        store.get(["same"])  # ambiguous without a namespace
 
 
 def test_delete_namespace(filled: tuple[EpisodeStore, list[Episode]]) -> None:
@@ -282,10 +318,14 @@ def test_search_by_vector_matches_search(
 
 
 def _stored_query_vector(store: EpisodeStore, episode_id: str) -> bytes:
+    """The raw vector Chroma holds for an episode (its id is tagged in a bucket)."""
     for raw in own_collections(store):
-        got = raw.get(ids=[episode_id], include=["embeddings"])  # type: ignore[list-item]
-        if got["ids"]:
-            return np.asarray(got["embeddings"][0], dtype=np.float32).tobytes()
+        if raw.name.endswith(".registry"):
+            continue
+        got = raw.get(include=["embeddings"])  # type: ignore[list-item]
+        for row, chroma_id in enumerate(got["ids"]):
+            if chroma_id == episode_id or chroma_id.endswith(f":{episode_id}"):
+                return np.asarray(got["embeddings"][row], dtype=np.float32).tobytes()
     raise AssertionError(episode_id)
 
 
