@@ -279,10 +279,13 @@ def run_server(namespaces: int, total: int, repeats: int, workdir: Path) -> dict
         count_s = time.perf_counter() - start
         assert counted == total, (counted, total)
         assert store.count(big[0]) == BIG and store.layout.place(big[0]).tag is None
+        buckets = [c.count() for c in store.client.list_collections(limit=100_000)
+                   if c.name.startswith("scale.b.")]
         return {
             "namespaces": namespaces, "episodes": total, "add_calls": calls, "add_s": add_s,
             "episodes_per_s": total / add_s, "moves": store.layout.moves,
-            "collections": len(store.client.list_collections()),
+            "collections": len(store.client.list_collections(limit=100_000)),
+            "bucket_records": [len(buckets), int(np.median(buckets)), max(buckets)],
             "small_namespace_episodes": [min(plan[ns] for ns in small),
                                          max(plan[ns] for ns in small)],
             "recall_one_big_ms": p50_p95_ms(one_big),
@@ -373,11 +376,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"round-robin in {s['add_calls']:,} `add` calls of up to {SERVER_BATCH} episodes "
             f"over {SERVER_SPREAD} namespaces. Recall p50 / p95 in ms.",
             markdown_table(
-                ["add throughput", "moves", "collections",
+                ["add throughput", "moves", "collections", "buckets: records median / max",
                  f"recall, one {BIG:,}-episode namespace", f"recall, random {BIG:,}-episode ones",
                  f"recall, random {low}-{high}-episode ones", "count() all", "server RSS"],
                 [[f"{s['episodes_per_s']:,.0f} episodes/s ({s['add_s']:.0f} s)", str(s["moves"]),
                   str(s["collections"]),
+                  "{}: {:,} / {:,}".format(*s["bucket_records"]),
                   "{:.2f} / {:.2f}".format(*s["recall_one_big_ms"]),
                   "{:.2f} / {:.2f}".format(*s["recall_random_big_ms"]),
                   "{:.2f} / {:.2f}".format(*s["recall_random_small_ms"]),

@@ -3,8 +3,8 @@
 Why: Chroma 1.5 keeps about 2.6 MB of index state per collection that has data, for as long as the
 client lives (a server never gives it back), and counting or listing 10,000 collections takes
 tens of seconds. One collection per namespace therefore does not scale to many users. Measured
-(/work/chroma_probe/REPORT.md, 10,000 namespaces x 10 episodes in one process): 26 GB
-extrapolated with a collection each, 364-386 MB with the layout below.
+(`benchmarks/bench_scale.py`, 10,000 namespaces x 10 episodes in one process): about 26 GB
+extrapolated with a collection each, about 0.4 GB with the layout below.
 
 Collections of a store whose `collection_name` is ``P``:
     * ``P.registry``: one record per namespace, id ``"n:" + namespace``, its metadata saying
@@ -12,17 +12,20 @@ Collections of a store whose `collection_name` is ``P``:
       number ``kd_bucket``; the namespace's tag ``kd_gen``) and what it was created with (the
       embedder's name and dimension, the reward range, ``kd_format`` 2). Vectors are a dummy
       ``[1.0]``. Two more kinds of record live there: ``"s:open"`` (the bucket new namespaces go
-      to) and ``"l:" + namespace`` (the lease of a move in progress).
+      to) and ``"l:" + namespace`` (the lease of a move in progress). While a namespace is
+      ``moving``, its record also says where to (``kd_target``: a bucket number, -1 for its own
+      collection) and, into a bucket, the records' new tag (``kd_next_gen``).
     * ``P.b.<k>``: bucket collections shared by small namespaces. A record's id is
       ``"<tag>:<episode id>"`` and its metadata carries the namespace (``kd_ns``) and its tag
       (``kd_gen``, 32 hex digits, new each time the namespace is created). Every read and write of
       a namespace in a bucket goes through ``where={"kd_gen": tag}`` (combined with the user's
       filter by ``$and``), so a namespace never sees another's records, and records a deleted
       namespace left behind never reappear in a namespace created later under the same name.
-      A new namespace goes to the open bucket; a bucket stops taking new namespaces once it
-      holds `BUCKET_CAPACITY` records or this process placed `BUCKET_NAMESPACES` namespaces
-      in it. Buckets use ``hnsw.sync_threshold`` 100 (the first query of a bucket in a new
-      process: ~20 ms instead of ~160 ms at Chroma's default of 1000).
+      A new namespace goes to the open bucket if it fits (`BUCKET_CAPACITY` records, and
+      fewer than `BUCKET_NAMESPACES` namespaces placed in it by this process), else to the
+      next one, which becomes the open bucket. Buckets use ``hnsw.sync_threshold`` 100 (the
+      first query of a bucket in a new process: ~20 ms instead of ~160 ms at Chroma's default
+      of 1000).
     * ``P.ns.<encoded namespace>`` (or ``P.nh.<sha256>`` when the encoding is too long): a
       namespace's own collection, exactly as in format 1. Records keep their episode ids and
       carry no tag.
@@ -30,9 +33,11 @@ Collections of a store whose `collection_name` is ``P``:
 A namespace moves to its own collection once it holds `MOVE_AT` (256) records, checked after
 each write to a bucket (a namespace whose first write is that large starts in its own
 collection). Measured: recall in a 2,000-record bucket costs 1.4-2.8 ms against 0.7-1 ms in an
-own collection, up to ~300 records per namespace; at 1,000 it is 5-13x. A bucket that grows past
-4x its capacity (namespaces placed in it while small kept growing) also moves out every namespace
-of `MOVE_AT` / 8 records or more that writes to it. Namespaces never move back.
+own collection, up to ~300 records per namespace; at 1,000 it is 5-13x. Namespaces placed in a
+bucket while small may all grow: a bucket holding over `CROWDED` (2) x its capacity moves every
+namespace of `MOVE_AT` / 8 records or more that writes to it into a bucket with room (new tag,
+same protocol as below), so a bucket's size, and the cost of a search in it, stays bounded
+however its namespaces grow. Namespaces never move back from their own collection.
 
 Stores written by format 1 (one collection per namespace, no registry) open and work unchanged:
 a namespace with no registry record whose ``P.ns.`` / ``P.nh.`` collection exists (``kd_format``
@@ -46,9 +51,10 @@ Several processes on one Chroma server (the registry is shared, each process cac
       all read back and use the first one's placement and tag.
     * A move holds the namespace's lease (an ``add`` of ``"l:" + namespace``, the same
       first-one-wins rule; a lease not refreshed for `LEASE_S` may be taken over by a
-      conditional delete). The mover marks the namespace ``moving``, copies its records into
-      the own collection (upsert, then removes records there that the bucket no longer has),
-      marks it ``own``, then deletes the namespace's records from the bucket.
+      conditional delete). The mover marks the namespace ``moving`` (with its target), copies
+      its records there (upsert, then removes records there that the bucket no longer has),
+      marks it ``own`` (or ``bucket`` with the new number and tag), then deletes the
+      namespace's records from the old bucket.
     * After every write to a bucket (add, upsert, reward update, delete) the writer reads the
       namespace's registry record again. If it is no longer in that bucket with that tag, the
       write is redone where the namespace is now (after waiting while it is ``moving``; a
@@ -116,8 +122,9 @@ BUCKET_CAPACITY = 2000
 """A bucket stops taking new namespaces once it holds this many records."""
 BUCKET_NAMESPACES = 256
 """... or once this process placed this many namespaces in it."""
-CROWDED = 4
-"""A bucket over CROWDED x capacity moves out each namespace of MOVE_AT // 8 records that writes."""
+CROWDED = 2
+"""A bucket over CROWDED x capacity moves each namespace of MOVE_AT // 8 records that writes to a
+bucket with room."""
 LEASE_S = 60.0
 """A move's lease not refreshed for this long may be taken over by another process."""
 WAIT_S = 0.05
@@ -137,6 +144,8 @@ REWARD_LOW_META = "kd_reward_low"
 REWARD_HIGH_META = "kd_reward_high"
 PLACE_META = "kd_place"
 BUCKET_META = "kd_bucket"
+TARGET_META = "kd_target"
+NEXT_TAG_META = "kd_next_gen"
 OWNER_META = "kd_owner"
 TIME_META = "kd_ts"
 
@@ -256,6 +265,7 @@ class Place:
     state: str
     reward_range: Range
     registered: bool = True  # False: a format-1 collection with no registry record
+    bucket: int = -1  # the bucket's number; -1 in an own collection
 
     @property
     def scope(self) -> Scope:
@@ -279,7 +289,11 @@ class Place:
             return not self.registered
         if self.tag is None:
             return record.get(PLACE_META) == OWN
-        return record.get(TAG_KEY) == self.tag and record.get(PLACE_META) == BUCKET
+        return (
+            record.get(TAG_KEY) == self.tag
+            and record.get(PLACE_META) == BUCKET
+            and record.get(BUCKET_META) == self.bucket
+        )
 
 
 def strip_tags(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -471,11 +485,12 @@ class Layout:
             if own is None:  # deleted half-way, or by hand: an empty namespace
                 return None
             return Place(namespace, own, None, OWN, reward_range)
-        bucket = self._bucket(int(record[BUCKET_META]), create)
+        number = int(record[BUCKET_META])
+        bucket = self._bucket(number, create)
         if bucket is None:
             return None
         return Place(namespace, bucket, str(record[TAG_KEY]), str(record[PLACE_META]),
-                     reward_range)
+                     reward_range, bucket=number)
 
     def _legacy(self, namespace: str) -> Place | None:
         """A format-1 own collection of a namespace with no registry record, if there is one."""
@@ -582,42 +597,46 @@ class Layout:
             self._placed[number] = sum(i.startswith(_NS) for i in ids)
         return self._placed[number]
 
-    def _assign(self, registry: Collection, rows: Mapping[str, int]) -> dict[str, int | None]:
-        """A bucket number for each new namespace, or None for a collection of its own."""
-        number = self._open_bucket(registry)
-        start = number
-        assigned: dict[str, int | None] = {}
-        size: int | None = None
-        for namespace, count in rows.items():
-            if count >= self.move_at:
-                assigned[namespace] = None
-                continue
-            while True:
-                bucket = self._bucket(number, create=True)
-                assert bucket is not None
-                meta = bucket.metadata or {}
-                if (meta.get(EMBEDDER_META), meta.get(DIMENSION_META)) != (
-                    self.identity.name, self.identity.dimension
-                ):
-                    assigned[namespace] = None  # another embedder's buckets: not shared
-                    break
-                if size is None:
-                    with chroma_call(f"count bucket {bucket.name!r}"):
-                        size = bucket.count()
-                if size < self.bucket_capacity and (
-                    self._placed_in(registry, number) < BUCKET_NAMESPACES
-                ):
-                    assigned[namespace] = number
-                    size += count
-                    self._placed[number] += 1
-                    break
-                number, size = number + 1, None
+    def _room(
+        self, registry: Collection, count: int, sizes: dict[int, int], avoid: int = -1
+    ) -> int | None:
+        """The open bucket, or the first after it, that can take a namespace of `count` records.
+
+        None if that bucket holds another embedder's vectors (not shared). `sizes` caches bucket
+        counts for one caller.
+        """
+        start = number = self._open_bucket(registry)
+        while True:
+            bucket = self._bucket(number, create=True)
+            assert bucket is not None
+            meta = bucket.metadata or {}
+            if (meta.get(EMBEDDER_META), meta.get(DIMENSION_META)) != (
+                self.identity.name, self.identity.dimension
+            ):
+                return None
+            if number not in sizes:
+                with chroma_call(f"count bucket {bucket.name!r}"):
+                    sizes[number] = bucket.count()
+            fits = sizes[number] == 0 or sizes[number] + count <= self.bucket_capacity
+            if number != avoid and fits and self._placed_in(registry, number) < BUCKET_NAMESPACES:
+                sizes[number] += count
+                self._placed[number] += 1
+                break
+            number += 1
         if number != start:
             self._open = number
             with chroma_call("record the open bucket"):
                 registry.upsert(ids=[_OPEN], embeddings=_dummies(1),
                                 metadatas=[{BUCKET_META: number}])
-        return assigned
+        return number
+
+    def _assign(self, registry: Collection, rows: Mapping[str, int]) -> dict[str, int | None]:
+        """A bucket number for each new namespace, or None for a collection of its own."""
+        sizes: dict[int, int] = {}
+        return {
+            namespace: None if count >= self.move_at else self._room(registry, count, sizes)
+            for namespace, count in rows.items()
+        }
 
     def _create(self, rows: Mapping[str, int]) -> tuple[dict[str, Place], list[Place]]:
         """Register new namespaces.
@@ -751,90 +770,137 @@ class Layout:
         except Exception as exc:  # it expires on its own
             logger.warning("could not release the move lease of %r: %s", namespace, exc)
 
-    def move(self, namespace: str) -> bool:
-        """Move a bucket namespace to its own collection; False if another process is at it."""
+    def move(self, namespace: str, to: int | None = None) -> bool:
+        """Move a bucket namespace to bucket `to`, or to its own collection if None.
+
+        False if another process holds the namespace's move lease.
+        """
         token = self._lease(namespace)
         if token is None:
             return False
         try:
-            self._move_leased(namespace, token)
+            self._move_leased(namespace, token, to)
         finally:
             self._release(namespace, token)
         return True
 
-    def _move_leased(self, namespace: str, token: str) -> None:
+    def _move_leased(self, namespace: str, token: str, to: int | None = None) -> None:
+        """The move, under the lease; a namespace already ``moving`` goes where it was going.
+
+        Into another bucket, the records get a new tag (recorded before the copy), so what a
+        writer with a stale place removes after redoing its write is never the moved copy.
+        """
         registry = self.registry()
         assert registry is not None
         record = self.records([namespace]).get(namespace)
         if record is None or record.get(PLACE_META) == OWN:
             return
-        started = time.perf_counter()
         tag, reward_range = str(record[TAG_KEY]), self._checked(namespace, record)
-        bucket = self._bucket(int(record[BUCKET_META]), create=True)
+        number, new_tag = int(record[BUCKET_META]), uuid.uuid4().hex
+        if record.get(PLACE_META) == MOVING:  # a move that its process did not finish
+            target = int(record.get(TARGET_META, -1))
+            to, new_tag = (None if target < 0 else target), str(record.get(NEXT_TAG_META, new_tag))
+        if to == number:
+            return
+        started = time.perf_counter()
+        bucket = self._bucket(number, create=True)
         assert bucket is not None
         key = [_NS + namespace]
         with chroma_call(f"mark namespace {namespace!r} as moving"):
-            registry.update(ids=key, metadatas=[{PLACE_META: MOVING}])
+            registry.update(ids=key, metadatas=[{
+                PLACE_META: MOVING, TARGET_META: -1 if to is None else to, NEXT_TAG_META: new_tag,
+            }])
         try:
-            own = self._own(namespace, True, reward_range)
-            assert own is not None
-            with chroma_call(f"move namespace {namespace!r} to its own collection"):
+            target_collection = (
+                self._own(namespace, True, reward_range) if to is None
+                else self._bucket(to, create=True)
+            )
+            assert target_collection is not None
+            with chroma_call(f"move namespace {namespace!r} to {target_collection.name!r}"):
                 rows = bucket.get(
                     where={TAG_KEY: tag},
                     include=["embeddings", "documents", "metadatas"],  # type: ignore[list-item]
                 )
                 ids = [i[TAG_LENGTH + 1 :] for i in rows["ids"]]
                 metadatas = [strip_tags(m or {}) for m in rows["metadatas"] or []]
+                there = None if to is None else {TAG_KEY: new_tag}
+                if to is not None:
+                    ids = [f"{new_tag}:{i}" for i in ids]
+                    metadatas = [{**m, NAMESPACE_KEY: namespace, TAG_KEY: new_tag}
+                                 for m in metadatas]
+                present = set(target_collection.get(where=there, include=[])["ids"])  # type: ignore[arg-type]
                 step = int(self.client.get_max_batch_size())
                 for start in range(0, len(ids), step):
                     end = start + step
-                    own.upsert(ids=ids[start:end], embeddings=rows["embeddings"][start:end],  # type: ignore[index]
-                               documents=(rows["documents"] or [])[start:end],
-                               metadatas=metadatas[start:end])  # type: ignore[arg-type]
+                    target_collection.upsert(
+                        ids=ids[start:end], embeddings=rows["embeddings"][start:end],  # type: ignore[index]
+                        documents=(rows["documents"] or [])[start:end],
+                        metadatas=metadatas[start:end],  # type: ignore[arg-type]
+                    )
                     self._renew(namespace)
-                stale = set(own.get(include=[])["ids"]) - set(ids)
+                stale = present - set(ids)
                 if stale:  # an earlier, interrupted move copied records deleted since
-                    own.delete(ids=sorted(stale))
+                    target_collection.delete(ids=sorted(stale))
                 if self.records([namespace]).get(namespace, {}).get(TAG_KEY) != tag:
                     raise StoreError(f"namespace {namespace!r} was deleted during its move")
-                registry.update(ids=key, metadatas=[{PLACE_META: OWN}])
+                done: dict[str, Any] = (
+                    {PLACE_META: OWN} if to is None
+                    else {PLACE_META: BUCKET, BUCKET_META: to, TAG_KEY: new_tag}
+                )
+                registry.update(ids=key, metadatas=[done])
         except Exception:
             try:
                 registry.update(ids=key, metadatas=[{PLACE_META: BUCKET}])
             except Exception as exc:  # a writer takes the move over once the lease expires
                 logger.warning("could not undo the move of %r: %s", namespace, exc)
             raise
-        self._places[namespace] = Place(namespace, own, None, OWN, reward_range)
+        self._places[namespace] = (
+            Place(namespace, target_collection, None, OWN, reward_range) if to is None
+            else Place(namespace, target_collection, new_tag, BUCKET, reward_range, bucket=to)
+        )
         self.moves += 1
         try:
             bucket.delete(where={TAG_KEY: tag})
         except Exception as exc:  # tagged leftovers: never read, never counted
             logger.warning("moved %r but could not clear its bucket records: %s", namespace, exc)
-        logger.info("moved namespace %r (%d records) to its own collection in %.2f s",
-                    namespace, len(ids), time.perf_counter() - started)
+        logger.info("moved namespace %r (%d records) to %r in %.2f s", namespace, len(ids),
+                    target_collection.name, time.perf_counter() - started)
 
     def maybe_move(self, written: list[Place]) -> None:
-        """Move the written bucket namespaces that grew past `move_at` (failures are logged)."""
-        by_bucket: dict[str, list[Place]] = {}
+        """Move the written bucket namespaces that grew (failures are logged).
+
+        One of `move_at` records or more goes to its own collection; one of `move_at` // 8 or
+        more in a bucket holding over `CROWDED` x `bucket_capacity` records goes to a bucket
+        with room.
+        """
+        by_bucket: dict[int, list[Place]] = {}
         for place in written:
             if place.tag is not None and place.state == BUCKET:
-                by_bucket.setdefault(place.collection.name, []).append(place)
-        for places in by_bucket.values():
+                by_bucket.setdefault(place.bucket, []).append(place)
+        for number, places in by_bucket.items():
             bucket = places[0].collection
             scope = Scope(bucket, {p.tag: p.namespace for p in places if p.tag})
             try:
                 with chroma_call(f"count the namespaces written in {bucket.name!r}"):
                     ids = bucket.get(where=scope.where(), include=[])["ids"]  # type: ignore[arg-type]
                     sizes = collections.Counter(i[:TAG_LENGTH] for i in ids)
-                    crowded: bool | None = None
+                    total: int | None = None
                     for place in places:
                         size = sizes[str(place.tag)]
+                        if size >= self.move_at:
+                            self.move(place.namespace)
+                            continue
                         if size < self.move_at // 8:
                             continue
-                        if size < self.move_at and crowded is None:
-                            crowded = bucket.count() > CROWDED * self.bucket_capacity
-                        if size >= self.move_at or crowded:
-                            self.move(place.namespace)
+                        if total is None:
+                            total = bucket.count()
+                        if total > CROWDED * self.bucket_capacity:
+                            registry = self.registry()
+                            assert registry is not None
+                            # room for it to double: it is growing
+                            to = self._room(registry, 2 * size, {}, avoid=number)
+                            if to is not None and self.move(place.namespace, to):
+                                total -= size
             except StoreError as exc:
                 logger.warning("a namespace move failed; it stays in its bucket: %s", exc)
 

@@ -3,6 +3,8 @@
 * Namespaces sharing a bucket never see each other's records, through any read or write.
 * A namespace that reaches `move_at` records moves to a collection of its own and keeps every
   record, id, field and vector; stores that cached the old place find it.
+* Namespaces that grow in a crowded bucket move to a bucket with room, the same way; a move a
+  killed process left half-done is finished by the next writer.
 * A namespace deleted and created again starts empty, even if records of the old one remain.
 * A format-1 store (one collection per namespace, no registry) opens, reads unchanged and
   takes writes.
@@ -248,6 +250,94 @@ def test_a_namespace_whose_first_write_is_large_starts_in_its_own_collection(
     assert store.count("bulk") == 25 and store.layout.moves == 0
 
 
+def test_namespaces_growing_in_a_crowded_bucket_move_to_buckets_with_room(
+    make_store: Any,
+) -> None:
+    """Five namespaces placed in bucket 0 while small grow to 12 records each: a bucket over
+    2 x capacity (40) sends each writer of 8 records or more to a bucket with room. (Before:
+    bucket 0 grew to 60 and nothing moved.)"""
+    store = make_store(move_at=64, bucket_capacity=20)
+    name = store.collection_name
+    names = [f"grow{i}" for i in range(5)]
+    for ns in names:
+        store.add(episodes_of(ns, 4))
+    assert {store.layout.place(ns).collection.name for ns in names} == {f"{name}.b.0"}
+    first_tags = {ns: store.layout.place(ns).tag for ns in names}
+    stale = make_store(name, move_at=64, bucket_capacity=20)
+    assert [stale.count(ns) for ns in names] == [4] * 5  # caches bucket 0 as their place
+    for j in range(4, 12):
+        for ns in names:
+            store.add(episodes_of(ns, 1, start=j))
+
+    raw = raw_collections(store)
+    assert not [c for c in raw if ".ns." in c or ".nh." in c]  # no namespace got its own
+    sizes = {c: raw[c].count() for c in raw if ".b." in c}
+    assert max(sizes.values()) <= 40 and sum(sizes.values()) == 60, sizes
+    assert store.layout.moves >= 1
+    records = registry_records(store)
+    moved = [ns for ns in names if records[f"n:{ns}"]["kd_bucket"] != 0]
+    assert moved
+    for ns in moved:
+        place = store.layout.place(ns)
+        assert place.tag == records[f"n:{ns}"]["kd_gen"] != first_tags[ns]  # a new tag
+        assert raw[f"{name}.b.0"].get(where={"kd_ns": ns})["ids"] == []
+        ids = place.collection.get(where={"kd_ns": ns})["ids"]
+        assert sorted(ids) == sorted(f"{place.tag}:e{j}" for j in range(12))
+    for ns in names:
+        assert store.get([f"e{j}" for j in range(12)], namespace=ns) == episodes_of(ns, 12)
+        hits = store.search_by_vector(TextVectors.vector("question 3"), k=20, namespace=ns)
+        assert {ep.metadata["owner"] for ep, _ in hits} == {ns} and len(hits) == 12
+    assert store.count() == 60
+
+    # A store that cached the old place reads and writes where the namespace is now.
+    ns = moved[0]
+    assert stale.get([f"e{j}" for j in range(12)], namespace=ns) == episodes_of(ns, 12)
+    stale.add(episodes_of(ns, 1, start=12))
+    stale.update_rewards({"e0": 1.0}, namespace=ns)
+    assert store.count(ns) == 13 and store.get(["e0"], namespace=ns)[0].reward == 1.0
+    assert raw[f"{name}.b.0"].get(where={"kd_ns": ns})["ids"] == []
+    assert make_store(name, move_at=64, bucket_capacity=20).count() == 61
+
+
+def test_a_move_left_half_done_by_a_killed_process_is_finished_by_the_next_writer(
+    make_store: Any,
+) -> None:
+    """The registry says ``moving`` to bucket 1 with a new tag, the mover's lease expired, and
+    bucket 1 holds part of the copy plus a record deleted since: the next writer finishes it."""
+    store = make_store()
+    name = store.collection_name
+    store.add(episodes_of("half", 6))
+    old_tag = store.layout.place("half").tag
+    new_tag = uuid.uuid4().hex
+    registry = store.client.get_collection(f"{name}.registry", embedding_function=None)
+    registry.update(ids=["n:half"], metadatas=[
+        {"kd_place": "moving", "kd_target": 1, "kd_next_gen": new_tag}
+    ])
+    registry.add(ids=["l:half"], embeddings=[[1.0]],
+                 metadatas=[{"kd_owner": "dead", "kd_ts": 0.0}])  # expired long ago
+    target = store.layout._bucket(1, create=True)
+    source = store.client.get_collection(f"{name}.b.0", embedding_function=None)
+    copied = source.get(ids=[f"{old_tag}:e0", f"{old_tag}:e1"],
+                        include=["embeddings", "documents", "metadatas"])
+    target.add(ids=[f"{new_tag}:e0", f"{new_tag}:gone"],
+               embeddings=[copied["embeddings"][0], copied["embeddings"][1]],
+               documents=copied["documents"],
+               metadatas=[{**m, "kd_gen": new_tag} for m in copied["metadatas"]])
+
+    writer = make_store(name)  # a fresh process: no cached place
+    writer.add(episodes_of("half", 1, start=6))
+    record = registry_records(writer)["n:half"]
+    assert (record["kd_place"], record["kd_bucket"], record["kd_gen"]) == ("bucket", 1, new_tag)
+    assert "l:half" not in registry_records(writer)
+    assert sorted(target.get(where={"kd_ns": "half"})["ids"]) == sorted(
+        f"{new_tag}:e{j}" for j in range(7)
+    )
+    assert source.get(where={"kd_ns": "half"})["ids"] == []
+    assert writer.get([f"e{j}" for j in range(7)], namespace="half") == episodes_of("half", 7)
+    assert store.get([f"e{j}" for j in range(7)], namespace="half") == episodes_of("half", 7)
+    assert store.count() == writer.count() == 7
+
+
 # ---------------------------------------------------------------- delete, then create again
 
 
@@ -408,13 +498,14 @@ from pathlib import Path
 index, host, port, go, prefix = (int(sys.argv[1]), sys.argv[2], int(sys.argv[3]),
                                   Path(sys.argv[4]), sys.argv[5])
 sys.path.insert(0, sys.argv[6])
+options = json.loads(sys.argv[7])
 import chromadb
 from chromadb.config import Settings
 from test_buckets import TextVectors, episodes_of
 from langchain_kd_memory.storage import EpisodeStore
 
 client = chromadb.HttpClient(host=host, port=port, settings=Settings(anonymized_telemetry=False))
-store = EpisodeStore(prefix, embeddings=TextVectors(), client=client, move_at=12)
+store = EpisodeStore(prefix, embeddings=TextVectors(), client=client, **options)
 print("ready", flush=True)
 while not go.exists():
     time.sleep(0.01)
@@ -427,19 +518,22 @@ print(json.dumps(store.layout.moves), flush=True)
 
 
 @pytest.mark.server
+@pytest.mark.parametrize("to_own", [True, False], ids=["to-own-collections", "between-buckets"])
 def test_processes_creating_and_moving_the_same_namespaces_agree(
-    chroma_server: tuple[str, int], tmp_path: Path
+    chroma_server: tuple[str, int], tmp_path: Path, to_own: bool
 ) -> None:
     """Three processes write, one episode at a time and in the same order, to the same 8 new
     namespaces: they create each namespace at about the same time, and each namespace gets 18
-    episodes and moves out at 12 while the others keep writing to it. (Fails with the create
+    episodes and moves while the others keep writing to it: to its own collection at 12, or
+    (bucket capacity 12) out of crowded buckets into buckets with room. (Fails with the create
     race unfixed, and with the move lease always granted.)"""
+    options = {"move_at": 12} if to_own else {"move_at": 64, "bucket_capacity": 12}
     host, port = chroma_server
     prefix, go = new_name(), tmp_path / "go"
     children = [
         subprocess.Popen(
             [sys.executable, "-c", CHILD, str(i), host, str(port), str(go), prefix,
-             str(Path(__file__).parent)],
+             str(Path(__file__).parent), json.dumps(options)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for i in range(3)
@@ -455,19 +549,30 @@ def test_processes_creating_and_moving_the_same_namespaces_agree(
 
     settings = Settings(anonymized_telemetry=False)
     client = chromadb.HttpClient(host=host, port=port, settings=settings)
-    store = EpisodeStore(prefix, embeddings=TextVectors(), client=client, move_at=12)
+    store = EpisodeStore(prefix, embeddings=TextVectors(), client=client, **options)
     namespaces = [f"ns{n}" for n in range(8)]
-    assert moves == 8  # each namespace moved once, by one process
+    if to_own:
+        assert moves == 8  # each namespace moved once, by one process
+    else:
+        assert moves >= 1
     assert store.namespaces() == namespaces
     assert sorted(i for i in registry_records(store) if i.startswith("n:")) == [
         f"n:{ns}" for ns in namespaces
     ]
     for namespace in namespaces:
         place = store.layout.place(namespace)
-        assert place.tag is None, namespace
+        assert (place.tag is None) == to_own, namespace
         expected = sorted(f"e{p * 100 + r}" for p in range(3) for r in range(6))
         assert sorted(e.id for e in store.list_episodes(namespace)) == expected
         assert store.get(expected, namespace=namespace) == [
             episodes_of(namespace, 1, start=int(i[1:]))[0] for i in expected
         ]
     assert store.count() == 8 * 18
+    if not to_own:  # every record once, under its namespace's current tag
+        tags = {store.layout.place(ns).tag: ns for ns in namespaces}
+        for raw in raw_collections(store).values():
+            if raw.name.endswith(".registry"):
+                continue
+            for meta in raw.get(include=["metadatas"])["metadatas"]:
+                assert meta["kd_gen"] in tags
+        assert sum(c.count() for n, c in raw_collections(store).items() if ".b." in n) == 144
