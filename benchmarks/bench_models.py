@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,13 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import p50_p95_ms, start_server, unit_vectors  # noqa: E402
+from bench_scale import (  # noqa: E402
+    p50_p95_ms,
+    rss_mb,
+    start_server,
+    stop_server,
+    unit_vectors,
+)
 from common import machine_facts, markdown_table, update_section  # noqa: E402
 
 from langchain_kd_memory import DistilledEpisodicMemory, EpisodeStore  # noqa: E402
@@ -129,18 +134,15 @@ def run(namespaces: int, per_namespace: int, workdir: Path) -> dict[str, Any]:
             raise RuntimeError(f"the agent process failed:\n{err[-4000:]}")
         result.update(json.loads(out.strip().splitlines()[-1]))
         assert result["version_after"] == again.checkpoint_version != result["version_before"]
+        disk = sum(f.stat().st_size for f in (path / "data").rglob("*") if f.is_file())
         result.update({
             "namespaces": namespaces, "per_namespace": per_namespace, "fill_s": fill_s,
             "train_s": durations, "episodes_used": [r.episodes_used for r in reports],
+            "server_disk_bytes": disk, "server_rss_mb": rss_mb(process.pid),
         })
         return result
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        shutil.rmtree(path, ignore_errors=True)
+        stop_server(process, path)
 
 
 def report(r: dict[str, Any]) -> str:
@@ -149,7 +151,11 @@ def report(r: dict[str, Any]) -> str:
     firsts = p50_p95_ms(r["first_score_other_s"])
     warm = p50_p95_ms(r["warm_score_s"])
     per_model = (r["rss_all_models_mb"] - r["rss_one_model_mb"]) / max(n - 1, 1)
+    episodes = n * r["per_namespace"]
     rows = [
+        ("server: disk per episode after writing (vectors, documents, metadata, indexes)",
+         f"{r['server_disk_bytes'] / episodes / 1024:.1f} kB ({r['server_disk_bytes'] / 2**20:,.0f}"
+         f" MB for {episodes:,}); server RSS {r['server_rss_mb']:,.0f} MB at the end"),
         ("worker: consolidation per namespace (median / max)",
          f"{np.median(train):.1f} s / {train.max():.1f} s ({r['per_namespace']} episodes each, "
          f"{train.sum():.0f} s for {n})"),
@@ -170,8 +176,9 @@ def report(r: dict[str, Any]) -> str:
         f"Machine: {machine_facts()}",
         f"A local `chroma run` server, {n} namespaces x {r['per_namespace']} episodes "
         f"(precomputed vectors recorded as MiniLM's; reward 1 where the first coordinate is "
-        f"positive), written in {r['fill_s']:.0f} s; a `ConsolidationWorker` (in the benchmark's "
-        f"process) trains every namespace; a separate agent process scores (`model_refresh_s={REFRESH_S}`).",
+        f"positive), written in {r['fill_s']:.0f} s; a `ConsolidationWorker` (in the "
+        f"benchmark's process) trains every namespace; a separate agent process scores "
+        f"(`model_refresh_s={REFRESH_S}`).",
         markdown_table(["what", "measured"], rows),
     ])
 

@@ -226,6 +226,16 @@ def start_server(path: Path) -> tuple[subprocess.Popen[bytes], int]:
             time.sleep(0.2)
 
 
+def stop_server(process: subprocess.Popen[bytes], path: Path) -> None:
+    """Stop a server from `start_server` and remove its data."""
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def server_plan(namespaces: int, total: int) -> dict[str, int]:
     """Episodes per namespace: every fifth holds `BIG`, the others share the rest."""
     big = [f"tenant-{i}" for i in range(0, namespaces, 5)]
@@ -294,12 +304,7 @@ def run_server(namespaces: int, total: int, repeats: int, workdir: Path) -> dict
             "count_s": count_s, "server_rss_base_mb": base, "server_rss_mb": rss_mb(process.pid),
         }
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        shutil.rmtree(path, ignore_errors=True)
+        stop_server(process, path)
 
 
 # ---------------------------------------------------------------- report

@@ -4,9 +4,9 @@
     python benchmarks/run_all.py --quick    # smoke runs; BENCHMARKS.md is left alone
 
 Each benchmark runs as its own process (quality, storage, speed, consolidation, callback,
-import, agent, scale), its output streamed as it comes. A failing one does not stop the others;
-the exit status is 1 if any failed. The agent benchmark (TextWorld games) takes about 30 minutes
-and scale (300,000 episodes through a local Chroma server) about 40 on a 2-core machine.
+import, agent, scale, models), its output streamed as it comes. A failing one does not stop the
+others; the exit status is 1 if any failed. The agent benchmark (TextWorld games) takes about
+30 minutes and scale (300,000 episodes through a local Chroma server) about 40 on 2 cores.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("import", [], ["--quick"]),
     ("agent", [], ["--quick"]),
     ("scale", ["--update-md"], ["--quick"]),
+    ("models", [], ["--quick"]),
 ]
 
 
