@@ -25,8 +25,10 @@ Layout (details, measurements and the guarantees across processes in `buckets`):
       ``{collection_name}.b.<k>`` of about `bucket_capacity` (2,000) records: 10,000 namespaces of
       10 episodes take ~50 collections, not 10,000 (Chroma keeps ~2.6 MB per collection loaded).
     * A namespace that reaches `move_at` records moves to a collection of its own,
-      ``{collection_name}.ns.<encoded namespace>``, as every namespace had in format 1. Stores
-      written by format 1 open and work unchanged: their collections are own namespaces.
+      ``{collection_name}.ns.<encoded namespace>``, as every namespace had in format 1; one that
+      keeps growing in a crowded bucket (over twice `bucket_capacity`) moves to a bucket with
+      room. Stores written by format 1 open and work unchanged: their collections are own
+      namespaces.
 """
 
 from __future__ import annotations
@@ -187,7 +189,8 @@ class EpisodeStore:
             move_at: A namespace moves from its shared bucket to a collection of its own once
                 it holds this many episodes (1: every namespace has its own, as in format 1).
             bucket_capacity: A bucket stops taking new namespaces once it holds this many
-                episodes.
+                episodes; one holding twice as many moves growing namespaces to a bucket with
+                room.
 
         Raises:
             InvalidArgumentError: If `collection_name`, `embeddings`, `client`, `reward_range`,
