@@ -37,7 +37,12 @@ own collection, up to ~300 records per namespace; at 1,000 it is 5-13x. Namespac
 bucket while small may all grow: a bucket holding over `CROWDED` (2) x its capacity moves every
 namespace of `MOVE_AT` / 8 records or more that writes to it into a bucket with room (new tag,
 same protocol as below), so a bucket's size, and the cost of a search in it, stays bounded
-however its namespaces grow. Namespaces never move back from their own collection.
+however its namespaces grow. Chroma's index keeps the nodes of deleted records (a search in a
+2,000-record bucket took 9.0 ms instead of 5.6 ms on a server once 6,000 records had been
+deleted there), so a bucket whose moved-out and dropped records outnumber both its records and
+half its capacity (counted in its metadata, ``kd_deleted``; checked after a move out of it)
+moves all its namespaces to buckets with room and is left empty. Namespaces never move back
+from their own collection.
 
 Stores written by format 1 (one collection per namespace, no registry) open and work unchanged:
 a namespace with no registry record whose ``P.ns.`` / ``P.nh.`` collection exists (``kd_format``
@@ -145,6 +150,7 @@ REWARD_HIGH_META = "kd_reward_high"
 PLACE_META = "kd_place"
 BUCKET_META = "kd_bucket"
 TARGET_META = "kd_target"
+DELETED_META = "kd_deleted"
 NEXT_TAG_META = "kd_next_gen"
 OWNER_META = "kd_owner"
 TIME_META = "kd_ts"
@@ -861,6 +867,7 @@ class Layout:
         self.moves += 1
         try:
             bucket.delete(where={TAG_KEY: tag})
+            self._count_deleted(number, len(ids))
         except Exception as exc:  # tagged leftovers: never read, never counted
             logger.warning("moved %r but could not clear its bucket records: %s", namespace, exc)
         logger.info("moved namespace %r (%d records) to %r in %.2f s", namespace, len(ids),
@@ -885,10 +892,11 @@ class Layout:
                     ids = bucket.get(where=scope.where(), include=[])["ids"]  # type: ignore[arg-type]
                     sizes = collections.Counter(i[:TAG_LENGTH] for i in ids)
                     total: int | None = None
+                    moved_out = False
                     for place in places:
                         size = sizes[str(place.tag)]
                         if size >= self.move_at:
-                            self.move(place.namespace)
+                            moved_out |= self.move(place.namespace)
                             continue
                         if size < self.move_at // 8:
                             continue
@@ -901,8 +909,50 @@ class Layout:
                             to = self._room(registry, 2 * size, {}, avoid=number)
                             if to is not None and self.move(place.namespace, to):
                                 total -= size
+                                moved_out = True
+                if moved_out:
+                    self._maybe_rebuild(number)
             except StoreError as exc:
                 logger.warning("a namespace move failed; it stays in its bucket: %s", exc)
+
+    def _count_deleted(self, number: int, deleted: int) -> None:
+        """Add to a bucket's count of deleted records (approximate if processes race)."""
+        if number < 0 or deleted <= 0:
+            return
+        bucket = self.client.get_collection(f"{self.prefix}.b.{number}", embedding_function=None)
+        meta = dict(bucket.metadata or {})
+        meta[DELETED_META] = int(meta.get(DELETED_META, 0)) + deleted
+        bucket.modify(metadata=meta)
+
+    def _maybe_rebuild(self, number: int) -> None:
+        """Move every namespace of a bucket with too many deleted records to buckets with room.
+
+        The emptied bucket is left in place (a process that cached a place in it finds nothing
+        there and looks the namespace up again) and never takes namespaces again: new ones go to
+        the open bucket or later ones, and it is before them.
+        """
+        with chroma_call(f"read bucket {number}"):
+            bucket = self.client.get_collection(f"{self.prefix}.b.{number}",
+                                                embedding_function=None)
+            deleted = int((bucket.metadata or {}).get(DELETED_META, 0))
+            live = bucket.count()
+        if live == 0 or deleted <= max(live, self.bucket_capacity // 2):
+            return
+        registry = self.registry()
+        assert registry is not None
+        where = {"$and": [{BUCKET_META: number}, {PLACE_META: BUCKET}]}
+        with chroma_call(f"list the namespaces of bucket {number}"):
+            got = registry.get(where=where, include=["metadatas"])  # type: ignore[arg-type,list-item]
+            ids = bucket.get(include=[])["ids"]
+        sizes = collections.Counter(i[:TAG_LENGTH] for i in ids)
+        room: dict[int, int] = {}
+        logger.info("rebuilding bucket %d (%d records, %d deleted)", number, live, deleted)
+        for key, meta in zip(got["ids"], got["metadatas"] or [], strict=True):
+            if not key.startswith(_NS) or meta is None:
+                continue
+            to = self._room(registry, sizes[str(meta.get(TAG_KEY))], room, avoid=number)
+            if to is not None:
+                self.move(key[len(_NS) :], to)
 
     # ----------------------------------------------------------------- deletion and listing
 
@@ -925,6 +975,7 @@ class Layout:
             assert registry is not None
             registry.delete(ids=key, where={TAG_KEY: place.tag})
             place.collection.delete(where=place.scope.where())  # type: ignore[arg-type]
+            self._count_deleted(place.bucket, count)
             copy = self._own_copy(namespace)
             if copy is not None:  # what an interrupted move copied
                 self.client.delete_collection(copy.name)

@@ -299,6 +299,37 @@ def test_namespaces_growing_in_a_crowded_bucket_move_to_buckets_with_room(
     assert make_store(name, move_at=64, bucket_capacity=20).count() == 61
 
 
+def test_a_bucket_with_more_deleted_than_live_records_moves_its_namespaces_out(
+    make_store: Any,
+) -> None:
+    """Two namespaces of a bucket move to their own collections (20 records deleted there, 6
+    left, capacity 30): the bucket's index keeps the deleted nodes, so its last two namespaces
+    move to a fresh bucket, keeping every record, and new namespaces never go back to it."""
+    store = make_store(move_at=10, bucket_capacity=30)
+    name = store.collection_name
+    stale = make_store(name, move_at=10, bucket_capacity=30)
+    for ns, count in [("stay0", 3), ("stay1", 3), ("big0", 9), ("big1", 9)]:
+        store.add(episodes_of(ns, count))
+    assert [stale.count(ns) for ns in ("stay0", "stay1")] == [3, 3]  # caches bucket 0
+    store.add(episodes_of("big0", 1, start=9))  # moves out: 10 deleted (< 15), 14 left
+    assert store.layout.place("stay0").bucket == 0
+    store.add(episodes_of("big1", 1, start=9))  # moves out: 20 deleted, 6 left: rebuild
+
+    raw = raw_collections(store)
+    assert raw[f"{name}.b.0"].count() == 0
+    assert raw[f"{name}.b.0"].metadata["kd_deleted"] == 26
+    records = registry_records(store)
+    for ns in ("stay0", "stay1"):
+        assert records[f"n:{ns}"]["kd_bucket"] == 1 and records[f"n:{ns}"]["kd_place"] == "bucket"
+        assert store.get(["e0", "e1", "e2"], namespace=ns) == episodes_of(ns, 3)
+        assert stale.get(["e0", "e1", "e2"], namespace=ns) == episodes_of(ns, 3)
+    for ns in ("big0", "big1"):
+        assert store.layout.place(ns).tag is None and store.count(ns) == 10
+    assert raw[f"{name}.b.1"].count() == 6 and store.count() == 26
+    store.add(episodes_of("later", 2))
+    assert store.layout.place("later").bucket == 1
+
+
 def test_a_move_left_half_done_by_a_killed_process_is_finished_by_the_next_writer(
     make_store: Any,
 ) -> None:
