@@ -31,14 +31,15 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import (  # noqa: E402
+from bench_scale import start_server, stop_server  # noqa: E402
+from common import (  # noqa: E402
+    machine_facts,
+    markdown_table,
     p50_p95_ms,
     rss_mb,
-    start_server,
-    stop_server,
     unit_vectors,
+    update_section,
 )
-from common import machine_facts, markdown_table, update_section  # noqa: E402
 
 from langchain_kd_memory import DistilledEpisodicMemory, EpisodeStore  # noqa: E402
 from langchain_kd_memory.episodes import Episode  # noqa: E402
@@ -52,7 +53,7 @@ start = time.perf_counter()
 host, port, model_dir, names = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
 refresh_s = float(sys.argv[5])
 sys.path.insert(0, sys.argv[6])
-from bench_scale import rss_mb
+from common import rss_mb
 from langchain_kd_memory import DistilledEpisodicMemory, EpisodeStore
 from langchain_kd_memory.storage import http_client
 

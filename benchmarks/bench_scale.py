@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,16 @@ import numpy as np
 from langchain_core.embeddings import Embeddings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE_DIR, machine_facts, markdown_table, update_section  # noqa: E402
+from common import (  # noqa: E402
+    CACHE_DIR,
+    machine_facts,
+    markdown_table,
+    p50_p95_ms,
+    rss_mb,
+    timed,
+    unit_vectors,
+    update_section,
+)
 
 from langchain_kd_memory.embeddings import EmbedderIdentity  # noqa: E402
 from langchain_kd_memory.episodes import Episode  # noqa: E402
@@ -68,35 +76,6 @@ class SyntheticVectors(Embeddings):
     def embed_query(self, text: str) -> list[float]:
         seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
         return [float(x) for x in unit_vectors(1, np.random.default_rng(seed))[0]]
-
-
-def unit_vectors(n: int, rng: np.random.Generator) -> np.ndarray:
-    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def rss_mb(pid: int | str = "self") -> float:
-    """Resident set size of a process, in MB (Linux)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def p50_p95_ms(samples: list[float]) -> tuple[float, float]:
-    p50, p95 = np.percentile(np.asarray(samples) * 1e3, [50, 95])
-    return float(p50), float(p95)
-
-
-def timed(fn: Callable[[int], object], repeats: int, warmup: int = 5) -> list[float]:
-    """Seconds per call of fn(i) for i in range(warmup + repeats); warm-up calls are dropped."""
-    samples = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        fn(i)
-        samples.append(time.perf_counter() - start)
-    return samples[warmup:]
 
 
 def episodes(namespace: str, count: int, start: int = 0) -> list[Episode]:

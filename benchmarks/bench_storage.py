@@ -23,7 +23,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,36 +31,23 @@ from chromadb.api.models.Collection import Collection
 from chromadb.types import Where
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE_DIR, machine_facts, markdown_table, update_section  # noqa: E402
+from common import (  # noqa: E402
+    CACHE_DIR,
+    machine_facts,
+    markdown_table,
+    p50_p95_ms,
+    timed,
+    unit_vectors,
+    update_section,
+)
 
 from langchain_kd_memory.datasets import load_chitchat  # noqa: E402
 from langchain_kd_memory.episodes import Episode  # noqa: E402
 from langchain_kd_memory.storage import EpisodeStore  # noqa: E402
 
-DIM = 384
 NAMESPACES = 8
 K = 4
 WRITE_BATCH = 5000
-
-
-def unit_vectors(n: int, rng: np.random.Generator) -> np.ndarray:
-    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def p50_p95_ms(samples: list[float]) -> tuple[float, float]:
-    p50, p95 = np.percentile(np.asarray(samples) * 1e3, [50, 95])
-    return float(p50), float(p95)
-
-
-def timed(fn: Callable[[int], object], repeats: int) -> list[float]:
-    """Seconds per call of fn(i), i = 0 .. repeats + 4; the first 5 calls are warm-up."""
-    samples = []
-    for i in range(repeats + 5):
-        start = time.perf_counter()
-        fn(i)
-        samples.append(time.perf_counter() - start)
-    return samples[5:]
 
 
 def add_timings(

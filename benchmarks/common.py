@@ -138,6 +138,37 @@ def time_per_call(fn: Callable[[], object], *, min_seconds: float = 0.3, repeats
     return statistics.median(samples)
 
 
+def unit_vectors(n: int, rng: np.random.Generator, dim: int = 384) -> np.ndarray:
+    """`n` random unit vectors (float32), e.g. synthetic MiniLM-sized embeddings."""
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def timed(fn: Callable[[int], object], repeats: int, warmup: int = 5) -> list[float]:
+    """Seconds per call of fn(i) for i in range(warmup + repeats); warm-up calls are dropped."""
+    samples = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        fn(i)
+        samples.append(time.perf_counter() - start)
+    return samples[warmup:]
+
+
+def p50_p95_ms(samples: Sequence[float]) -> tuple[float, float]:
+    """p50 and p95 of `samples` (seconds), in milliseconds."""
+    p50, p95 = np.percentile(np.asarray(samples) * 1e3, [50, 95])
+    return float(p50), float(p95)
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident set size of a process, in MB (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub markdown table."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
