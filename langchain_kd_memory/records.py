@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from chromadb.api.types import validate_where
 
+from langchain_kd_memory._validate import check_str
 from langchain_kd_memory.episodes import MAX_TEXT_LENGTH, RESERVED_METADATA_PREFIX, Episode
 from langchain_kd_memory.errors import InvalidArgumentError, StoreError
 
@@ -42,8 +43,7 @@ def encode_vector(vector: np.ndarray) -> str:
 
 def check_search_query(query: object) -> str:
     """Return `query` if it is a usable search text, else raise `InvalidArgumentError`."""
-    if not isinstance(query, str) or not query.strip():
-        raise InvalidArgumentError(f"query must be a non-empty str, got {query!r}")
+    query = check_str("query", query)
     if len(query) > MAX_TEXT_LENGTH:
         raise InvalidArgumentError(
             f"query is {len(query):,} characters; the limit is {MAX_TEXT_LENGTH:,}: search with "

@@ -53,7 +53,7 @@ from langgraph.store.base import (
 )
 from langgraph.store.base import InvalidNamespaceError as LangGraphNamespaceError
 
-from langchain_kd_memory._validate import check_int, check_number, optional
+from langchain_kd_memory._validate import check_int, check_number, check_str, optional
 from langchain_kd_memory.episodes import (
     MAX_ID_LENGTH,
     MAX_METADATA_STRING,
@@ -159,8 +159,7 @@ class _Write:
 
 
 def _check_key(key: object) -> str:
-    if not isinstance(key, str) or not key.strip():
-        raise InvalidArgumentError(f"key must be a non-empty str, got {key!r}")
+    key = check_str("key", key)
     if len(key) > MAX_ID_LENGTH:
         raise InvalidArgumentError(
             f"key is {len(key):,} characters; the limit is {MAX_ID_LENGTH}: use a shorter key"
