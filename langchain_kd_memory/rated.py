@@ -7,7 +7,7 @@ capped read costs about `limit` records and not the whole history.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from langchain_kd_memory.records import (
     CREATED_TS_KEY,
     RESPONSE_EMBEDDING_KEY,
     REWARD_KEY,
+    decode_vector,
     rated_where,
 )
 
@@ -29,11 +30,11 @@ def rated_pages(
     scopes: list[Scope],
     batch_size: int,
     since_ts: float | None,
-    decode: Callable[[object, str], np.ndarray],
+    dimension: int,
 ) -> Iterator[tuple[TrainingArrays, np.ndarray]]:
     """Pages of rated episodes with their creation timestamps; never embeds anything.
 
-    `decode(text, episode_id)` reads a stored response embedding.
+    `dimension` is the store's: a stored response vector of another size is a `StoreError`.
     """
     for scope in scopes:
         where = scope.where(rated_where(since_ts))
@@ -53,7 +54,7 @@ def rated_pages(
             arrays = TrainingArrays(
                 np.asarray(page["embeddings"], dtype=np.float32),
                 np.stack([
-                    decode(m[RESPONSE_EMBEDDING_KEY], i)
+                    decode_vector(m[RESPONSE_EMBEDDING_KEY], i, dimension)
                     for i, m in zip(ids, metadatas, strict=True)
                 ]),
                 np.array([m[REWARD_KEY] for m in metadatas], dtype=np.float32),
@@ -73,6 +74,7 @@ def rated_ids(scopes: list[Scope], since_ts: float | None) -> list[list[str]]:
             where = scope.where(rated_where(since_ts))
             found.append(scope.collection.get(where=where, include=[])["ids"])  # type: ignore[arg-type]
     return found
+
 
 def recent_cutoff(scopes: list[Scope], limit: int) -> float | None:
     """A creation time after which at least `limit` (and not many more) episodes are rated.

@@ -290,9 +290,6 @@ class EpisodeStore:
 
     # ----------------------------------------------------------------- records
 
-    def _decode_vector(self, text: object, episode_id: str) -> np.ndarray:
-        return decode_vector(text, episode_id, self.dimension)
-
     def check_episodes(self, episodes: object) -> list[Episode]:
         """Return `episodes` as a list if `add` would accept them, else raise; nothing is written.
 
@@ -799,7 +796,7 @@ class EpisodeStore:
         records = [found[i][1] for i in wanted]
         queries = np.stack([np.asarray(r["embeddings"], dtype=np.float32) for r in records])
         responses = np.stack([
-            self._decode_vector(r["metadatas"][RESPONSE_EMBEDDING_KEY], i)
+            decode_vector(r["metadatas"][RESPONSE_EMBEDDING_KEY], i, self.dimension)
             for i, r in zip(wanted, records, strict=True)
         ])
         return queries, responses
@@ -961,7 +958,7 @@ class EpisodeStore:
             since if since.tzinfo else since.replace(tzinfo=timezone.utc)
         ).timestamp()
         pages = rated_pages(self._training_scopes(namespace), batch_size, since_ts,
-                            self._decode_vector)
+                            self.dimension)
         return (arrays for arrays, _ in pages)
 
     def training_arrays(
@@ -984,7 +981,7 @@ class EpisodeStore:
             namespace = validate_namespace(namespace)
         scopes = self._training_scopes(namespace)
         cutoff = None if limit is None else recent_cutoff(scopes, limit)
-        pages = list(rated_pages(scopes, _TRAINING_PAGE, cutoff, self._decode_vector))
+        pages = list(rated_pages(scopes, _TRAINING_PAGE, cutoff, self.dimension))
         if not pages:
             empty = np.zeros((0, self.dimension), dtype=np.float32)
             return TrainingArrays(empty, empty, np.zeros(0, dtype=np.float32))
