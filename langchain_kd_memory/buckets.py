@@ -415,10 +415,17 @@ class Layout:
                         return None
         return self._registry
 
+    def _bucket_name(self, number: int) -> str:
+        return f"{self.prefix}.b.{number}"
+
+    def _bucket_now(self, number: int) -> Collection:
+        """Bucket `number` read anew: its metadata as stored now, not as this process cached it."""
+        return self.client.get_collection(self._bucket_name(number), embedding_function=None)
+
     def _bucket(self, number: int, create: bool) -> Collection | None:
         bucket = self._buckets.get(number)
         if bucket is None:
-            name = f"{self.prefix}.b.{number}"
+            name = self._bucket_name(number)
             with chroma_call(f"open bucket {name!r}"):
                 if create:
                     bucket = self.client.get_or_create_collection(
@@ -829,11 +836,11 @@ class Layout:
                 )
                 ids = [i[TAG_LENGTH + 1 :] for i in rows["ids"]]
                 metadatas = [strip_tags(m or {}) for m in rows["metadatas"] or []]
-                there = None if to is None else {TAG_KEY: new_tag}
+                there: dict[str, Any] | None = None  # the target's records of this namespace
                 if to is not None:
+                    there = {TAG_KEY: new_tag}
                     ids = [f"{new_tag}:{i}" for i in ids]
-                    metadatas = [{**m, NAMESPACE_KEY: namespace, TAG_KEY: new_tag}
-                                 for m in metadatas]
+                    metadatas = [{**m, **there, NAMESPACE_KEY: namespace} for m in metadatas]
                 present = set(target_collection.get(where=there, include=[])["ids"])  # type: ignore[arg-type]
                 step = int(self.client.get_max_batch_size())
                 for start in range(0, len(ids), step):
@@ -919,7 +926,7 @@ class Layout:
         """Add to a bucket's count of deleted records (approximate if processes race)."""
         if number < 0 or deleted <= 0:
             return
-        bucket = self.client.get_collection(f"{self.prefix}.b.{number}", embedding_function=None)
+        bucket = self._bucket_now(number)
         meta = dict(bucket.metadata or {})
         meta[DELETED_META] = int(meta.get(DELETED_META, 0)) + deleted
         bucket.modify(metadata=meta)
@@ -932,8 +939,7 @@ class Layout:
         the open bucket or later ones, and it is before them.
         """
         with chroma_call(f"read bucket {number}"):
-            bucket = self.client.get_collection(f"{self.prefix}.b.{number}",
-                                                embedding_function=None)
+            bucket = self._bucket_now(number)
             deleted = int((bucket.metadata or {}).get(DELETED_META, 0))
             live = bucket.count()
         if live == 0 or deleted <= max(live, self.bucket_capacity // 2):
