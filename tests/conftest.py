@@ -16,6 +16,7 @@ import chromadb
 import pytest
 from chromadb.api import ClientAPI
 from chromadb.config import Settings
+from hypothesis import settings as hypothesis_settings
 
 from langchain_kd_memory.embeddings import LocalEmbeddings, default_embeddings
 from langchain_kd_memory.storage import EpisodeStore
@@ -23,6 +24,12 @@ from langchain_kd_memory.storage import EpisodeStore
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+# Property tests draw the same examples on every run (no example database, no random seed), so
+# CI cannot fail at random; `HYPOTHESIS_PROFILE=explore pytest ...` searches afresh.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+hypothesis_settings.register_profile("explore", derandomize=False, max_examples=1000)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 class CountingEmbeddings(LocalEmbeddings):
