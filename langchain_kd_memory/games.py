@@ -108,11 +108,17 @@ def game_seeds(split: str, n: int) -> list[int]:
     return [base + i + 1 for i in range(n)]
 
 
+def _made(path: Path) -> bool:
+    """Whether the game at `path` is whole: its story file and its metadata (a generation
+    killed halfway leaves one without the other)."""
+    return path.exists() and path.with_suffix(".json").exists()
+
+
 def _generate(job: tuple[str, str, int, str]) -> str:
     """Make one game file (in a worker process): what `tw-make tw-cooking` does, in-process."""
     level, split, seed, cache = job
     path = game_path(level, split, seed, Path(cache))
-    if path.exists() and path.with_suffix(".json").exists():
+    if _made(path):
         return str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -160,7 +166,7 @@ def ensure_games(
         ) from exc
     cache = cache or default_cache()
     jobs = [(level, split, seed, str(cache)) for seed in game_seeds(split, n)]
-    missing = [job for job in jobs if not game_path(*job[:3], cache).with_suffix(".json").exists()]
+    missing = [job for job in jobs if not _made(game_path(*job[:3], cache))]
     if missing:
         with ProcessPoolExecutor(min(workers, len(missing))) as pool, tqdm(
             total=len(missing), desc=f"making {level} {split} games", unit="game",

@@ -75,3 +75,10 @@ def test_bad_requests_say_what_to_do(tmp_path: Path) -> None:
     assert tw_make_command("L2", "test", 7, "x.z8") == (
         "tw-make tw-cooking --recipe 1 --take 1 --go 1 --open --cut --split test --seed 7 "
         "--output x.z8")
+
+
+def test_a_game_left_half_made_is_made_again(tmp_path: Path) -> None:
+    [path] = ensure_games("L1", "train", 1, cache=tmp_path, progress=False)
+    path.unlink()  # what a generation killed between the metadata and the story file leaves
+    assert ensure_games("L1", "train", 1, cache=tmp_path, progress=False) == [path]
+    assert play_game(path, lambda obs: obs.expert or obs.candidates[0], max_steps=20).score == 1.0
