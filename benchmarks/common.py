@@ -12,7 +12,9 @@ import hashlib
 import os
 import platform
 import re
+import sqlite3
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,8 +23,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from langchain_core.embeddings import Embeddings
+
 from langchain_kd_memory.datasets import load_chitchat
-from langchain_kd_memory.embeddings import default_embeddings, embedder_identity
+from langchain_kd_memory.embeddings import EmbedderIdentity, default_embeddings, embedder_identity
 from langchain_kd_memory.episodes import TrainingArrays
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +55,50 @@ def embed_cached(texts: Sequence[str], *, cache_dir: Path = CACHE_DIR) -> np.nda
     np.savez(tmp, vectors=vectors)
     os.replace(tmp, path)
     return vectors
+
+
+class DiskCachedEmbeddings(Embeddings):
+    """The default MiniLM with every vector kept in an SQLite file under `bench_data/`.
+
+    Benchmarks replay the same game states across strategies, seeds and runs: each text is
+    embedded once, ever. The identity is MiniLM's, so memories built on it are ordinary ones.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.embeddings = default_embeddings()
+        self.identity: EmbedderIdentity = embedder_identity(self.embeddings)
+        path = path or CACHE_DIR / f"embeddings-{self.identity.name.replace('/', '_')}.sqlite"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), timeout=60, check_same_thread=False)
+        self._db.execute("create table if not exists vectors (text text primary key, v blob)")
+        self._memory: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        with self._lock:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._memory]
+            for start in range(0, len(missing), 500):
+                chunk = missing[start:start + 500]
+                rows = self._db.execute(
+                    f"select text, v from vectors where text in ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                self._memory.update(
+                    (text, np.frombuffer(blob, dtype=np.float32).tolist()) for text, blob in rows
+                )
+            todo = [t for t in missing if t not in self._memory]
+            if todo:
+                vectors = np.asarray(self.embeddings.embed_documents(todo), dtype=np.float32)
+                self._db.executemany(
+                    "insert or replace into vectors values (?, ?)",
+                    [(t, v.tobytes()) for t, v in zip(todo, vectors, strict=True)],
+                )
+                self._db.commit()
+                self._memory.update(zip(todo, vectors.tolist(), strict=True))
+            return [self._memory[t] for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
 
 
 def chitchat_arrays(limit: int | None = None) -> TrainingArrays:

@@ -54,7 +54,7 @@ from langchain_kd_memory.errors import CheckpointError, EmbedderMismatchError, I
 logger = logging.getLogger(__name__)
 
 FORMAT = "langchain-kd-memory/checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 CHECKSUM_KEY = "manifest_sha256"
 WEIGHT_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".pkl")

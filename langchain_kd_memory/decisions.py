@@ -16,8 +16,8 @@ from langchain_kd_memory._validate import check_number
 from langchain_kd_memory.episodes import RewardEstimate
 from langchain_kd_memory.errors import InsufficientDataError, InvalidArgumentError
 
-Exploration = Literal["ucb", "thompson"]
-EXPLORATIONS: tuple[Exploration, ...] = ("ucb", "thompson")
+Exploration = Literal["thompson", "ucb"]
+EXPLORATIONS: tuple[Exploration, ...] = ("thompson", "ucb")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class RankedResponse:
         index: Its position in the list given to `rank_responses`.
         estimate: The teacher's `RewardEstimate` of (query, response).
         score: What the ranking used: `estimate.expected` without exploration, else the
-            optimistic or sampled value (see `rank_estimates`).
+            sampled or optimistic value (see `rank_estimates`).
     """
 
     response: str
@@ -42,34 +42,38 @@ def rank_estimates(
     estimates: Sequence[RewardEstimate],
     *,
     explore: float = 0.0,
-    exploration: Exploration = "ucb",
-    rng: np.random.Generator | None = None,
+    exploration: Exploration = "thompson",
+    draws: Sequence[float] | None = None,
 ) -> list[tuple[int, float]]:
     """(index, score) of each estimate, best score first (ties keep the given order).
 
     Args:
         estimates: One estimate per candidate.
-        explore: 0 ranks by expected reward (greedy). Above 0, with "ucb" the score is
-            `expected + explore * std` (optimism where the model is unsure); with "thompson" it
-            is `expected + explore * (draw - expected)`, where `draw` is a reward sampled from
-            the predicted distribution (explore=1 is plain Thompson sampling).
-        exploration: "ucb" or "thompson".
-        rng: Random generator for Thompson draws; a fresh unseeded one if None.
+        explore: 0 ranks by expected reward (greedy). Above 0 it explores where the model is
+            unsure (`RewardEstimate.uncertainty`, epistemic): with "thompson" the score is
+            `expected + explore * (draw - expected)`, where `draws` are one joint draw from
+            the value head's posterior (explore=1 is Thompson sampling); with "ucb" it is
+            `expected + explore * uncertainty` (optimism in the face of uncertainty).
+        exploration: "thompson" or "ucb".
+        draws: One Thompson draw per estimate; needed for "thompson" when `explore > 0`.
     """
     explore = check_number("explore", explore, low=0.0)
     if exploration not in EXPLORATIONS:
         raise InvalidArgumentError(
             f"exploration must be one of {EXPLORATIONS}, got {exploration!r}"
         )
+    if explore > 0 and exploration == "thompson" and (
+        draws is None or len(draws) != len(estimates)
+    ):
+        raise InvalidArgumentError("Thompson exploration needs one draw per estimate")
     scores = []
-    for estimate in estimates:
+    for i, estimate in enumerate(estimates):
         score = estimate.expected
         if explore > 0 and exploration == "ucb":
-            score += explore * estimate.std
+            score += explore * estimate.uncertainty
         elif explore > 0:
-            generator = rng if rng is not None else np.random.default_rng()
-            draw = float(generator.choice(estimate.bin_centers, p=estimate.distribution))
-            score += explore * (draw - estimate.expected)
+            assert draws is not None
+            score += explore * (float(draws[i]) - estimate.expected)
         scores.append(score)
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
     return [(i, scores[i]) for i in order]

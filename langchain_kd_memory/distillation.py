@@ -51,6 +51,7 @@ from langchain_kd_memory.errors import (
 from langchain_kd_memory.models import (
     StudentNetwork,
     TeacherNetwork,
+    ValueNetwork,
     count_parameters,
     predict_logits,
     tensor_shapes,
@@ -377,15 +378,22 @@ class ModelDistillation:
 
     # ------------------------------------------------------------------ prediction
 
-    def _estimates(self, state: _Trained, logits: torch.Tensor) -> list[RewardEstimate]:
-        probs = F.softmax(logits.double(), dim=1).cpu().numpy()
-        expected = state.binner.expected(probs)
+    def _estimates(
+        self, state: _Trained, network: ValueNetwork, inputs: tuple[torch.Tensor, ...]
+    ) -> list[RewardEstimate]:
+        """The network's estimates: its value head's mean (within the bins' range) and
+        uncertainty, its distribution head's distribution and spread."""
+        probs = F.softmax(predict_logits(network, inputs).double(), dim=1).cpu().numpy()
+        with torch.no_grad():
+            values, uncertainty = (t.cpu().numpy() for t in network.value(*inputs))
+        expected = np.clip(values, state.binner.low, state.binner.high)
         std = state.binner.std(probs)
         centers = state.binner.centers
         return [
             RewardEstimate(
                 expected=float(expected[i]), std=float(std[i]), distribution=probs[i],
                 bin_centers=centers, predicted_bin=int(probs[i].argmax()),
+                uncertainty=float(uncertainty[i]),
             )
             for i in range(len(probs))
         ]
@@ -405,12 +413,13 @@ class ModelDistillation:
             raise EmbeddingError(f"{source} is not a numeric array: {exc}") from exc
         return torch.from_numpy(self.embedder.check(matrix, len(matrix), source))
 
-    def _predict(
+    def _inputs(
         self, state: _Trained, query_embeddings: object, response_embeddings: object, model: str
-    ) -> list[RewardEstimate]:
+    ) -> tuple[ValueNetwork, tuple[torch.Tensor, ...]]:
+        """The network `model` names and its checked input tensors."""
         query = self._as_matrix(query_embeddings, "query_embeddings")
         if model == "student":
-            return self._estimates(state, predict_logits(state.student, (query,)))
+            return state.student, (query,)
         if model != "teacher":
             raise InvalidArgumentError(f"model must be 'student' or 'teacher', got {model!r}")
         response = (
@@ -421,7 +430,36 @@ class ModelDistillation:
             raise InvalidArgumentError(
                 f"{len(response)} response embeddings for {len(query)} queries"
             )
-        return self._estimates(state, predict_logits(state.teacher, (query, response)))
+        return state.teacher, (query, response)
+
+    def _predict(
+        self, state: _Trained, query_embeddings: object, response_embeddings: object, model: str
+    ) -> list[RewardEstimate]:
+        return self._estimates(
+            state, *self._inputs(state, query_embeddings, response_embeddings, model)
+        )
+
+    def draw_values(
+        self, query_embeddings: np.ndarray, response_embeddings: np.ndarray | None = None,
+        *, model: str = "teacher", rng: np.random.Generator | None = None,
+    ) -> np.ndarray:
+        """One Thompson draw of the value of every row: all rows share one draw of the value
+        head's weights from its posterior (what `rank_responses` explores with).
+
+        Args:
+            query_embeddings: Array of shape (n, dim), or (dim,) for one query.
+            response_embeddings: For the teacher, as in `predict_embeddings`.
+            model: "teacher" (the default) or "student".
+            rng: Where the draw comes from; a fresh unseeded generator if None.
+
+        Returns:
+            The drawn values, shape (n,), in reward units.
+        """
+        state = self._require()
+        network, inputs = self._inputs(state, query_embeddings, response_embeddings, model)
+        seed = int((rng if rng is not None else np.random.default_rng()).integers(2**63 - 1))
+        with torch.no_grad():
+            return network.draw(*inputs, generator=torch.Generator().manual_seed(seed)).numpy()
 
     def predict_embeddings(
         self, query_embeddings: np.ndarray, response_embeddings: np.ndarray | None = None,

@@ -303,21 +303,33 @@ class Episode:
 
 @dataclass(frozen=True)
 class RewardEstimate:
-    """What the value model predicts about the reward of a query.
+    """What the value model predicts about the reward of a query (or a query and a response).
 
     Attributes:
-        expected: Expected reward (mean of the predicted distribution), in reward units.
-        std: Standard deviation of the predicted distribution: the model's uncertainty.
-        distribution: Probabilities over the reward bins (sums to 1).
+        expected: The estimate to act on: the value head's posterior mean, in reward units,
+            within the reward range.
+        std: How much outcomes vary (aleatoric): the standard deviation of `distribution`. It
+            does not shrink with more data; it is reported, not explored on.
+        distribution: Probabilities over the reward bins (sums to 1): the distribution head's
+            view of the outcomes (its mean can differ a little from `expected`).
         bin_centers: The reward value at the centre of each bin.
         predicted_bin: Index of the most likely bin.
+        uncertainty: How unsure the model is about `expected` (epistemic): the posterior
+            standard deviation of the value head, large for inputs unlike anything seen and
+            shrinking as data arrive. What exploration (`rank_responses(explore=...)`) uses.
+        model_namespace: Whose value model answered: a namespace's own, or None for the shared
+            model (set by the memory; None from a bare `ModelDistillation`).
+        model_version: The checkpoint version of that model (None if never saved).
     """
 
     expected: float
     std: float
-    distribution: np.ndarray
-    bin_centers: np.ndarray
+    distribution: np.ndarray = field(repr=False)
+    bin_centers: np.ndarray = field(repr=False)
     predicted_bin: int
+    uncertainty: float = 0.0
+    model_namespace: str | None = None
+    model_version: int | None = None
 
     @property
     def mode(self) -> float:
@@ -340,7 +352,10 @@ class RewardEstimate:
         """A JSON-serialisable summary (the distribution as a list)."""
         return {
             "expected": self.expected,
+            "uncertainty": self.uncertainty,
             "std": self.std,
+            "model_namespace": self.model_namespace,
+            "model_version": self.model_version,
             "predicted_bin": self.predicted_bin,
             "mode": self.mode,
             "distribution": [float(p) for p in self.distribution],

@@ -58,7 +58,6 @@ from langchain_kd_memory.errors import (
 )
 from langchain_kd_memory.listeners import Listeners, PendingEpisodes, RatingListener
 from langchain_kd_memory.recall import observed_range, rank, to_document
-from langchain_kd_memory.router import ValueRouter
 from langchain_kd_memory.storage import (
     DEFAULT_PERSIST_DIRECTORY,
     EpisodeStore,
@@ -69,6 +68,7 @@ from langchain_kd_memory.value_models import CHECKPOINT_NAME as CHECKPOINT_NAME
 from langchain_kd_memory.value_models import ValueModels
 
 if TYPE_CHECKING:
+    from langchain_kd_memory.router import ValueRouter
     from langchain_kd_memory.store import EpisodeBaseStore
 
 logger = logging.getLogger(__name__)
@@ -502,7 +502,19 @@ class DistilledEpisodicMemory(BaseRetriever):
         model = self._trained_model(self.resolve_namespace(namespace))
         if not queries:
             return []
-        return model.predict_embeddings(self.store.embedder.texts(list(queries)))
+        return self._answered(
+            model.predict_embeddings(self.store.embedder.texts(list(queries))), namespace
+        )
+
+    def _answered(
+        self, estimates: list[RewardEstimate], namespace: str | None
+    ) -> list[RewardEstimate]:
+        """`estimates` marked with the model that answered for `namespace`."""
+        ns = self.resolve_namespace(namespace)
+        own = self._models.own(ns).is_trained
+        version = self.model_version(ns)
+        return [dataclasses.replace(e, model_namespace=ns if own else None,
+                                    model_version=version) for e in estimates]
 
     def rank_responses(
         self,
@@ -510,7 +522,7 @@ class DistilledEpisodicMemory(BaseRetriever):
         candidates: Sequence[str],
         *,
         explore: float = 0.0,
-        exploration: Exploration = "ucb",
+        exploration: Exploration = "thompson",
         namespace: str | None = None,
         rng: np.random.Generator | None = None,
     ) -> list[RankedResponse]:
@@ -524,10 +536,12 @@ class DistilledEpisodicMemory(BaseRetriever):
         Args:
             query: The query or state the candidates answer.
             candidates: The responses to compare (at least one).
-            explore: 0 ranks by expected reward. Above 0 it explores while learning: see
-                `decisions.rank_estimates` ("ucb": expected + explore * std; "thompson":
-                a draw from the predicted distribution, blended in by `explore`).
-            exploration: "ucb" or "thompson".
+            explore: 0 ranks by expected reward (greedy: what to do once trained). Above 0 it
+                explores where the model is unsure (epistemic `uncertainty`, which shrinks as
+                data arrive): with "thompson", 1 ranks by one joint draw from the value head's
+                posterior (Thompson sampling, what an agent that learns as it acts should use);
+                with "ucb", by `expected + explore * uncertainty`.
+            exploration: "thompson" or "ucb".
             namespace: Whose value model answers; the memory's namespace if None.
             rng: Random generator for Thompson draws (seed it for reproducible runs).
 
@@ -550,10 +564,15 @@ class DistilledEpisodicMemory(BaseRetriever):
                 "rank_responses needs a teacher that sees responses: train with "
                 "ModelDistillation(privileged=True) (the default)"
             )
+        explore = check_number("explore", explore, low=0.0)
         vectors = self.store.embedder.texts([query, *candidates])
         queries = np.repeat(vectors[:1], len(candidates), axis=0)
-        estimates = model.predict_embeddings(queries, vectors[1:], model="teacher")
-        order = rank_estimates(estimates, explore=explore, exploration=exploration, rng=rng)
+        estimates = self._answered(
+            model.predict_embeddings(queries, vectors[1:], model="teacher"), namespace
+        )
+        draws = (model.draw_values(queries, vectors[1:], rng=rng)
+                 if explore > 0 and exploration == "thompson" else None)
+        order = rank_estimates(estimates, explore=explore, exploration=exploration, draws=draws)
         return [RankedResponse(candidates[i], i, estimates[i], score) for i, score in order]
 
     def consolidate(
@@ -717,8 +736,11 @@ class DistilledEpisodicMemory(BaseRetriever):
     ) -> ValueRouter:
         """A `Runnable` that escalates the inputs the student expects to go badly.
 
-        See `ValueRouter`; give a `threshold` (expected reward) or a `budget` (share of inputs).
+        See `ValueRouter`; give a `threshold` (expected reward) or a `budget` (the share of the
+        inputs it sees to escalate).
         """
+        from langchain_kd_memory.router import ValueRouter
+
         return ValueRouter(
             self, default, strong, threshold=threshold, budget=budget, namespace=namespace
         )

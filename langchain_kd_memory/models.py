@@ -1,15 +1,21 @@
-"""The teacher and the student: plain MLPs that map embeddings to reward-bin logits.
+"""The teacher and the student: small MLPs with two heads over the same input.
 
-Both networks return logits over `num_bins` ordinal reward bins; the softmax (with or without a
-temperature) belongs to the loss and to prediction, never to the model. LayerNorm, not BatchNorm,
-so that a batch of one works in training and in evaluation.
+* **Distribution head** (`forward`): logits over `num_bins` ordinal reward bins, how outcomes
+  vary (aleatoric). The softmax (with or without a temperature) belongs to the loss and to
+  prediction, never to the model. LayerNorm, not BatchNorm, so a batch of one works.
+* **Value head** (`value`, `draw`): a Bayesian linear regression (`bayes.BayesianLinear`) of
+  the return on the network's input features and a bias, fitted in closed form after the
+  distribution head (`fit_value`). Its mean is the estimate an agent acts on, its posterior
+  standard deviation how unsure the model is (epistemic: it shrinks as data arrive), and a
+  draw from its posterior is a Thompson sample. It is held as buffers, so it is saved and
+  loaded with the weights.
 
 Given a `torch.Generator`, a network draws its initial weights and its dropout masks from it and
 never from torch's global RNG, so that a training in a background thread is reproducible and
 leaves every other thread's random numbers alone.
 
-    teacher: [query | response] -> 1024 -> 512 -> 256 -> 128 -> num_bins   (privileged)
-    student:  query             ->  256 -> 128 -> num_bins
+    teacher: x = [q, r, q * r, |q - r|] -> 256 -> num_bins logits;   value: BLR on x
+    student: x = q                      -> 128 -> num_bins logits;   value: BLR on x
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from langchain_kd_memory.bayes import BayesianLinear
 from langchain_kd_memory.config import DistillationConfig, StudentConfig, TeacherConfig
 from langchain_kd_memory.errors import EmbeddingDimensionError, InvalidArgumentError
 
@@ -90,6 +97,39 @@ class RewardMLP(nn.Module):
         return self.head(self.body(x))
 
 
+class ValueHead(nn.Module):
+    """The posterior of a `BayesianLinear` over the network's input, held as float32 buffers.
+
+    Before `fit` its buffers are zeros: a posterior with no weights and no count, which a
+    trained network never has.
+    """
+
+    def __init__(self, input_dim: int, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        for name, shape in BayesianLinear.shapes("posterior", input_dim).items():
+            self.register_buffer(name.replace(".", "_"), torch.zeros(shape, device=device))
+
+    def _posterior(self) -> BayesianLinear:
+        return BayesianLinear.from_tensors(
+            {name: getattr(self, name.replace(".", "_"))
+             for name in BayesianLinear.shapes("posterior", 1)}, "posterior",
+        )
+
+    def fit(self, x: torch.Tensor, targets: torch.Tensor, groups: list[int]) -> None:
+        """Fit the posterior to `targets` (n,) given inputs `x` (n, input_dim) made of blocks
+        of the sizes `groups` (each with its own prior precision)."""
+        for name, tensor in BayesianLinear.fit(x, targets, groups).tensors("posterior").items():
+            getattr(self, name.replace(".", "_")).copy_(tensor)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and epistemic standard deviation (float64) of each row of `x`."""
+        return self._posterior().predict(x)
+
+    def draw(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One Thompson draw (float64) for all rows of `x`, from one posterior weight vector."""
+        return self._posterior().sample(x, generator)
+
+
 def _check_input(name: str, x: torch.Tensor, dim: int) -> None:
     if x.ndim != 2 or x.shape[1] != dim:
         raise EmbeddingDimensionError(
@@ -97,8 +137,41 @@ def _check_input(name: str, x: torch.Tensor, dim: int) -> None:
         )
 
 
-class TeacherNetwork(nn.Module):
-    """The large network. Privileged: it sees the query and the response embeddings."""
+class ValueNetwork(nn.Module):
+    """What the teacher and the student share: an input encoding, two heads over it."""
+
+    mlp: RewardMLP
+    value_head: ValueHead
+    blocks: int
+    """How many embedding-sized blocks `encode` concatenates (each gets its own prior)."""
+    embedding_dim: int
+
+    def encode(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The network's input features from its embeddings."""
+        raise NotImplementedError
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, num_bins) of the reward distribution."""
+        return self.mlp(self.encode(*inputs))
+
+    def value(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The value head's estimate and its epistemic standard deviation, (batch,) each."""
+        return self.value_head(self.encode(*inputs))
+
+    def draw(self, *inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One Thompson draw of the value of every row, (batch,)."""
+        return self.value_head.draw(self.encode(*inputs), generator)
+
+    def fit_value(self, inputs: tuple[torch.Tensor, ...], targets: torch.Tensor) -> None:
+        """Fit the value head's posterior to `targets` (n,) in closed form."""
+        with torch.no_grad():
+            self.value_head.fit(
+                self.encode(*inputs), targets, [self.embedding_dim] * self.blocks
+            )
+
+
+class TeacherNetwork(ValueNetwork):
+    """The network that sees responses (privileged): Q(query, response)."""
 
     def __init__(
         self,
@@ -115,7 +188,7 @@ class TeacherNetwork(nn.Module):
         Args:
             embedding_dim: Dimension of one embedding (query or response).
             num_bins: Number of reward bins (output logits).
-            config: Hidden sizes and dropout; `TeacherConfig()` if None.
+            config: Hidden sizes, dropout, interactions; `TeacherConfig()` if None.
             privileged: Whether the input is query and response (else the query alone).
             device: Where to create the parameters (CPU if None); "meta" gives their shapes
                 without memory or initialisation.
@@ -127,21 +200,24 @@ class TeacherNetwork(nn.Module):
         self.embedding_dim = embedding_dim
         self.privileged = privileged
         self.interactions = privileged and config.interactions
-        input_dim = (4 if self.interactions else 2 if privileged else 1) * embedding_dim
+        self.blocks = 4 if self.interactions else 2 if privileged else 1
+        input_dim = self.blocks * embedding_dim
         self.mlp = RewardMLP(
             input_dim, config.hidden_sizes, num_bins, config.dropout, device, generator
         )
+        self.value_head = ValueHead(input_dim, device)
 
     @classmethod
     def of(cls, embedding_dim: int, config: DistillationConfig, **where: Any) -> TeacherNetwork:
         """The teacher `config` describes; `where`: `device=`, `generator=` as above."""
         return cls(embedding_dim, config.num_bins, config.teacher, config.privileged, **where)
 
-    def forward(self, query: torch.Tensor, response: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (batch, num_bins) from query embeddings and, if privileged, response ones."""
+    def encode(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """``[q, r, q * r, |q - r|]``, ``[q, r]`` or ``q``, from (query, response) embeddings."""
+        query, response = inputs[0], inputs[1] if len(inputs) > 1 else None
         _check_input("query", query, self.embedding_dim)
         if not self.privileged:
-            return self.mlp(query)
+            return query
         if response is None:
             raise InvalidArgumentError(
                 "a privileged teacher needs the response embeddings: pass them (zeros for an "
@@ -151,11 +227,11 @@ class TeacherNetwork(nn.Module):
         parts = [query, response]
         if self.interactions:
             parts += [query * response, (query - response).abs()]
-        return self.mlp(torch.cat(parts, dim=1))
+        return torch.cat(parts, dim=1)
 
 
-class StudentNetwork(nn.Module):
-    """The small network used at run time: it sees the query embedding alone."""
+class StudentNetwork(ValueNetwork):
+    """The small network used before anything is generated: V(query), the query alone."""
 
     def __init__(
         self,
@@ -180,19 +256,21 @@ class StudentNetwork(nn.Module):
         super().__init__()
         config = config or StudentConfig()
         self.embedding_dim = embedding_dim
+        self.blocks = 1
         self.mlp = RewardMLP(
             embedding_dim, config.hidden_sizes, num_bins, config.dropout, device, generator
         )
+        self.value_head = ValueHead(embedding_dim, device)
 
     @classmethod
     def of(cls, embedding_dim: int, config: DistillationConfig, **where: Any) -> StudentNetwork:
         """The student `config` describes; `where`: `device=`, `generator=` as above."""
         return cls(embedding_dim, config.num_bins, config.student, **where)
 
-    def forward(self, query: torch.Tensor) -> torch.Tensor:
-        """Logits (batch, num_bins) from query embeddings."""
-        _check_input("query", query, self.embedding_dim)
-        return self.mlp(query)
+    def encode(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The query embedding."""
+        _check_input("query", inputs[0], self.embedding_dim)
+        return inputs[0]
 
 
 def predict_logits(
@@ -223,5 +301,5 @@ def tensor_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
+    """Number of trainable parameters (the value head's posterior is fitted, not trained)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -24,6 +24,7 @@ from langchain_core.messages import (
     ToolMessage,
     convert_to_messages,
 )
+from langchain_core.prompt_values import PromptValue
 
 from langchain_kd_memory.episodes import (
     MAX_TEXT_LENGTH,
@@ -110,13 +111,12 @@ def _text(value: object, prefer: type[BaseMessage]) -> str:
         if len(value) == 1:
             return _text(next(iter(value.values())), prefer)
         return "\n".join(f"{key}: {_text(item, prefer)}" for key, item in value.items())
+    if isinstance(value, PromptValue):  # a rendered prompt: its messages, not its whole text
+        return _text(value.to_messages(), prefer)
     messages = _messages(value)
     if messages is not None:
         chosen = [m for m in messages if isinstance(m, prefer) and str(m.text).strip()]
         return str((chosen or messages)[-1].text)
-    to_string = getattr(value, "to_string", None)  # PromptValue
-    if callable(to_string):
-        return str(to_string())
     return "" if value is None else str(value)
 
 

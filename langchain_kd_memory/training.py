@@ -3,24 +3,27 @@
 The model file is `models.py` (the networks), the facade `distillation.py` (prediction and
 persistence); this module is the training loop, nanoGPT's `train.py` as a function, `train`.
 
-Two phases run on stored embeddings (nothing is embedded here):
+Two phases run on stored embeddings (nothing is embedded here), each in two steps: the network's
+distribution head by mini-batch AdamW, then its value head in closed form.
 
-1. The **teacher** learns the reward distribution over ordinal bins from the query embedding
-   (and the response embedding when `privileged`): cross-entropy against Gaussian soft targets
+1. The **teacher** sees the query and the response (`privileged`). Its distribution head
+   learns the reward distribution over ordinal bins: cross-entropy against Gaussian soft targets
    (`label`), plus `regression_weight` times the squared error of its expected reward
-   (`regression`).
-2. The **student** sees the query alone and minimises `DistillationLoss`:
+   (`regression`). Its value head is a Bayesian linear regression of the reward on its input
+   features (`bayes.BayesianLinear`): Q(query, response) and how sure it is.
+2. The **student** sees the query alone. Its distribution head minimises `DistillationLoss`:
 
        alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + beta * (label + w * regression)
 
-   where s and t are the student's and the teacher's logits (`kd` is the KL term). With
-   `cross_fit_folds=K`, the teacher logits for each training episode come from a teacher that
-   did not see it (K extra teachers), so the student never learns the teacher's memorised
-   training-set answers.
+   where s and t are the student's and the teacher's logits (`kd` is the KL term); its value
+   head regresses ``alpha * teacher value + beta * reward``: V(query), distilled from the
+   teacher's less noisy Q. With `cross_fit_folds=K`, the teacher logits and values for each
+   training episode come from a teacher that did not see it (K extra teachers).
 
-Both phases hold out a validation split, stop early when its loss stops improving, and restore
-the best weights. Every epoch records the loss and each of its components on both splits
-(`History`), so a benchmark can show what distillation contributes.
+Both distribution heads hold out a validation split, stop early when its loss stops improving,
+and restore the best weights; the value heads are fitted on the training split, measured on the
+validation split, then refitted on every row. Every epoch records the loss and each of its
+components on both splits (`History`), so a benchmark can show what distillation contributes.
 """
 
 from __future__ import annotations
@@ -390,19 +393,20 @@ def _prepared(
 
 def _validation_mae(
     binner: RewardBinner, rewards: np.ndarray, train: np.ndarray, val: np.ndarray,
-    teacher_logits: torch.Tensor, student_logits: torch.Tensor,
+    teacher_values: torch.Tensor, student_values: torch.Tensor,
 ) -> dict[str, float | None]:
+    """MAE on the validation rows of each value head (clipped to the bins) and of the mean."""
     if len(val) == 0:
         return {"teacher_mae": None, "student_mae": None, "mean_mae": None}
     truth = rewards[val].astype(np.float64)
 
-    def mae(logits: torch.Tensor) -> float:
-        expected = binner.expected(F.softmax(logits.double(), dim=1).cpu().numpy())
-        return float(np.abs(expected - truth).mean())
+    def mae(values: torch.Tensor) -> float:
+        estimate = np.clip(values.cpu().numpy(), binner.low, binner.high)
+        return float(np.abs(estimate - truth).mean())
 
     return {
-        "teacher_mae": mae(teacher_logits),
-        "student_mae": mae(student_logits),
+        "teacher_mae": mae(teacher_values),
+        "student_mae": mae(student_values),
         "mean_mae": float(np.abs(rewards[train].mean() - truth).mean()),
     }
 
@@ -475,12 +479,16 @@ def train(
     def teacher_loss(logits: torch.Tensor, rows: torch.Tensor) -> LossTerms:
         return loss(logits, targets[rows])
 
+    rewards = torch.from_numpy(data.rewards).to(device)
+
     # Phase 1: the teacher, on every training row.
     teacher = new_teacher(warm)
     teacher_history = fit(teacher, (query, response), teacher_loss, train_rows, "teacher")
+    teacher.fit_value((query[train_rows], response[train_rows]), rewards[train_rows])
     teacher_logits = predict_logits(teacher, (query, response))
+    teacher_values = teacher.value(query, response)[0]
 
-    # Optional cross-fitting: replace the training rows' logits by out-of-fold ones.
+    # Optional cross-fitting: replace the training rows' logits and values by out-of-fold ones.
     folds = min(config.cross_fit_folds, len(train_np))
     fold_splits = np.array_split(rng.permutation(train_np), folds) if folds else []
     for k, held_out in enumerate(fold_splits):
@@ -488,10 +496,12 @@ def train(
         fold_teacher = new_teacher(None)
         fit(fold_teacher, (query, response), teacher_loss, fold_rows,
             f"teacher fold {k + 1}/{folds}")
+        fold_teacher.fit_value((query[fold_rows], response[fold_rows]), rewards[fold_rows])
         held = torch.from_numpy(held_out).to(device)
         teacher_logits[held] = predict_logits(fold_teacher, (query, response), held)
+        teacher_values[held] = fold_teacher.value(query[held], response[held])[0]
 
-    # Phase 2: the student, from the teacher's logits and the labels.
+    # Phase 2: the student, from the teacher's logits and values, and the labels.
     def student_loss(logits: torch.Tensor, rows: torch.Tensor) -> LossTerms:
         return loss(logits, targets[rows], teacher_logits[rows])
 
@@ -500,6 +510,18 @@ def train(
         warm.student if warm else None, device, masks,
     )
     student_history = fit(student, (query,), student_loss, train_rows, "student")
+    distilled = config.alpha * teacher_values + config.beta * rewards.double()
+    student.fit_value((query[train_rows],), distilled[train_rows])
+    validation = _validation_mae(
+        binner, data.rewards, train_np, val_np,
+        teacher.value(query[val_rows], response[val_rows])[0],
+        student.value(query[val_rows])[0],
+    )
+    if len(val_np):  # measured: now every rated episode informs the value heads
+        teacher.fit_value((query, response), rewards)
+        if not folds:  # cross-fitted values stay out-of-fold (the validation rows' were)
+            teacher_values = teacher.value(query, response)[0]
+        student.fit_value((query,), config.alpha * teacher_values + config.beta * rewards)
 
     teacher_params, student_params = count_parameters(teacher), count_parameters(student)
     results: dict[str, Any] = {
@@ -507,10 +529,7 @@ def train(
         "student": student_history.as_dict(student_params),
         "num_train": len(train_np),
         "num_val": len(val_np),
-        "validation": _validation_mae(
-            binner, data.rewards, train_np, val_np,
-            teacher_logits[val_rows], predict_logits(student, (query,), val_rows),
-        ),
+        "validation": validation,
         "compression_ratio": teacher_params / student_params,
         "binning": binner.to_dict(),
         "seed": seed,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from test_memory import ANSWERS, make_memory
 
@@ -171,6 +172,49 @@ def test_the_router_escalates_what_the_student_expects_to_go_badly(
     assert budgeted.status.threshold is not None
     with pytest.raises(ValueError, match="exactly one of threshold and budget"):
         trained.as_router(default=cheap, strong=strong)
+
+
+def test_the_router_scores_the_users_question_not_the_rendered_prompt(
+    trained: DistilledEpisodicMemory,
+) -> None:
+    question = "I want my money back for a book"
+    bare = trained.score(question).expected
+    seen: list[float] = []
+    router = trained.as_router(default=RunnableLambda(lambda x: "cheap"),
+                               strong=RunnableLambda(lambda x: "strong"), threshold=bare + 1e-9)
+    prompt = ChatPromptTemplate.from_messages(
+        [("system", "You are a support agent of a book shop. Be brief."), ("human", "{question}")]
+    )
+    original = trained.score
+
+    def spy(query: str, **kwargs: object) -> object:
+        seen.append(query)
+        return original(query, **kwargs)
+
+    object.__setattr__(trained, "score", spy)
+    try:
+        assert (prompt | router).invoke({"question": question}) == "strong"
+    finally:
+        object.__delattr__(trained, "score")
+    assert seen == [question]
+
+
+def test_a_budget_is_a_share_of_the_inputs_the_router_sees(
+    trained: DistilledEpisodicMemory,
+) -> None:
+    # Inputs unlike the stored queries: all valued alike by the student, far from the stored
+    # values that a threshold calibrated on stored queries would use.
+    inputs = [f"{greeting} {question.lower()}" for question in ANSWERS
+              for greeting in ("Hello there,", "Good morning!", "Dear shop,", "Hey,",
+                               "Excuse me,", "Sorry to bother you,", "Quick one:", "Hi again,")]
+    np.random.default_rng(0).shuffle(inputs)  # traffic mixes topics
+    for budget in (0.1, 0.25, 0.5):
+        router = trained.as_router(default=RunnableLambda(lambda x: "cheap"),
+                                   strong=RunnableLambda(lambda x: "strong"), budget=budget)
+        routed = [router.invoke(query) for query in inputs]
+        share = routed.count("strong") / len(routed)
+        assert abs(share - budget) <= 0.05, (budget, share)
+        assert router.status.escalated_share == share
 
 
 async def test_an_untrained_router_sends_everything_to_default(

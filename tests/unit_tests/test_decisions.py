@@ -13,44 +13,51 @@ from langchain_kd_memory.errors import InsufficientDataError, InvalidArgumentErr
 BINNER = RewardBinner(0.0, 1.0, num_bins=8)
 
 
-def estimate(probs: list[float]) -> RewardEstimate:
+def estimate(probs: list[float], uncertainty: float) -> RewardEstimate:
     p = np.asarray(probs, dtype=np.float64) / np.sum(probs)
     return RewardEstimate(float(BINNER.expected(p[None])[0]), float(BINNER.std(p[None])[0]), p,
-                          BINNER.centers, int(p.argmax()))
+                          BINNER.centers, int(p.argmax()), uncertainty=uncertainty)
 
 
-SURE_GOOD = estimate([0, 0, 0, 0, 0, 1, 2, 1])           # ~0.69, narrow
-UNSURE = estimate([1, 1, 1, 1, 1, 1, 1, 1])              # 0.5, wide
-SURE_BAD = estimate([1, 2, 1, 0, 0, 0, 0, 0])             # ~0.19, narrow
+SURE_GOOD = estimate([0, 0, 0, 0, 0, 1, 2, 1], 0.01)      # ~0.69, known well
+UNKNOWN = estimate([0, 0, 0, 1, 1, 0, 0, 0], 0.3)        # 0.5 but never tried: unsure
+NOISY = estimate([1, 1, 1, 1, 1, 1, 1, 1], 0.01)         # 0.5, outcomes vary, known well
+SURE_BAD = estimate([1, 2, 1, 0, 0, 0, 0, 0], 0.01)       # ~0.19
 
 
 def test_greedy_ranking_is_by_expected_reward() -> None:
-    order = rank_estimates([UNSURE, SURE_BAD, SURE_GOOD])
+    order = rank_estimates([UNKNOWN, SURE_BAD, SURE_GOOD])
     assert [i for i, _ in order] == [2, 0, 1]
-    assert [score for _, score in order] == [SURE_GOOD.expected, UNSURE.expected,
+    assert [score for _, score in order] == [SURE_GOOD.expected, UNKNOWN.expected,
                                              SURE_BAD.expected]
 
 
-def test_ucb_prefers_the_uncertain_candidate_when_exploring_enough() -> None:
-    assert rank_estimates([SURE_GOOD, UNSURE], explore=0.1)[0][0] == 0
-    assert rank_estimates([SURE_GOOD, UNSURE], explore=2.0)[0][0] == 1
+def test_ucb_explores_what_the_model_does_not_know_not_what_varies() -> None:
+    assert rank_estimates([SURE_GOOD, UNKNOWN], explore=0.1, exploration="ucb")[0][0] == 0
+    assert rank_estimates([SURE_GOOD, UNKNOWN], explore=2.0, exploration="ucb")[0][0] == 1
+    # Outcomes that vary (a wide distribution) are no reason to explore: NOISY has the
+    # widest distribution but the model knows its value.
+    assert NOISY.std > UNKNOWN.std
+    assert rank_estimates([NOISY, UNKNOWN], explore=2.0, exploration="ucb")[0][0] == 1
+    assert rank_estimates([SURE_GOOD, NOISY], explore=2.0, exploration="ucb")[0][0] == 0
 
 
-def test_thompson_draws_follow_the_distributions_and_a_seed_repeats_them() -> None:
-    wins = [rank_estimates([SURE_GOOD, UNSURE], explore=1.0, exploration="thompson",
-                           rng=np.random.default_rng(seed))[0][0] for seed in range(400)]
-    share_uncertain = wins.count(1) / len(wins)
-    assert 0.07 < share_uncertain < 0.2  # P(uniform draw > good draw) = 0.125
-    again = [rank_estimates([SURE_GOOD, UNSURE], explore=1.0, exploration="thompson",
-                            rng=np.random.default_rng(seed))[0][0] for seed in range(400)]
-    assert again == wins
+def test_thompson_ranks_by_the_draws_blended_in_by_explore() -> None:
+    draws = [0.4, 0.9]
+    assert [i for i, _ in rank_estimates([SURE_GOOD, UNKNOWN], explore=1.0, draws=draws)] == [1, 0]
+    half = rank_estimates([SURE_GOOD, UNKNOWN], explore=0.5, draws=draws)
+    assert dict(half) == pytest.approx({0: SURE_GOOD.expected + 0.5 * (0.4 - SURE_GOOD.expected),
+                                        1: 0.5 + 0.5 * (0.9 - 0.5)})
+    assert rank_estimates([SURE_GOOD, UNKNOWN], explore=0.0)[0][0] == 0  # greedy: no draws
 
 
 def test_bad_exploration_settings_are_refused() -> None:
     with pytest.raises(InvalidArgumentError, match="explore must be"):
-        rank_estimates([UNSURE], explore=-1)
+        rank_estimates([UNKNOWN], explore=-1)
     with pytest.raises(InvalidArgumentError, match="exploration must be one of"):
-        rank_estimates([UNSURE], explore=1, exploration="softmax")  # type: ignore[arg-type]
+        rank_estimates([UNKNOWN], explore=1, exploration="softmax")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="one draw per estimate"):
+        rank_estimates([UNKNOWN, SURE_BAD], explore=1, draws=[0.5])
 
 
 def test_discounted_returns() -> None:
