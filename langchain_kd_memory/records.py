@@ -4,7 +4,7 @@ A record: the vector is the query embedding, the document is the query, and the 
 the user's keys as given plus reserved ``kd_`` keys: the response text, the reward (absent when
 not rated) and a ``kd_rated`` flag, the creation time (ISO string and POSIX timestamp), and the
 response embedding (base64 of little-endian float32, returned bit for bit). `EpisodeStore`
-(`storage`) writes and reads records through these functions; `buckets` adds its own keys.
+(`storage`) writes and reads records through these functions; `layout` adds its own keys.
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ from langchain_kd_memory.memory import DistilledEpisodicMemory
 from langchain_kd_memory.storage import EpisodeStore
 from langchain_kd_memory.store import (
     EpisodeBaseStore,
-    decode_namespace,
-    encode_namespace,
+    split_namespace,
+    join_namespace,
     rank_by_score,
 )
 
@@ -66,9 +66,9 @@ def _cosine(a: list[float], b: list[float]) -> float:
 
 def test_namespace_encoding_is_reversible():
     for namespace in [("a",), ("users", "42"), ("a b", "ü/ñ", "x_y-z")]:
-        assert decode_namespace(encode_namespace(namespace)) == namespace
-    assert encode_namespace(("users", "42")) == "users.42"
-    assert decode_namespace("a..b") is None
+        assert split_namespace(join_namespace(namespace)) == namespace
+    assert join_namespace(("users", "42")) == "users.42"
+    assert split_namespace("a..b") is None
 
 
 def test_put_get_round_trip_is_exact(store: EpisodeBaseStore):
