@@ -431,6 +431,23 @@ def test_batches_larger_than_chromas_limit_are_chunked(tmp_store: EpisodeStore) 
     assert len(tmp_store.training_arrays()) == n
 
 
+def test_rewards_of_more_episodes_than_chromas_batch_limit_are_updated_and_read(
+    tmp_store: EpisodeStore,
+) -> None:
+    """Rating a long trajectory: one update of more ids than Chroma takes in one request
+    (5,461 in Chroma 1.5). (Before: Chroma refused the update.)"""
+    n = tmp_store.client.get_max_batch_size() + 539
+    episodes = [Episode(f"step {i}", id=f"s{i}") for i in range(n)]
+    tmp_store.add(episodes, query_embeddings=vectors(n), response_embeddings=vectors(n, seed=1))
+    rewards = {e.id: float(i % 5) for i, e in enumerate(episodes)}
+    updated = tmp_store.update_rewards(rewards)
+    assert [e.reward for e in updated] == list(rewards.values())
+    assert [e.reward for e in tmp_store.get(list(rewards))] == list(rewards.values())
+    assert tmp_store.count_rated() == n
+    tmp_store.delete(list(rewards)[: n - 10])
+    assert tmp_store.count() == 10
+
+
 def test_concurrent_adds_lose_nothing(tmp_store: EpisodeStore) -> None:
     duplicates: list[DuplicateEpisodeError] = []
 
