@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from langchain_kd_memory.episodes import TrainingArrays
 from langchain_kd_memory.layout import Scope
 from langchain_kd_memory.layout import chroma_call as _chroma
-from langchain_kd_memory.episodes import TrainingArrays
 from langchain_kd_memory.records import (
     CREATED_TS_KEY,
     RESPONSE_EMBEDDING_KEY,

@@ -19,7 +19,7 @@ from chromadb.api.types import validate_where
 
 from langchain_kd_memory._validate import check_str
 from langchain_kd_memory.episodes import MAX_TEXT_LENGTH, RESERVED_METADATA_PREFIX, Episode
-from langchain_kd_memory.errors import InvalidArgumentError, StoreError
+from langchain_kd_memory.errors import InvalidArgumentError, InvalidEpisodeError, StoreError
 
 # Reserved record metadata keys.
 RESPONSE_KEY = "kd_response"
@@ -50,6 +50,20 @@ def check_search_query(query: object) -> str:
             "a shorter text (embedders read only the first few hundred tokens)"
         )
     return query
+
+
+def check_storable(episode: Episode) -> None:
+    """Raise `InvalidEpisodeError` if Chroma cannot store the episode's metadata."""
+    for key, value in episode.metadata.items():
+        if key.startswith(CHROMA_RESERVED_PREFIXES):
+            raise InvalidEpisodeError(
+                f"metadata key {key!r} of episode {episode.id!r} starts with a prefix Chroma "
+                f"reserves ({', '.join(map(repr, CHROMA_RESERVED_PREFIXES))}): rename it"
+            )
+        if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+            raise InvalidEpisodeError(
+                f"metadata[{key!r}] of episode {episode.id!r} does not fit in 64 bits"
+            )
 
 
 def check_ids(ids: object) -> list[str]:

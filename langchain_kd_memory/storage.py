@@ -1,12 +1,12 @@
 """`EpisodeStore`: episodes in Chroma, isolated by namespace.
 
-`EpisodeStore` validates what it is given and leaves the rest to two modules: `records` (an
-episode as a Chroma record) and `layout` (where each namespace lives, and the protocol every
-read and write follows when several processes share a Chroma server). With `rated`, they are
-the only modules that import `chromadb`.
+`EpisodeStore` validates what it is given and delegates: `records` says how an episode is stored
+as a Chroma record, `layout` where each namespace lives and the protocol every read and write
+follows (also across processes sharing a Chroma server), `rated` reads training data. These four
+are the only modules that import `chromadb`.
 
-``namespace=None`` means the store's namespace, "default", everywhere; methods that can span
-every namespace take ``all_namespaces=True`` instead.
+``namespace=None`` means the store's namespace, "default", in every method; the methods that can
+span every namespace take ``all_namespaces=True`` instead.
 """
 
 from __future__ import annotations
@@ -45,25 +45,17 @@ from langchain_kd_memory.errors import (
     InvalidEpisodeError,
     StoreError,
 )
-from langchain_kd_memory.layout import (
-    BUCKETS,
-    MOVE_AT,
-    STORE_FORMAT,
-    Layout,
-    Place,
-    Scope,
-    encode_namespace,
-)
+from langchain_kd_memory.layout import BUCKETS, MOVE_AT, STORE_FORMAT, Layout, Place, Scope
 from langchain_kd_memory.layout import chroma_call as _chroma
+from langchain_kd_memory.layout import encode_namespace as encode_namespace
 from langchain_kd_memory.rated import rated_pages, recent_cutoff
 from langchain_kd_memory.records import (
-    CHROMA_RESERVED_PREFIXES,
-    INT64,
     RATED_KEY,
     RESPONSE_EMBEDDING_KEY,
     REWARD_KEY,
     check_ids,
     check_search_query,
+    check_storable,
     check_where,
     decode_vector,
     episode_of,
@@ -81,6 +73,7 @@ UNDO_BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
 """Waits between attempts to remove what a failed add wrote (Chroma may be restarting)."""
 
 Found = dict[str, tuple[str, dict[str, Any]]]  # episode id -> (namespace, record)
+Vectors = Sequence[Sequence[float]] | np.ndarray | None
 
 
 def http_client(host: str, port: int = 8000) -> ClientAPI:
@@ -93,17 +86,16 @@ def http_client(host: str, port: int = 8000) -> ClientAPI:
     check_str("host", host)
     check_int("port", port, low=1, high=65535)
     with _chroma(f"connect to the Chroma server at {host}:{port}"):
-        return chromadb.HttpClient(
-            host=host, port=port, settings=Settings(anonymized_telemetry=False)
-        )
+        return chromadb.HttpClient(host=host, port=port,
+                                   settings=Settings(anonymized_telemetry=False))
 
 
 def raise_open_file_limit() -> None:
     """Raise this process's soft limit of open files to the hard limit (POSIX; else nothing).
 
-    Embedded Chroma sizes its cache of HNSW indexes from the soft limit when a client starts
-    (``RLIMIT_NOFILE // 5``), and reading an index it evicted fails or misses records; call this
-    before creating a ``chromadb.PersistentClient`` yourself.
+    Embedded Chroma keeps ``RLIMIT_NOFILE // 5`` HNSW indexes open, as the limit was when its
+    client started, and a read of an index it evicted fails or misses records: call this before
+    creating a ``chromadb.PersistentClient`` yourself.
     """
     try:
         import resource
@@ -115,10 +107,9 @@ def raise_open_file_limit() -> None:
             continue
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return
         except (ValueError, OSError):
             continue
-        logger.debug("raised the soft open-file limit from %s to %s", soft, target)
-        return
 
 
 class EpisodeStore:
@@ -154,7 +145,7 @@ class EpisodeStore:
             arrays = store.training_arrays()   # query/response embeddings + rewards, rated only
 
     Concurrency: writes from several threads of one process are serialised by a lock, so none is
-    lost. Several processes may share one Chroma server: what each write and read guarantees is
+    lost. Several processes may share a Chroma server; what a write and a read guarantee then is
     written at the top of `langchain_kd_memory.layout`. Duplicate-id checks are not atomic
     across processes (the last write wins).
     """
@@ -177,19 +168,17 @@ class EpisodeStore:
                 ``[a-zA-Z0-9_-]``, starting and ending with a letter or digit.
             embeddings: Any LangChain `Embeddings`; the local MiniLM if None.
             persist_directory: Directory of the embedded Chroma database (default
-                ``./.kd_memory``); ignored when `client` is given. The soft limit of open files
-                is raised to the hard limit first (see `raise_open_file_limit`).
+                ``./.kd_memory``; the open-file limit is raised first, see
+                `raise_open_file_limit`); not with `client`.
             client: Any chromadb client (e.g. ``chromadb.HttpClient(...)``), used as is.
-            reward_range: The lowest and highest possible reward, e.g. ``(0, 1)`` or ``(1, 10)``;
-                rewards outside it are refused. It is recorded with each namespace on creation,
-                and a namespace keeps the range it was created with: a store opened without a
-                range enforces the recorded one, a store declaring another range is refused.
+            reward_range: The lowest and highest possible reward, e.g. ``(0, 1)``; rewards
+                outside it are refused. Each namespace keeps the range it was created with: a
+                store opened without a range enforces it, one declaring another is refused.
             move_at: A namespace moves from its shared bucket to a collection of its own once
                 it holds this many episodes (1: every namespace has its own).
-            buckets: New namespaces are spread over this many shared bucket collections (by a
-                hash of their name). A bucket holds about (episodes in small namespaces) /
-                `buckets` records, and a search there costs more as it grows (BENCHMARKS.md,
-                Scale): raise it for more than ~100,000 episodes in small namespaces.
+            buckets: New namespaces are spread over this many shared collections, by a hash of
+                their name. A search in a bucket slows as it grows (BENCHMARKS.md, Scale):
+                raise it beyond ~150,000 episodes in namespaces under `move_at`.
 
         Raises:
             InvalidArgumentError: If an argument is unusable.
@@ -204,8 +193,6 @@ class EpisodeStore:
         if persist_directory is not None and client is not None:
             raise InvalidArgumentError("pass persist_directory or client, not both")
         self.reward_range = validate_reward_range(reward_range)
-        move_at = check_int("move_at", move_at, low=1)
-        buckets = check_int("buckets", buckets, low=1)
         self.collection_name = collection_name
         self.embedder = Embedder(embeddings)
         if client is None:
@@ -221,7 +208,8 @@ class EpisodeStore:
             )
         self.client: ClientAPI = client
         self._layout = Layout(client, collection_name, self.embedder.identity, self.reward_range,
-                              move_at, buckets)
+                              check_int("move_at", move_at, low=1),
+                              check_int("buckets", buckets, low=1))
         self._lock = self._layout.lock
 
     def __repr__(self) -> str:
@@ -248,26 +236,26 @@ class EpisodeStore:
         return self._layout
 
     def namespaces(self) -> list[str]:
-        """The namespaces that hold (or held) episodes in this store, sorted."""
+        """The namespaces of this store, sorted."""
         return self._layout.namespaces()
 
     def migrate(self) -> list[str]:
-        """Register the collections of a store written by version 1 (one per namespace).
+        """Register the collections of a store written by version 1 (a collection per namespace).
 
-        Run once (``kd-memory migrate``); nothing is copied. Returns the namespaces registered.
+        Run it once (``kd-memory migrate``); nothing is copied. Returns the namespaces registered.
         """
         with self._lock:
             return self._layout.migrate()
 
     @staticmethod
     def _target(namespace: object, all_namespaces: object) -> str | None:
-        """The namespace a call is about; None for every namespace."""
-        if all_namespaces is True:
-            if namespace is not None:
-                raise InvalidArgumentError("pass a namespace or all_namespaces=True, not both")
+        """The namespace a call is about ("default" for None); None means every namespace."""
+        if all_namespaces not in (True, False):
+            raise InvalidArgumentError(f"all_namespaces must be a bool, got {all_namespaces!r}")
+        if all_namespaces and namespace is not None:
+            raise InvalidArgumentError("pass a namespace or all_namespaces=True, not both")
+        if all_namespaces:
             return None
-        if all_namespaces is not False:
-            raise InvalidArgumentError(f"all_namespaces must be True or False, got {all_namespaces!r}")
         return DEFAULT_NAMESPACE if namespace is None else validate_namespace(namespace)
 
     # ----------------------------------------------------------------- writes
@@ -276,9 +264,9 @@ class EpisodeStore:
         """Return `episodes` as a list if `add` would accept them, else raise; nothing is written.
 
         Checks what `Episode` cannot know: Chroma's limits on metadata, ids repeated within the
-        batch, and each reward against its namespace's reward range (the one recorded with the
-        namespace, else the store's `reward_range`). `add` calls it; call it to refuse a batch
-        before paying for its embeddings.
+        batch, and each reward against its namespace's reward range (recorded with the
+        namespace, else the store's). `add` calls it; call it to refuse a batch before paying for
+        its embeddings.
 
         Raises:
             InvalidEpisodeError: An element is not an `Episode`, or its metadata is unstorable.
@@ -295,17 +283,7 @@ class EpisodeStore:
                 raise InvalidEpisodeError(
                     f"episodes must be Episode objects, got {type(episode).__name__}"
                 )
-            for key, value in episode.metadata.items():
-                if key.startswith(CHROMA_RESERVED_PREFIXES):
-                    raise InvalidEpisodeError(
-                        f"metadata key {key!r} of episode {episode.id!r} starts with a prefix "
-                        f"Chroma reserves ({', '.join(map(repr, CHROMA_RESERVED_PREFIXES))}): "
-                        "rename it"
-                    )
-                if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
-                    raise InvalidEpisodeError(
-                        f"metadata[{key!r}] of episode {episode.id!r} does not fit in 64 bits"
-                    )
+            check_storable(episode)
             if (episode.namespace, episode.id) in seen:
                 raise DuplicateEpisodeError(
                     f"episode id {episode.id!r} appears twice in namespace "
@@ -313,28 +291,18 @@ class EpisodeStore:
                 )
             seen.add((episode.namespace, episode.id))
             if episode.reward is not None:
-                reward_range = self._layout.reward_range_of(episode.namespace)
-                check_reward_in_range(episode.reward, reward_range)
+                check_reward_in_range(episode.reward,
+                                      self._layout.reward_range_of(episode.namespace))
         return list(episodes)
 
-    def add(
-        self,
-        episodes: Sequence[Episode],
-        *,
-        query_embeddings: Sequence[Sequence[float]] | np.ndarray | None = None,
-        response_embeddings: Sequence[Sequence[float]] | np.ndarray | None = None,
-    ) -> list[str]:
+    def add(self, episodes: Sequence[Episode], *, query_embeddings: Vectors = None,
+            response_embeddings: Vectors = None) -> list[str]:
         """Store episodes; all of them or, on any error, none.
 
         Queries and non-empty responses are embedded in one batched call each, unless their
-        embeddings are given. An empty response is stored with a zero response embedding.
-        An episode already stored with identical fields is skipped (nothing is embedded for it),
-        so retrying a failed add with the same `Episode` objects is safe.
-
-        Args:
-            episodes: The episodes, possibly of several namespaces.
-            query_embeddings: Optional precomputed query embeddings, shape (n, dimension).
-            response_embeddings: Optional precomputed response embeddings, shape (n, dimension).
+        embeddings are given (shape (n, dimension)); an empty response gets a zero vector. An
+        episode stored already with identical fields is skipped (nothing is embedded for it), so
+        retrying a failed add with the same `Episode` objects is safe.
 
         Returns:
             The ids of the episodes, in order.
@@ -343,8 +311,8 @@ class EpisodeStore:
             InvalidEpisodeError: If an element is not a valid `Episode`.
             DuplicateEpisodeError: If an id repeats within a namespace, or is stored there with
                 other fields.
-            EmbeddingDimensionError: If an embedding has the wrong dimension.
-            EmbeddingError: If the embedder fails or an embedding is not finite.
+            EmbeddingDimensionError, EmbeddingError: If the embedder fails or an embedding has
+                the wrong shape or is not finite.
             StoreError: If Chroma fails. What this call wrote is removed again; if Chroma is
                 unreachable for that too, `error.maybe_stored` lists the ids that may have
                 landed, and retrying the same batch completes it without duplicates.
@@ -357,21 +325,14 @@ class EpisodeStore:
             queries, responses = self._vectors(batch, rows, query_embeddings, response_embeddings)
             with self._lock:
                 self._write([batch[r] for r in rows], queries, responses, upsert=False)
-        logger.debug("added %d of %d episodes (the rest were stored)", len(rows), len(batch))
         return [ep.id for ep in batch]
 
-    def upsert(
-        self,
-        episodes: Sequence[Episode],
-        *,
-        query_embeddings: Sequence[Sequence[float]] | np.ndarray | None = None,
-        response_embeddings: Sequence[Sequence[float]] | np.ndarray | None = None,
-    ) -> list[str]:
+    def upsert(self, episodes: Sequence[Episode], *, query_embeddings: Vectors = None,
+               response_embeddings: Vectors = None) -> list[str]:
         """Store episodes, replacing any stored under the same id in the same namespace.
 
         Everything is embedded before anything is written, and each episode is replaced in one
-        Chroma request: a reader sees the old episode or the new one, never neither. (A batch
-        larger than Chroma's maximum batch size takes several requests.)
+        Chroma request: a reader sees the old episode or the new one, never neither.
 
         Raises:
             InvalidEpisodeError, DuplicateEpisodeError, EmbeddingError, StoreError: As `add`.
@@ -383,10 +344,8 @@ class EpisodeStore:
             self._write(batch, queries, responses, upsert=True)
         return [ep.id for ep in batch]
 
-    def _vectors(
-        self, batch: list[Episode], rows: list[int], query_embeddings: object,
-        response_embeddings: object,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _vectors(self, batch: list[Episode], rows: list[int], query_embeddings: Vectors,
+                 response_embeddings: Vectors) -> tuple[np.ndarray, np.ndarray]:
         """Vectors of `batch[rows]`: the given ones checked, the missing ones embedded."""
         if query_embeddings is None and response_embeddings is None:
             return self.embedder.episodes([batch[r] for r in rows])
@@ -414,7 +373,7 @@ class EpisodeStore:
         return [row for row, cid in enumerate(ids) if cid not in stored]
 
     def _unstored(self, batch: list[Episode]) -> list[int]:
-        """The rows of `batch` not stored yet where their namespaces are cached to be."""
+        """The rows of `batch` not stored yet where their namespaces are known to be."""
         by_collection: dict[str, list[tuple[int, Place, Episode]]] = {}
         for row, episode in enumerate(batch):
             place = self._layout.place(episode.namespace)
@@ -427,14 +386,12 @@ class EpisodeStore:
             stored.update(item[0] for i, item in enumerate(items) if i not in new)
         return [row for row in range(len(batch)) if row not in stored]
 
-    def _write(
-        self, batch: list[Episode], queries: np.ndarray, responses: np.ndarray, *, upsert: bool
-    ) -> None:
-        """Write the rows where their namespaces are (`layout.write`); an add is all or nothing.
+    def _write(self, batch: list[Episode], queries: np.ndarray, responses: np.ndarray, *,
+               upsert: bool) -> None:
+        """Write the rows where their namespaces are (`Layout.write`); an add is all or none.
 
-        On failure of an add, what it may have written (the failed request included: it may
-        have landed) is deleted again, retrying while Chroma is unreachable; the `StoreError`
-        raised lists what may remain in `maybe_stored`.
+        When an add fails, what it may have written (the failed request included) is deleted,
+        retrying while Chroma is unreachable; the `StoreError` lists what may remain.
         """
         rows: dict[str, list[tuple[Episode, np.ndarray, np.ndarray]]] = {}
         for item in zip(batch, queries, responses, strict=True):
@@ -443,9 +400,8 @@ class EpisodeStore:
         created: list[Place] = []
 
         def put(collection: Collection, pairs: list[tuple[Place, Any]]) -> None:
-            if not upsert:
-                new = self._new(collection, [(place, item[0]) for place, item in pairs])
-                pairs = [pairs[i] for i in new]
+            if not upsert:  # checked where the namespace is now, a redone write included
+                pairs = [pairs[i] for i in self._new(collection, [(p, it[0]) for p, it in pairs])]
             if pairs:
                 ids = [place.cid(episode.id) for place, (episode, _, _) in pairs]
                 written.append((collection, ids, [episode.id for _, (episode, _, _) in pairs]))
@@ -473,7 +429,7 @@ class EpisodeStore:
 
     def _undo(self, written: list[tuple[Collection, list[str], list[str]]],
               created: list[Place]) -> list[str]:
-        """`layout.undo` until Chroma answers; the episode ids that may remain."""
+        """`Layout.undo` until Chroma answers; the episode ids that may remain."""
         left = {cid for _, cids, _ in written for cid in cids}
         for delay in UNDO_BACKOFF_S:
             try:
@@ -483,44 +439,25 @@ class EpisodeStore:
             except StoreError as exc:
                 logger.warning("could not undo a failed add (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
-        else:
-            logger.error("could not undo a failed add; the store may hold part of it")
         return list(dict.fromkeys(eid for _, cids, eids in written
                                   for cid, eid in zip(cids, eids, strict=True) if cid in left))
 
-    def update_reward(
-        self, episode_id: str, reward: float | None, namespace: str | None = None, *,
-        all_namespaces: bool = False,
-    ) -> Episode:
-        """Set (or, with None, clear) an episode's reward. The stored vectors are untouched.
-
-        Args:
-            episode_id: The episode's id.
-            reward: A finite number, or None to mark the episode as not rated.
-            namespace: Where the episode is ("default" if None).
-            all_namespaces: Look for it in every namespace instead.
-
-        Returns:
-            The updated episode.
-
-        Raises:
-            InvalidRewardError: If `reward` is not a finite number or None.
-            EpisodeNotFoundError: If the episode does not exist.
-        """
+    def update_reward(self, episode_id: str, reward: float | None, namespace: str | None = None,
+                      *, all_namespaces: bool = False) -> Episode:
+        """Set (or, with None, clear) an episode's reward: `update_rewards` of one episode."""
         return self.update_rewards({episode_id: reward}, namespace,
                                    all_namespaces=all_namespaces)[0]
 
-    def update_rewards(
-        self, rewards: Mapping[str, float | None], namespace: str | None = None, *,
-        all_namespaces: bool = False,
-    ) -> list[Episode]:
-        """Set the rewards of episodes of one namespace, any number of them: all or none.
+    def update_rewards(self, rewards: Mapping[str, float | None], namespace: str | None = None,
+                       *, all_namespaces: bool = False) -> list[Episode]:
+        """Set the rewards of any number of episodes of one namespace: all or none.
+
+        The stored vectors are untouched.
 
         Args:
             rewards: {episode id: reward, or None to mark it not rated}.
             namespace: Where the episodes are ("default" if None).
-            all_namespaces: Look for them in every namespace instead (they must all be found
-                in one namespace).
+            all_namespaces: Look for them in every namespace (they must share one).
 
         Returns:
             The updated episodes, in the order of `rewards`.
@@ -538,10 +475,10 @@ class EpisodeStore:
         target = self._target(namespace, all_namespaces)
         with self._lock:
             found = self._fetch(ids, target, ["documents", "metadatas"])
-            spaces = {found[i][0] for i in ids}
+            spaces = sorted({found[i][0] for i in ids})
             if len(spaces) > 1:
                 raise InvalidArgumentError(
-                    f"update_rewards changes one namespace at a time, got {sorted(spaces)}"
+                    f"update_rewards changes one namespace at a time, got {spaces}"
                 )
             for ns in spaces:
                 for value in values:
@@ -555,21 +492,18 @@ class EpisodeStore:
                     create=False, action=f"update the rewards of {len(ids)} episodes",
                 )
         return [
-            dataclasses.replace(
-                episode_of(i, found[i][1]["documents"], found[i][1]["metadatas"], found[i][0]),
-                reward=value,
-            )
+            dataclasses.replace(episode_of(i, record["documents"], record["metadatas"], ns),
+                                reward=value)
             for i, value in zip(ids, values, strict=True)
+            for ns, record in [found[i]]
         ]
 
     def delete(self, ids: Sequence[str], namespace: str | None = None, *,
                all_namespaces: bool = False) -> None:
-        """Delete episodes of `namespace` ("default" if None, or any with `all_namespaces`).
-
-        All of them or, if one is missing, none.
+        """Delete episodes of `namespace` ("default" if None; any with `all_namespaces`).
 
         Raises:
-            EpisodeNotFoundError: If an id is not stored.
+            EpisodeNotFoundError: If an id is not stored (then nothing is deleted).
         """
         wanted = check_ids(ids)
         target = self._target(namespace, all_namespaces)
@@ -582,14 +516,9 @@ class EpisodeStore:
                 by_namespace, lambda c, pairs: c.delete(ids=[p.cid(i) for p, i in pairs]),
                 create=False, action="delete episodes",
             )
-        logger.debug("deleted %d episodes", len(found))
 
     def delete_namespace(self, namespace: str) -> int:
-        """Delete a namespace and all its episodes.
-
-        Returns:
-            How many episodes were deleted (0 if the namespace did not exist).
-        """
+        """Delete a namespace and all its episodes; how many there were (0 if none)."""
         namespace = validate_namespace(namespace)
         with self._lock:
             count = self._layout.drop(namespace)
@@ -625,27 +554,21 @@ class EpisodeStore:
         step = self._layout.max_batch()
         for start in range(0, len(chroma_ids), step):
             with _chroma(f"get episodes from {scope.collection.name!r}"):
-                result = scope.collection.get(
-                    ids=chroma_ids[start : start + step], include=include  # type: ignore[arg-type]
-                )
-            for row, chroma_id in enumerate(result["ids"]):
+                got = scope.collection.get(ids=chroma_ids[start : start + step],
+                                           include=include)  # type: ignore[arg-type]
+            for row, chroma_id in enumerate(got["ids"]):
                 episode_id, ns = scope.eid(chroma_id), scope.namespace_of(chroma_id)
                 if episode_id in found and found[episode_id][0] != ns:
                     raise InvalidArgumentError(
                         f"episode id {episode_id!r} exists in namespaces {found[episode_id][0]!r} "
                         f"and {ns!r}; pass namespace="
                     )
-                found[episode_id] = (ns, {key: result[key][row] for key in include})  # type: ignore[literal-required]
+                found[episode_id] = (ns, {key: got[key][row] for key in include})  # type: ignore[literal-required]
         return found
 
     def get(self, ids: Sequence[str], namespace: str | None = None, *,
             all_namespaces: bool = False) -> list[Episode]:
-        """The episodes with these ids, in the same order.
-
-        Args:
-            ids: Episode ids.
-            namespace: Where to look ("default" if None).
-            all_namespaces: Look in every namespace instead.
+        """The episodes with these ids, in order, from `namespace` ("default" if None) or any.
 
         Raises:
             EpisodeNotFoundError: If an id is not stored (the message names it).
@@ -654,17 +577,8 @@ class EpisodeStore:
         wanted = check_ids(ids)
         found = self._fetch(wanted, self._target(namespace, all_namespaces),
                             ["documents", "metadatas"])
-        return [
-            episode_of(i, found[i][1]["documents"], found[i][1]["metadatas"], found[i][0])
-            for i in wanted
-        ]
-
-    @staticmethod
-    def _count_in(scope: Scope, where: dict[str, Any] | None = None) -> int:
-        with _chroma(f"count episodes in {scope.collection.name!r}"):
-            if where is None and not scope.tagged:
-                return scope.collection.count()
-            return len(scope.collection.get(where=scope.where(where), include=[])["ids"])  # type: ignore[arg-type]
+        return [episode_of(i, found[i][1]["documents"], found[i][1]["metadatas"], found[i][0])
+                for i in wanted]
 
     def count(self, namespace: str | None = None, *, all_namespaces: bool = False) -> int:
         """Number of episodes in `namespace` ("default" if None), or in every namespace."""
@@ -674,14 +588,20 @@ class EpisodeStore:
         """Number of rated episodes in `namespace` ("default" if None), or in every namespace."""
         return self._count(self._target(namespace, all_namespaces), {RATED_KEY: True})
 
+    @staticmethod
+    def _count_in(scope: Scope, where: dict[str, Any] | None) -> int:
+        with _chroma(f"count episodes in {scope.collection.name!r}"):
+            if where is None and not scope.tagged:
+                return scope.collection.count()
+            return len(scope.collection.get(where=scope.where(where), include=[])["ids"])  # type: ignore[arg-type]
+
     def _count(self, namespace: str | None, where: dict[str, Any] | None) -> int:
         if namespace is None:
             return sum(self._count_in(scope, where) for scope in self._layout.scopes())
         return self._layout.read(namespace, lambda place: self._count_in(place.scope, where), 0)
 
-    def vectors(
-        self, ids: Sequence[str], namespace: str | None = None, *, all_namespaces: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def vectors(self, ids: Sequence[str], namespace: str | None = None, *,
+                all_namespaces: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The stored query and response embeddings of these episodes, in order (no embedding).
 
         Returns:
@@ -693,41 +613,34 @@ class EpisodeStore:
         wanted = check_ids(ids)
         found = self._fetch(wanted, self._target(namespace, all_namespaces),
                             ["embeddings", "metadatas"])
-        empty = np.zeros((0, self.dimension), dtype=np.float32)
         if not wanted:
+            empty = np.zeros((0, self.dimension), dtype=np.float32)
             return empty, empty
         records = [found[i][1] for i in wanted]
-        queries = np.stack([np.asarray(r["embeddings"], dtype=np.float32) for r in records])
-        responses = np.stack([
-            decode_vector(r["metadatas"][RESPONSE_EMBEDDING_KEY], i, self.dimension)
-            for i, r in zip(wanted, records, strict=True)
-        ])
-        return queries, responses
+        return (
+            np.stack([np.asarray(r["embeddings"], dtype=np.float32) for r in records]),
+            np.stack([decode_vector(r["metadatas"][RESPONSE_EMBEDDING_KEY], i, self.dimension)
+                      for i, r in zip(wanted, records, strict=True)]),
+        )
 
-    def list_episodes(
-        self, namespace: str | None = None, *, limit: int | None = None, offset: int = 0
-    ) -> list[Episode]:
-        """The episodes of one namespace in storage order, a page at a time (nothing embedded).
+    def list_episodes(self, namespace: str | None = None, *, limit: int | None = None,
+                      offset: int = 0) -> list[Episode]:
+        """The episodes of `namespace` ("default" if None) in storage order, a page at a time.
 
         Args:
-            namespace: The namespace; "default" if None.
+            namespace: The namespace.
             limit: How many episodes at most; all of them if None.
             offset: How many episodes to skip first.
         """
-        ns = self._target(namespace, False)
-        assert ns is not None
+        ns = str(self._target(namespace, False))
         limit = optional(check_int, "limit", limit, low=1)
         offset = check_int("offset", offset, low=0)
 
         def page(place: Place) -> list[Episode]:
             scope = place.scope
             with _chroma(f"list namespace {ns!r}"):
-                got = scope.collection.get(
-                    where=scope.where(),  # type: ignore[arg-type]
-                    include=["documents", "metadatas"],  # type: ignore[list-item]
-                    limit=limit,
-                    offset=offset,
-                )
+                got = scope.collection.get(where=scope.where(), limit=limit, offset=offset,  # type: ignore[arg-type]
+                                           include=["documents", "metadatas"])  # type: ignore[list-item]
             rows = zip(got["ids"], got["documents"] or [], got["metadatas"] or [], strict=True)
             return [episode_of(scope.eid(i), doc, meta, ns) for i, doc, meta in rows]
 
@@ -735,13 +648,8 @@ class EpisodeStore:
 
     # ----------------------------------------------------------------- search
 
-    def search(
-        self,
-        query: str,
-        k: int = 4,
-        namespace: str | None = None,
-        where: Mapping[str, Any] | None = None,
-    ) -> list[tuple[Episode, float]]:
+    def search(self, query: str, k: int = 4, namespace: str | None = None,
+               where: Mapping[str, Any] | None = None) -> list[tuple[Episode, float]]:
         """The `k` episodes whose queries are most similar to `query`.
 
         Args:
@@ -762,18 +670,13 @@ class EpisodeStore:
         """
         check_search_query(query)
         k, ns, clean_where = self._check_search(k, namespace, where)
-        if self._layout.place(ns, max_age=None) is None:
-            return []
-        matrix = self.embedder.query(query)[None, :]
-        return self._layout.read(ns, lambda place: self._query(place, matrix, k, clean_where), [])
+        if self._layout.place(ns) is None:
+            return []  # nothing to embed the query for
+        return self._search(ns, self.embedder.query(query)[None, :], k, clean_where)
 
-    def search_by_vector(
-        self,
-        embedding: Sequence[float] | np.ndarray,
-        k: int = 4,
-        namespace: str | None = None,
-        where: Mapping[str, Any] | None = None,
-    ) -> list[tuple[Episode, float]]:
+    def search_by_vector(self, embedding: Sequence[float] | np.ndarray, k: int = 4,
+                         namespace: str | None = None,
+                         where: Mapping[str, Any] | None = None) -> list[tuple[Episode, float]]:
         """Like `search`, for a query that is already embedded (with this store's embedder).
 
         Raises:
@@ -781,35 +684,27 @@ class EpisodeStore:
             EmbeddingError: If `embedding` is not a finite vector.
         """
         k, ns, clean_where = self._check_search(k, namespace, where)
-        matrix = self.embedder.check([embedding], 1, "embedding")
-        return self._layout.read(ns, lambda place: self._query(place, matrix, k, clean_where), [])
+        return self._search(ns, self.embedder.check([embedding], 1, "embedding"), k, clean_where)
 
-    def _check_search(
-        self, k: object, namespace: object, where: object
-    ) -> tuple[int, str, dict[str, Any] | None]:
-        ns = self._target(namespace, False)
-        assert ns is not None
-        return check_int("k", k, low=1), ns, check_where(where)
+    def _check_search(self, k: object, namespace: object,
+                      where: object) -> tuple[int, str, dict[str, Any] | None]:
+        return check_int("k", k, low=1), str(self._target(namespace, False)), check_where(where)
 
-    def _query(
-        self, place: Place, matrix: np.ndarray, k: int, where: dict[str, Any] | None
-    ) -> list[tuple[Episode, float]]:
-        scope = place.scope
-        with _chroma(f"search namespace {place.namespace!r}"):
-            result = scope.collection.query(
-                query_embeddings=matrix,
-                n_results=k,
-                where=scope.where(where),  # type: ignore[arg-type]
-                include=["documents", "metadatas", "distances"],  # type: ignore[list-item]
-            )
-        documents = (result["documents"] or [[]])[0]
-        metadatas = (result["metadatas"] or [[]])[0]
-        distances = (result["distances"] or [[]])[0]
-        rows = zip(result["ids"][0], documents, metadatas, distances, strict=True)
-        return [
-            (episode_of(scope.eid(i), doc, meta, place.namespace), 1.0 - float(dist))
-            for i, doc, meta, dist in rows
-        ]
+    def _search(self, namespace: str, matrix: np.ndarray, k: int,
+                where: dict[str, Any] | None) -> list[tuple[Episode, float]]:
+        def query(place: Place) -> list[tuple[Episode, float]]:
+            scope = place.scope
+            with _chroma(f"search namespace {namespace!r}"):
+                got = scope.collection.query(
+                    query_embeddings=matrix, n_results=k, where=scope.where(where),  # type: ignore[arg-type]
+                    include=["documents", "metadatas", "distances"],  # type: ignore[list-item]
+                )
+            rows = zip(got["ids"][0], (got["documents"] or [[]])[0],
+                       (got["metadatas"] or [[]])[0], (got["distances"] or [[]])[0], strict=True)
+            return [(episode_of(scope.eid(i), doc, meta, namespace), 1.0 - float(dist))
+                    for i, doc, meta, dist in rows]
+
+        return self._layout.read(namespace, query, [])
 
     # ----------------------------------------------------------------- training data
 
@@ -817,20 +712,13 @@ class EpisodeStore:
         """Where the rated episodes of `namespace` (every namespace when None) are read from."""
         if namespace is None:
             return self._layout.scopes()
+        rated = {RATED_KEY: True}
         return self._layout.read(
-            namespace,
-            lambda place: [place.scope] if self._count_in(place.scope, {RATED_KEY: True}) else [],
-            [],
-        )
+            namespace, lambda place: [place.scope] if self._count_in(place.scope, rated) else [], [])
 
-    def training_batches(
-        self,
-        namespace: str | None = None,
-        batch_size: int = _TRAINING_PAGE,
-        since: datetime | None = None,
-        *,
-        all_namespaces: bool = False,
-    ) -> Iterator[TrainingArrays]:
+    def training_batches(self, namespace: str | None = None, batch_size: int = _TRAINING_PAGE,
+                         since: datetime | None = None, *,
+                         all_namespaces: bool = False) -> Iterator[TrainingArrays]:
         """Stream the stored embeddings and rewards of rated episodes, page by page.
 
         Nothing is embedded: the vectors are the ones stored by `add`. Pages are consistent
@@ -841,25 +729,19 @@ class EpisodeStore:
             batch_size: Episodes per batch at most.
             since: Only episodes created at or after this time (naive means UTC).
             all_namespaces: Read every namespace instead.
-
-        Yields:
-            `TrainingArrays` of at most `batch_size` rows.
         """
         batch_size = check_int("batch_size", batch_size, low=1)
         if since is not None and not isinstance(since, datetime):
             raise InvalidArgumentError(f"since must be a datetime or None, got {since!r}")
-        target = self._target(namespace, all_namespaces)
+        scopes = self._training_scopes(self._target(namespace, all_namespaces))
         since_ts = None if since is None else (
             since if since.tzinfo else since.replace(tzinfo=timezone.utc)
         ).timestamp()
-        pages = rated_pages(self._training_scopes(target), batch_size, since_ts, self.dimension)
-        return (arrays for arrays, _ in pages)
+        return (arrays for arrays, _ in rated_pages(scopes, batch_size, since_ts, self.dimension))
 
-    def training_arrays(
-        self, namespace: str | None = None, limit: int | None = None, *,
-        all_namespaces: bool = False,
-    ) -> TrainingArrays:
-        """All rated episodes' stored embeddings and rewards, oldest first.
+    def training_arrays(self, namespace: str | None = None, limit: int | None = None, *,
+                        all_namespaces: bool = False) -> TrainingArrays:
+        """All rated episodes' stored embeddings and rewards, oldest first (zero rows if none).
 
         Args:
             namespace: The namespace ("default" if None).
@@ -867,9 +749,6 @@ class EpisodeStore:
                 that many records are read, found through a sample of creation times, so the
                 cost does not grow with the whole history.
             all_namespaces: Read every namespace instead.
-
-        Returns:
-            The arrays (zero rows if nothing is rated).
         """
         if limit is not None:
             limit = check_int("limit", limit, low=1)
@@ -882,4 +761,3 @@ class EpisodeStore:
         arrays = TrainingArrays.concatenate([p for p, _ in pages])
         order = np.argsort(np.concatenate([t for _, t in pages]), kind="stable")
         return arrays.subset(order if limit is None else order[-limit:])
-

@@ -531,6 +531,21 @@ def test_a_format_1_store_is_refused_until_migrated_then_reads_unchanged_and_tak
     assert reopened.count(all_namespaces=True) == 8
 
 
+def test_kd_memory_migrate_registers_a_format_1_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from langchain_kd_memory.cli import main
+
+    client = chromadb.PersistentClient(str(tmp_path), settings=Settings(anonymized_telemetry=False))
+    stored = write_format_1_store(client, "episodes")
+    args = ["--persist-dir", str(tmp_path), "--json", "migrate"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out) == {"registered": ["alice", "user/1"]}
+    store = EpisodeStore("episodes", embeddings=TextVectors(), client=client)
+    assert store.get(["e0", "e4"], namespace="alice") == [stored["alice"][0], stored["alice"][4]]
+    assert main(args) == 0 and json.loads(capsys.readouterr().out) == {"registered": []}
+
+
 # ---------------------------------------------------------------- Chroma's add of an existing id
 
 

@@ -83,7 +83,7 @@ def memory(tmp_store: EpisodeStore, request: pytest.FixtureRequest) -> Distilled
         {"query": f"Unrated question of {ns}", "namespace": ns, "id": "same-id"}
         for ns in ("user/1", "user/10")
     ])
-    own = [ns for ns in NAMESPACES if memory.store.layout.place(ns).tag is None]
+    own = [ns for ns in NAMESPACES if memory.store.layout.place(ns).bucket is None]
     assert own == ([] if request.param == "shared" else ["user/1", "user/10"])
     return memory
 

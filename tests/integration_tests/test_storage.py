@@ -20,6 +20,7 @@ from chromadb.config import Settings
 from hypothesis import given
 from hypothesis import strategies as st
 
+from langchain_kd_memory import rated
 from langchain_kd_memory.embeddings import LocalEmbeddings
 from langchain_kd_memory.episodes import Episode
 from langchain_kd_memory.errors import (
@@ -34,7 +35,6 @@ from langchain_kd_memory.errors import (
     InvalidRewardError,
     StoreError,
 )
-from langchain_kd_memory import rated
 from langchain_kd_memory.records import decode_vector
 from langchain_kd_memory.storage import EpisodeStore, encode_namespace
 

@@ -36,9 +36,9 @@ from langchain_kd_memory.memory import DistilledEpisodicMemory
 from langchain_kd_memory.storage import EpisodeStore
 from langchain_kd_memory.store import (
     EpisodeBaseStore,
-    split_namespace,
     join_namespace,
     rank_by_score,
+    split_namespace,
 )
 
 
