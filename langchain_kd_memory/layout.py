@@ -1,4 +1,4 @@
-"""Where `EpisodeStore` keeps each namespace in Chroma, and the protocol every read and write follows.
+"""Where `EpisodeStore` keeps each namespace in Chroma, and the protocol of every read and write.
 
 This module owns the layout: where a namespace lives, how a write lands and is verified, how a
 namespace is promoted to a collection of its own, and how a reader copes with that. `storage`
@@ -85,7 +85,8 @@ from chromadb.api.models.Collection import Collection
 from chromadb.errors import NotFoundError
 
 from langchain_kd_memory.embeddings import EmbedderIdentity
-from langchain_kd_memory.errors import ConfigError, EmbedderMismatchError, KDMemoryError, StoreError
+from langchain_kd_memory.errors import ConfigError, EmbedderMismatchError, StoreError
+from langchain_kd_memory.records import NAMESPACE_KEY, TAG_KEY, TAG_LENGTH, Gone, Scope, chroma_call
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,6 @@ PLACE_TTL = 5.0
 WAIT_S = 0.05
 """How often a writer waiting for a promotion reads the registry."""
 
-NAMESPACE_KEY, TAG_KEY, TAG_LENGTH = "kd_ns", "kd_gen", 32
 NAMESPACE_META, EMBEDDER_META, DIMENSION_META = "kd_namespace", "kd_embedder", "kd_dimension"
 FORMAT_META, REWARD_LOW_META, REWARD_HIGH_META = "kd_format", "kd_reward_low", "kd_reward_high"
 PLACE_META, BUCKET_META, GENERATION_META, TIME_META = "kd_place", "kd_bucket", "kd_n", "kd_ts"
@@ -120,10 +120,6 @@ Rows = list[tuple["Place", Any]]
 _T = TypeVar("_T")
 
 
-class Gone(StoreError):
-    """A collection was deleted (by another process) while this one used it."""
-
-
 def encode_namespace(namespace: str) -> str:
     """Encode a namespace into Chroma's name alphabet, reversibly and without collisions.
 
@@ -138,58 +134,8 @@ def _digest(*parts: object) -> str:
     return hashlib.sha256("\0".join(map(str, parts)).encode("utf-8")).hexdigest()
 
 
-@contextlib.contextmanager
-def chroma_call(action: str) -> Iterator[None]:
-    """Turn a Chroma (or transport) failure inside the block into a `StoreError` (`Gone`)."""
-    try:
-        yield
-    except KDMemoryError:
-        raise
-    except NotFoundError as exc:
-        raise Gone(f"Chroma failed to {action}: a collection was deleted meanwhile: {exc}") from exc
-    except Exception as exc:
-        raise StoreError(f"Chroma failed to {action}: {type(exc).__name__}: {exc}") from exc
-
-
 def _show(reward_range: Range) -> str:
     return "none" if reward_range is None else f"[{reward_range[0]}, {reward_range[1]}]"
-
-
-class Scope:
-    """Records of one or more namespaces in one collection: how to filter and name them."""
-
-    __slots__ = ("collection", "owners")
-
-    def __init__(self, collection: Collection, owners: Mapping[str, str] | str) -> None:
-        self.collection = collection
-        self.owners = owners  # bucket: {tag: namespace}; own collection: its namespace
-
-    @property
-    def tagged(self) -> bool:
-        """Whether the records live in a bucket (tagged ids, filtered reads)."""
-        return not isinstance(self.owners, str)
-
-    def where(self, extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """The `where` of these namespaces' records, and `extra` if given."""
-        if isinstance(self.owners, str):
-            return extra
-        tags = list(self.owners)
-        tag: dict[str, Any] = {TAG_KEY: tags[0] if len(tags) == 1 else {"$in": tags}}
-        return tag if extra is None else {"$and": [tag, extra]}
-
-    def eid(self, chroma_id: str) -> str:
-        """The episode id of a record id."""
-        return chroma_id[TAG_LENGTH + 1 :] if self.tagged else chroma_id
-
-    def namespace_of(self, chroma_id: str) -> str:
-        """The namespace of a record id."""
-        return self.owners if isinstance(self.owners, str) else self.owners[chroma_id[:TAG_LENGTH]]
-
-    def chroma_ids(self, episode_ids: Sequence[str]) -> list[str]:
-        """The record ids these episode ids would have in any of these namespaces."""
-        if isinstance(self.owners, str):
-            return list(episode_ids)
-        return [f"{tag}:{i}" for tag in self.owners for i in episode_ids]
 
 
 @dataclass(frozen=True)
@@ -321,7 +267,8 @@ class Layout:
                     name, configuration=_OWN_CONFIG if NAMESPACE_META in meta  # type: ignore[arg-type]
                     else _BUCKET_CONFIG, metadata=meta, embedding_function=None)
             stored = collection.metadata or {}
-            if stored.get(NAMESPACE_META) != meta.get(NAMESPACE_META) or EMBEDDER_META not in stored:
+            ours = stored.get(NAMESPACE_META) == meta.get(NAMESPACE_META)
+            if not ours or EMBEDDER_META not in stored:
                 raise StoreError(f"Chroma collection {name!r} was not created by an EpisodeStore "
                                  "for this namespace; use another collection_name")
             self._check_embedder(f"collection {name!r}", stored)
@@ -405,7 +352,7 @@ class Layout:
 
     # ----------------------------------------------------------------- writes
 
-    def write(self, rows: Mapping[str, Sequence[Any]], op: Callable[[Collection, Rows], None],
+    def write(self, rows: Mapping[str, Sequence[Any]], op: Callable[[Collection, Rows], object],
               *, create: bool, action: str, created: list[Place] | None = None) -> None:
         """W1-W4: `op(collection, [(place, row), ...])` on the rows of each namespace.
 
@@ -436,7 +383,7 @@ class Layout:
         raise StoreError(f"Chroma failed to {action}: the namespaces kept moving; try again")
 
     def _apply(self, places: Mapping[str, Place], rows: Mapping[str, Sequence[Any]],
-               op: Callable[[Collection, Rows], None], action: str) -> set[str]:
+               op: Callable[[Collection, Rows], object], action: str) -> set[str]:
         """W2, per collection and chunk; returns the namespaces whose collection was gone."""
         by_collection: dict[str, Rows] = {}
         for namespace, place in places.items():

@@ -45,14 +45,14 @@ from langchain_kd_memory.errors import (
     InvalidEpisodeError,
     StoreError,
 )
-from langchain_kd_memory.layout import BUCKETS, MOVE_AT, STORE_FORMAT, Layout, Place, Scope
-from langchain_kd_memory.layout import chroma_call as _chroma
+from langchain_kd_memory.layout import BUCKETS, MOVE_AT, STORE_FORMAT, Layout, Place
 from langchain_kd_memory.layout import encode_namespace as encode_namespace
 from langchain_kd_memory.rated import rated_pages, recent_cutoff
 from langchain_kd_memory.records import (
     RATED_KEY,
     RESPONSE_EMBEDDING_KEY,
     REWARD_KEY,
+    Scope,
     check_ids,
     check_search_query,
     check_storable,
@@ -60,7 +60,9 @@ from langchain_kd_memory.records import (
     decode_vector,
     episode_of,
     record_metadata,
+    unstored,
 )
+from langchain_kd_memory.records import chroma_call as _chroma
 
 logger = logging.getLogger(__name__)
 
@@ -115,39 +117,23 @@ def raise_open_file_limit() -> None:
 class EpisodeStore:
     """Episodes (query, response, reward, metadata) kept in Chroma, isolated by namespace.
 
-    Queries and responses are embedded once, on `add`; the stored vectors are what search and
-    training use afterwards (`training_batches` never calls the embedder). Every public method
-    validates its input and leaves the store unchanged when it raises.
+    Queries and responses are embedded once, on `add`; search and training use the stored
+    vectors. Every public method validates its input and leaves the store unchanged when it
+    raises. Threads of one process are serialised by a lock; what several processes sharing a
+    Chroma server are guaranteed is written at the top of `langchain_kd_memory.layout`.
 
-    Setup:
+    Setup, add, search, train:
         .. code-block:: python
 
             from langchain_kd_memory import Episode, EpisodeStore
 
             store = EpisodeStore(persist_directory="./memory")   # embedded, on disk
             # or: EpisodeStore(client=chromadb.HttpClient(host="localhost", port=8000))
-
-    Add:
-        .. code-block:: python
-
             ids = store.add([Episode("How do I reset my password?", "Use the link.", reward=1.0)])
             store.update_reward(ids[0], 0.5)          # metadata only: no re-embedding
-
-    Search:
-        .. code-block:: python
-
             for episode, similarity in store.search("forgot my password", k=3):
                 print(round(similarity, 3), episode.reward, episode.response)
-
-    Train:
-        .. code-block:: python
-
             arrays = store.training_arrays()   # query/response embeddings + rewards, rated only
-
-    Concurrency: writes from several threads of one process are serialised by a lock, so none is
-    lost. Several processes may share a Chroma server; what a write and a read guarantee then is
-    written at the top of `langchain_kd_memory.layout`. Duplicate-id checks are not atomic
-    across processes (the last write wins).
     """
 
     def __init__(
@@ -167,18 +153,17 @@ class EpisodeStore:
             collection_name: Prefix of this store's collections: 3-63 characters of
                 ``[a-zA-Z0-9_-]``, starting and ending with a letter or digit.
             embeddings: Any LangChain `Embeddings`; the local MiniLM if None.
-            persist_directory: Directory of the embedded Chroma database (default
-                ``./.kd_memory``; the open-file limit is raised first, see
+            persist_directory: The embedded Chroma database (default ``./.kd_memory``; see
                 `raise_open_file_limit`); not with `client`.
             client: Any chromadb client (e.g. ``chromadb.HttpClient(...)``), used as is.
-            reward_range: The lowest and highest possible reward, e.g. ``(0, 1)``; rewards
-                outside it are refused. Each namespace keeps the range it was created with: a
-                store opened without a range enforces it, one declaring another is refused.
+            reward_range: The lowest and highest possible reward, e.g. ``(0, 1)``. Each
+                namespace keeps the range it was created with; a store declaring another one
+                is refused.
             move_at: A namespace moves from its shared bucket to a collection of its own once
                 it holds this many episodes (1: every namespace has its own).
-            buckets: New namespaces are spread over this many shared collections, by a hash of
-                their name. A search in a bucket slows as it grows (BENCHMARKS.md, Scale):
-                raise it beyond ~150,000 episodes in namespaces under `move_at`.
+            buckets: New namespaces are spread over this many shared collections by a hash of
+                their name; raise it beyond ~150,000 episodes in small namespaces (a search in
+                a bucket slows as it grows: BENCHMARKS.md, Scale).
 
         Raises:
             InvalidArgumentError: If an argument is unusable.
@@ -263,10 +248,8 @@ class EpisodeStore:
     def check_episodes(self, episodes: object) -> list[Episode]:
         """Return `episodes` as a list if `add` would accept them, else raise; nothing is written.
 
-        Checks what `Episode` cannot know: Chroma's limits on metadata, ids repeated within the
-        batch, and each reward against its namespace's reward range (recorded with the
-        namespace, else the store's). `add` calls it; call it to refuse a batch before paying for
-        its embeddings.
+        Checks Chroma's limits on metadata, ids repeated within a namespace, and rewards against
+        their namespace's reward range: call it to refuse a batch before paying for embeddings.
 
         Raises:
             InvalidEpisodeError: An element is not an `Episode`, or its metadata is unstorable.
@@ -297,15 +280,12 @@ class EpisodeStore:
 
     def add(self, episodes: Sequence[Episode], *, query_embeddings: Vectors = None,
             response_embeddings: Vectors = None) -> list[str]:
-        """Store episodes; all of them or, on any error, none.
+        """Store episodes, all of them or none; returns their ids.
 
         Queries and non-empty responses are embedded in one batched call each, unless their
         embeddings are given (shape (n, dimension)); an empty response gets a zero vector. An
         episode stored already with identical fields is skipped (nothing is embedded for it), so
         retrying a failed add with the same `Episode` objects is safe.
-
-        Returns:
-            The ids of the episodes, in order.
 
         Raises:
             InvalidEpisodeError: If an element is not a valid `Episode`.
@@ -329,14 +309,7 @@ class EpisodeStore:
 
     def upsert(self, episodes: Sequence[Episode], *, query_embeddings: Vectors = None,
                response_embeddings: Vectors = None) -> list[str]:
-        """Store episodes, replacing any stored under the same id in the same namespace.
-
-        Everything is embedded before anything is written, and each episode is replaced in one
-        Chroma request: a reader sees the old episode or the new one, never neither.
-
-        Raises:
-            InvalidEpisodeError, DuplicateEpisodeError, EmbeddingError, StoreError: As `add`.
-        """
+        """Like `add`, but replacing episodes stored under the same id (atomically each)."""
         batch = self.check_episodes(episodes)
         rows = list(range(len(batch)))
         queries, responses = self._vectors(batch, rows, query_embeddings, response_embeddings)
@@ -356,22 +329,6 @@ class EpisodeStore:
             else self.embedder.check(response_embeddings, len(batch), "response_embeddings")[rows],
         )
 
-    @staticmethod
-    def _new(collection: Collection, pairs: list[tuple[Place, Episode]]) -> list[int]:
-        """Which of these episodes `collection` does not hold yet; raise if one differs."""
-        ids = [place.cid(ep.id) for place, ep in pairs]
-        got = collection.get(ids=ids, include=["documents", "metadatas"])  # type: ignore[list-item]
-        stored = dict(zip(got["ids"], zip(got["documents"] or [], got["metadatas"] or [],
-                                          strict=True), strict=True))
-        for (place, episode), cid in zip(pairs, ids, strict=True):
-            if cid in stored and episode_of(episode.id, *stored[cid], place.namespace) != episode:
-                raise DuplicateEpisodeError(
-                    f"episode id {episode.id!r} already exists in namespace {place.namespace!r} "
-                    "and differs from the one given; use update_rewards to change its reward, "
-                    "or delete it first"
-                )
-        return [row for row, cid in enumerate(ids) if cid not in stored]
-
     def _unstored(self, batch: list[Episode]) -> list[int]:
         """The rows of `batch` not stored yet where their namespaces are known to be."""
         by_collection: dict[str, list[tuple[int, Place, Episode]]] = {}
@@ -382,7 +339,7 @@ class EpisodeStore:
         stored: set[int] = set()
         for items in by_collection.values():
             with _chroma(f"look up ids in {items[0][1].collection.name!r}"):
-                new = self._new(items[0][1].collection, [(p, ep) for _, p, ep in items])
+                new = unstored(items[0][1].collection, [(p.cid(ep.id), ep) for _, p, ep in items])
             stored.update(item[0] for i, item in enumerate(items) if i not in new)
         return [row for row in range(len(batch)) if row not in stored]
 
@@ -401,7 +358,8 @@ class EpisodeStore:
 
         def put(collection: Collection, pairs: list[tuple[Place, Any]]) -> None:
             if not upsert:  # checked where the namespace is now, a redone write included
-                pairs = [pairs[i] for i in self._new(collection, [(p, it[0]) for p, it in pairs])]
+                pairs = [pairs[i] for i in unstored(collection, [(p.cid(it[0].id), it[0])
+                                                                 for p, it in pairs])]
             if pairs:
                 ids = [place.cid(episode.id) for place, (episode, _, _) in pairs]
                 written.append((collection, ids, [episode.id for _, (episode, _, _) in pairs]))
@@ -450,17 +408,11 @@ class EpisodeStore:
 
     def update_rewards(self, rewards: Mapping[str, float | None], namespace: str | None = None,
                        *, all_namespaces: bool = False) -> list[Episode]:
-        """Set the rewards of any number of episodes of one namespace: all or none.
+        """Set the rewards ({id: reward, or None: not rated}) of episodes of one namespace.
 
-        The stored vectors are untouched.
-
-        Args:
-            rewards: {episode id: reward, or None to mark it not rated}.
-            namespace: Where the episodes are ("default" if None).
-            all_namespaces: Look for them in every namespace (they must share one).
-
-        Returns:
-            The updated episodes, in the order of `rewards`.
+        All or none, of any number; the stored vectors are untouched. Looks in `namespace`
+        ("default" if None), or in every namespace with `all_namespaces` (they must share one).
+        Returns the updated episodes, in the order of `rewards`.
 
         Raises:
             InvalidRewardError: If a reward is not a finite number or None, or lies outside the
@@ -602,13 +554,10 @@ class EpisodeStore:
 
     def vectors(self, ids: Sequence[str], namespace: str | None = None, *,
                 all_namespaces: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """The stored query and response embeddings of these episodes, in order (no embedding).
+        """The stored query and response embeddings of these episodes (no embedding).
 
-        Returns:
-            Two float32 arrays of shape (len(ids), dimension); an empty response's is zeros.
-
-        Raises:
-            EpisodeNotFoundError: If an id is not stored.
+        Two float32 arrays of shape (len(ids), dimension); an empty response's is zeros.
+        `EpisodeNotFoundError` if an id is not stored.
         """
         wanted = check_ids(ids)
         found = self._fetch(wanted, self._target(namespace, all_namespaces),
@@ -625,12 +574,9 @@ class EpisodeStore:
 
     def list_episodes(self, namespace: str | None = None, *, limit: int | None = None,
                       offset: int = 0) -> list[Episode]:
-        """The episodes of `namespace` ("default" if None) in storage order, a page at a time.
+        """The episodes of `namespace` ("default" if None) in storage order, paged.
 
-        Args:
-            namespace: The namespace.
-            limit: How many episodes at most; all of them if None.
-            offset: How many episodes to skip first.
+        `limit` of them (all if None) after skipping `offset`.
         """
         ns = str(self._target(namespace, False))
         limit = optional(check_int, "limit", limit, low=1)
@@ -650,20 +596,15 @@ class EpisodeStore:
 
     def search(self, query: str, k: int = 4, namespace: str | None = None,
                where: Mapping[str, Any] | None = None) -> list[tuple[Episode, float]]:
-        """The `k` episodes whose queries are most similar to `query`.
+        """The (episode, cosine similarity) pairs of the `k` queries most similar to `query`.
 
         Args:
             query: Text to search for.
             k: How many episodes to return at most.
-            namespace: Namespace to search; "default" if None.
+            namespace: Namespace to search; "default" if None (absent or empty: []).
             where: Optional Chroma filter on *user* metadata, e.g. ``{"topic": "billing"}``
-                or ``{"$and": [{"lang": "en"}, {"score": {"$gte": 3}}]}``. Keys with the
-                reserved prefix "kd_" are refused, so a filter never silently addresses the
-                store's own fields (reward, response, ...).
-
-        Returns:
-            (episode, cosine similarity) pairs, most similar first; [] if the namespace is empty
-            or does not exist.
+                or ``{"$and": [{"lang": "en"}, {"score": {"$gte": 3}}]}``; keys with the
+                reserved prefix "kd_" (the store's own fields) are refused.
 
         Raises:
             InvalidArgumentError: If `query` is blank, `k` < 1 or `where` is malformed.
@@ -714,21 +655,16 @@ class EpisodeStore:
             return self._layout.scopes()
         rated = {RATED_KEY: True}
         return self._layout.read(
-            namespace, lambda place: [place.scope] if self._count_in(place.scope, rated) else [], [])
+            namespace, lambda place: [place.scope] if self._count_in(place.scope, rated) else [],
+            [])
 
     def training_batches(self, namespace: str | None = None, batch_size: int = _TRAINING_PAGE,
                          since: datetime | None = None, *,
                          all_namespaces: bool = False) -> Iterator[TrainingArrays]:
-        """Stream the stored embeddings and rewards of rated episodes, page by page.
+        """Stream the stored embeddings and rewards of rated episodes, `batch_size` at a time.
 
-        Nothing is embedded: the vectors are the ones stored by `add`. Pages are consistent
-        with each other only if no episode is deleted while iterating.
-
-        Args:
-            namespace: The namespace ("default" if None).
-            batch_size: Episodes per batch at most.
-            since: Only episodes created at or after this time (naive means UTC).
-            all_namespaces: Read every namespace instead.
+        Of `namespace` ("default" if None) or every namespace, created at or after `since`
+        (naive: UTC) if given. Pages are consistent only if nothing is deleted meanwhile.
         """
         batch_size = check_int("batch_size", batch_size, low=1)
         if since is not None and not isinstance(since, datetime):
@@ -741,14 +677,10 @@ class EpisodeStore:
 
     def training_arrays(self, namespace: str | None = None, limit: int | None = None, *,
                         all_namespaces: bool = False) -> TrainingArrays:
-        """All rated episodes' stored embeddings and rewards, oldest first (zero rows if none).
+        """The rated episodes' stored embeddings and rewards, oldest first (maybe zero rows).
 
-        Args:
-            namespace: The namespace ("default" if None).
-            limit: Keep only the `limit` most recent episodes (by `created_at`). Only about
-                that many records are read, found through a sample of creation times, so the
-                cost does not grow with the whole history.
-            all_namespaces: Read every namespace instead.
+        Of `namespace` ("default" if None) or every namespace; with `limit`, the `limit` most
+        recent (by `created_at`), reading only about that many records.
         """
         if limit is not None:
             limit = check_int("limit", limit, low=1)

@@ -490,7 +490,7 @@ def test_a_format_1_store_is_refused_until_migrated_then_reads_unchanged_and_tak
     assert store.migrate() == ["alice", "user/1"]
     migrated = raw_state(chroma_client, prefix)
     assert sorted(migrated) == sorted([*before, f"{prefix}.registry"])
-    for name, (meta, *records) in before.items():  # records untouched, format updated
+    for name, (_, *records) in before.items():  # records untouched, format updated
         assert migrated[name][1:] == tuple(records) and migrated[name][0]["kd_format"] == 3
     ids = [f"e{j}" for j in range(5)]
     assert store.namespaces() == ["alice", "user/1"]
