@@ -128,7 +128,7 @@ def test_delete(store: EpisodeBaseStore, tmp_store: EpisodeStore):
     assert store.get(("ns",), "b") is not None
     store.delete(("ns",), "a")  # deleting a missing item is a no-op, as in LangGraph
     store.delete(("never",), "a")
-    assert tmp_store.count() == 1
+    assert tmp_store.count(all_namespaces=True) == 1
 
 
 def test_semantic_search_order_and_scores(store: EpisodeBaseStore, embeddings: Any):
@@ -315,7 +315,7 @@ def test_bad_inputs_raise_clear_errors(
     store.put(("ns",), "k0", {"query": "keep me"})
     with pytest.raises(error):
         call(store)
-    assert tmp_store.count() == 1  # nothing was written
+    assert tmp_store.count(all_namespaces=True) == 1  # nothing was written
 
 
 def test_reward_field_none_keeps_reward_as_plain_data(tmp_store: EpisodeStore):
