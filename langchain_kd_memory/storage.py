@@ -261,6 +261,7 @@ class EpisodeStore:
                 f"episodes must be a list of Episode, got {type(episodes).__name__}"
             )
         seen: set[tuple[str, str]] = set()
+        ranges: dict[str, tuple[float, float] | None] = {}  # one lookup per namespace
         for episode in episodes:
             if not isinstance(episode, Episode):
                 raise InvalidEpisodeError(
@@ -274,8 +275,9 @@ class EpisodeStore:
                 )
             seen.add((episode.namespace, episode.id))
             if episode.reward is not None:
-                check_reward_in_range(episode.reward,
-                                      self._layout.reward_range_of(episode.namespace))
+                if episode.namespace not in ranges:
+                    ranges[episode.namespace] = self._layout.reward_range_of(episode.namespace)
+                check_reward_in_range(episode.reward, ranges[episode.namespace])
         return list(episodes)
 
     def add(self, episodes: Sequence[Episode], *, query_embeddings: Vectors = None,
