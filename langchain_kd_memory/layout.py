@@ -573,8 +573,9 @@ class Layout:
         try:
             with chroma_call(f"finish the promotion of {namespace!r}"):
                 now = self.records([namespace]).get(namespace, {})
-                if now.get(TAG_KEY) != record[TAG_KEY]:
-                    return  # deleted meanwhile: the published collection is never read
+                if now.get(TAG_KEY) != record[TAG_KEY]:  # deleted meanwhile: forget the copy
+                    self.client.delete_collection(own.name)
+                    return
                 registry.update(ids=[_NS + namespace], metadatas=[{PLACE_META: OWN}])
                 self._collections[own.name] = own
                 place = self._place_of(namespace, {**now, PLACE_META: BUCKET})

@@ -402,6 +402,40 @@ def test_a_lease_taken_over_fences_its_old_holder(
     assert mover.get(["e0"], namespace="slow")[0].reward == 0.25
 
 
+def test_a_namespace_deleted_while_it_is_promoted_leaves_no_copy_behind(
+    make_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forgetting on request: `delete_namespace` runs right after a mover published its copy
+    (P4) and before it recorded it: no collection of the store keeps the namespace's episodes
+    (the drop deletes the published copy; a copy published after the drop is deleted by its
+    mover)."""
+    mover = make_store(move_at=5, buckets=1)
+    name = mover.collection_name
+    mover.add(episodes_of("gone", 4))
+    copied, resume = threading.Event(), threading.Event()
+    real_modify = Collection.modify
+
+    def modify(self: Collection, *args: Any, **kwargs: Any) -> Any:
+        done = real_modify(self, *args, **kwargs)
+        if kwargs.get("name") and threading.current_thread().name == "A":  # P4: published
+            copied.set()
+            resume.wait(30)
+        return done
+
+    monkeypatch.setattr(Collection, "modify", modify)
+    thread = threading.Thread(target=lambda: mover.add(episodes_of("gone", 1, start=4)),
+                              name="A")
+    thread.start()
+    assert copied.wait(30)
+    assert make_store(name, move_at=5, buckets=1).delete_namespace("gone") == 5
+    resume.set()
+    thread.join(60)
+    left = {n: c.get(include=["metadatas"])["metadatas"] for n, c in raw_collections(mover).items()
+            if not n.endswith(".registry")}
+    assert not [m for metas in left.values() for m in metas if m.get("owner") == "gone"], left
+    assert mover.namespaces() == [] and mover.count("gone") == 0
+
+
 def test_a_namespace_deleted_and_created_again_starts_empty_in_a_bucket_and_after_a_move(
     make_store: Any,
 ) -> None:
