@@ -42,7 +42,8 @@ Promotion of N (tag T, bucket k) when a writer counts `move_at` records in it:
     P2. N -> moving. Writers now wait (W4); readers keep reading the bucket, which is complete.
     P3. Copy T's records from bucket k into the lease collection (renewing it per chunk).
     P4. Publish: rename the lease collection to N's own name. Chroma refuses it if another
-        promoter published first, so a stalled holder's copy is never read. N -> own.
+        promoter published first, so a stalled holder's copy is never read. N -> own. (Clocks
+        only decide when a lease may be taken over; no step's correctness depends on them.)
     P5. Delete T's records from bucket k and T's lease collections.
     Crash after P1-P3: N stays moving and its writers wait until one takes the lease over
     (after `LEASE_S`) and promotes afresh. After P4: whoever reads N sees the published
