@@ -1,4 +1,4 @@
-"""EpisodeStore with many namespaces: memory, recall latency and counting (issue 13, item 5).
+"""EpisodeStore with many namespaces: memory, recall latency, counting, write rate (issues 13, 20).
 
     python benchmarks/bench_scale.py              # full: 10,000 namespaces embedded; server run
     python benchmarks/bench_scale.py --quick      # a small run (1,000 and 100 namespaces)
@@ -7,7 +7,8 @@
 (a) Embedded Chroma, one process: N namespaces x 10 episodes, written in `add` calls of 50
 namespaces (500 episodes) each, with precomputed synthetic unit vectors (384-dim; the embedder is
 never called). Each layout runs in a fresh child process so its RSS growth is its own:
-    * buckets: this version (namespaces share bucket collections until they hold 256 episodes);
+    * buckets: this version (namespaces share 64 bucket collections, chosen by a hash of their
+      name, until they hold 256 episodes);
     * a collection each: ``move_at=1``, every namespace in a collection of its own, which is the
       format-1 layout (one collection per namespace), measured on fewer namespaces.
 Measured: RSS growth from the opened, empty store to after writing and searching, recall
@@ -17,8 +18,9 @@ Measured: RSS growth from the opened, empty store to after writing and searching
 (b) A local ``chroma run`` server: M namespaces and E episodes in total: every fifth namespace
 holds 1,000 episodes (it starts in a bucket and moves to its own collection at 256), the others
 share the rest. Written round-robin, in `add` calls of 500 episodes spanning 20 namespaces.
-Measured: add throughput, recall p50/p95 in a 1,000-episode namespace and in a small one,
-whole-store `count()`, and the server's RSS.
+Measured: add throughput over each 50,000 episodes, Chroma requests per `add` call (registry
+reads apart), recall p50/p95 in a 1,000-episode namespace and in a small one, whole-store
+`count()`, collections left empty, and the server's RSS.
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from chromadb.api.models.Collection import Collection
 from langchain_core.embeddings import Embeddings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,6 +67,7 @@ NAMESPACES_PER_ADD = 50
 SERVER_BATCH = 500
 SERVER_SPREAD = 20  # namespaces per add call on the server
 BIG = 1_000
+WINDOW = 50_000  # episodes per throughput window (b)
 
 
 class SyntheticVectors(Embeddings):
@@ -109,7 +114,7 @@ def embedded_worker(namespaces: int, move_at: int, repeats: int, directory: str)
     rng = np.random.default_rng(0)
     store = EpisodeStore("scale", embeddings=SyntheticVectors(), persist_directory=directory,
                          move_at=move_at)
-    store.count()  # the client and its database are open
+    store.count(all_namespaces=True)  # the client and its database are open
     base = rss_mb()
     names = [f"user/{i}" for i in range(namespaces)]
     start = time.perf_counter()
@@ -124,7 +129,7 @@ def embedded_worker(namespaces: int, move_at: int, repeats: int, directory: str)
     one_ns = search_timings(store, [names[len(names) // 2]], repeats, rng)
     searched = rss_mb()
     start = time.perf_counter()
-    total = store.count()
+    total = store.count(all_namespaces=True)
     count_s = time.perf_counter() - start
     start = time.perf_counter()
     listed = len(store.namespaces())
@@ -227,9 +232,25 @@ def server_plan(namespaces: int, total: int) -> dict[str, int]:
     return plan
 
 
+def count_requests(counts: Counter[str]) -> None:
+    """Count this process's Chroma record requests by method and collection kind."""
+    for method in ("add", "upsert", "update", "delete", "get", "query", "count"):
+        real = getattr(Collection, method)
+
+        def counted(self: Collection, *args: Any, _real: Any = real, _method: str = method,
+                    **kwargs: Any) -> Any:
+            kind = "registry" if self.name.endswith(".registry") else "episodes"
+            counts[f"{_method} {kind}"] += 1
+            return _real(self, *args, **kwargs)
+
+        setattr(Collection, method, counted)
+
+
 def run_server(namespaces: int, total: int, repeats: int, workdir: Path) -> dict[str, Any]:
     path = Path(tempfile.mkdtemp(prefix="server_", dir=workdir))
     process, port = start_server(path)
+    requests: Counter[str] = Counter()
+    count_requests(requests)
     try:
         rng = np.random.default_rng(1)
         store = EpisodeStore("scale", embeddings=SyntheticVectors(),
@@ -239,8 +260,8 @@ def run_server(namespaces: int, total: int, repeats: int, workdir: Path) -> dict
         written = dict.fromkeys(plan, 0)
         order = list(plan)
         per_call = SERVER_BATCH // SERVER_SPREAD
-        calls, stored = 0, 0
-        start = time.perf_counter()
+        calls, stored, windows = 0, 0, []
+        start = window_start = time.perf_counter()
         while order:
             group, order = order[:SERVER_SPREAD], order[SERVER_SPREAD:]
             batch = []
@@ -252,10 +273,15 @@ def run_server(namespaces: int, total: int, repeats: int, workdir: Path) -> dict
                     order.append(ns)  # round-robin: back of the queue
             add(store, batch, rng)
             calls, stored = calls + 1, stored + len(batch)
-            if calls % 100 == 0:
-                rate = stored / (time.perf_counter() - start)
-                print(f"  server: {stored:,} episodes, {rate:,.0f}/s", file=sys.stderr, flush=True)
+            if stored // WINDOW > (stored - len(batch)) // WINDOW or not order:
+                now = time.perf_counter()
+                done = stored - WINDOW * len(windows)
+                windows.append(done / (now - window_start))
+                window_start = now
+                print(f"  server: {stored:,} episodes, last {done:,} at {windows[-1]:,.0f}/s "
+                      f"(server RSS {rss_mb(process.pid):,.0f} MB)", file=sys.stderr, flush=True)
         add_s = time.perf_counter() - start
+        per_add = {k: round(v / calls, 2) for k, v in sorted(requests.items())}
         big = [ns for ns, n in plan.items() if n == BIG]
         small = [ns for ns, n in plan.items() if n != BIG]
         one_big = timed(lambda i: store.search_by_vector(
@@ -264,16 +290,18 @@ def run_server(namespaces: int, total: int, repeats: int, workdir: Path) -> dict
         random_small = search_timings(store, random.Random(1).sample(small, len(small)),
                                       repeats, rng)
         start = time.perf_counter()
-        counted = store.count()
+        counted = store.count(all_namespaces=True)
         count_s = time.perf_counter() - start
         assert counted == total, (counted, total)
-        assert store.count(big[0]) == BIG and store.layout.place(big[0]).tag is None
-        buckets = [c.count() for c in store.client.list_collections(limit=100_000)
-                   if c.name.startswith("scale.b.")]
+        assert store.count(big[0]) == BIG and store.layout.place(big[0]).bucket is None
+        listed = store.client.list_collections(limit=100_000)
+        sizes = {c.name: c.count() for c in listed}
+        buckets = [n for name, n in sizes.items() if name.startswith("scale.b.")]
         return {
             "namespaces": namespaces, "episodes": total, "add_calls": calls, "add_s": add_s,
-            "episodes_per_s": total / add_s, "moves": store.layout.moves,
-            "collections": len(store.client.list_collections(limit=100_000)),
+            "episodes_per_s": total / add_s, "window": WINDOW, "episodes_per_s_by_window": windows,
+            "requests_per_add": per_add, "moves": store.layout.moves, "collections": len(sizes),
+            "empty_collections": sorted(name for name, n in sizes.items() if n == 0),
             "bucket_records": [len(buckets), int(np.median(buckets)), max(buckets)],
             "small_namespace_episodes": [min(plan[ns] for ns in small),
                                          max(plan[ns] for ns in small)],
@@ -360,11 +388,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"round-robin in {s['add_calls']:,} `add` calls of up to {SERVER_BATCH} episodes "
             f"over {SERVER_SPREAD} namespaces. Recall p50 / p95 in ms.",
             markdown_table(
-                ["add throughput", "moves", "collections", "buckets: records median / max",
-                 f"recall, one {BIG:,}-episode namespace", f"recall, random {BIG:,}-episode ones",
+                ["add throughput", "moves", "collections (empty)",
+                 "buckets: records median / max", f"recall, one {BIG:,}-episode namespace",
+                 f"recall, random {BIG:,}-episode ones",
                  f"recall, random {low}-{high}-episode ones", "count() all", "server RSS"],
                 [[f"{s['episodes_per_s']:,.0f} episodes/s ({s['add_s']:.0f} s)", str(s["moves"]),
-                  str(s["collections"]),
+                  f"{s['collections']} ({len(s['empty_collections'])})",
                   "{}: {:,} / {:,}".format(*s["bucket_records"]),
                   "{:.2f} / {:.2f}".format(*s["recall_one_big_ms"]),
                   "{:.2f} / {:.2f}".format(*s["recall_random_big_ms"]),
@@ -372,6 +401,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{s['count_s']:.2f} s",
                   f"{s['server_rss_mb']:,.0f} MB (empty: {s['server_rss_base_mb']:,.0f} MB)"]],
             ),
+            f"Add throughput per {s['window']:,} episodes, in order: "
+            + ", ".join(f"{r:,.0f}" for r in s["episodes_per_s_by_window"])
+            + " episodes/s. Chroma requests per `add` call (of 500 episodes over 20 namespaces), "
+            "the whole run's promotions and counts included: "
+            + ", ".join(f"{k} {v}" for k, v in s["requests_per_add"].items()) + ".",
         ]
     report = "\n\n".join(parts)
     print(report)

@@ -514,6 +514,22 @@ def _cmd_export(args: argparse.Namespace, console: _Console) -> int:
     return 0
 
 
+def _cmd_migrate(args: argparse.Namespace, console: _Console) -> int:
+    from langchain_kd_memory.storage import EpisodeStore, http_client
+
+    if args.chroma_host:
+        store = EpisodeStore(args.collection, client=http_client(args.chroma_host, args.port))
+    elif not Path(args.persist_dir).exists():
+        raise UsageError(f"no memory at {args.persist_dir}: pass --persist-dir")
+    else:
+        store = EpisodeStore(args.collection, persist_directory=args.persist_dir)
+    registered = store.migrate()
+    console.result({"registered": registered},
+                   f"registered {len(registered)} namespace(s) of collection "
+                   f"{args.collection!r}: {', '.join(map(repr, registered)) or 'none to migrate'}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- plot
 
 
@@ -648,6 +664,16 @@ examples:
   kd-memory --threads 1 worker --every 20 --shared      # also the shared model
   kd-memory worker --once                               # one round, then exit""",
     ),
+    "migrate": (
+        "register the collections of a store written by version 1, once",
+        """Version 1 kept one Chroma collection per namespace and no registry; this version
+refuses such a store until its collections are registered. Nothing is copied or re-embedded;
+running it again registers nothing.
+
+examples:
+  kd-memory migrate
+  kd-memory --chroma-host localhost --collection episodes migrate""",
+    ),
     "plot": (
         "write calibration, training-curve and distribution PNGs",
         """calibration.png: predicted vs actual reward on held-out episodes, from a model retrained
@@ -781,6 +807,8 @@ exit codes: 0 success, 2 bad usage or input (nothing changed), 1 other errors,
     worker.add_argument("--shared", action="store_true",
                         help="also train the shared model on every namespace")
     worker.add_argument("--once", action="store_true", help="run one round, then exit")
+
+    _subparser(commands, "migrate", _cmd_migrate)
 
     plot = _subparser(commands, "plot", _cmd_plot)
     plot.add_argument("--out", required=True, metavar="DIR", help="directory for the PNGs")

@@ -58,9 +58,11 @@ def consolidate(
     """
     start = time.perf_counter()
     model = models.own(namespace)
-    rated = store.count_rated(namespace)
-    model.check_trainable(min(rated, limit), store.count(namespace) - rated, namespace=namespace)
-    arrays = store.training_arrays(namespace=namespace, limit=limit)
+    every = namespace is None  # the shared model: every namespace
+    rated = store.count_rated(namespace, all_namespaces=every)
+    unrated = store.count(namespace, all_namespaces=every) - rated
+    model.check_trainable(min(rated, limit), unrated, namespace=namespace)
+    arrays = store.training_arrays(namespace, limit=limit, all_namespaces=every)
     if np.all(arrays.rewards == arrays.rewards[0]):
         where = "all namespaces" if namespace is None else f"namespace {namespace!r}"
         raise InsufficientDataError(

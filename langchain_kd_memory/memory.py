@@ -452,7 +452,7 @@ class DistilledEpisodicMemory(BaseRetriever):
         except EpisodeNotFoundError:
             if namespace is not None:
                 raise
-            return self.store.get([episode_id], namespace=None)[0]
+            return self.store.get([episode_id], all_namespaces=True)[0]
 
     # ------------------------------------------------------------------ value model
 

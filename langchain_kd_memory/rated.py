@@ -11,16 +11,16 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from langchain_kd_memory.buckets import Scope
-from langchain_kd_memory.buckets import chroma_call as _chroma
 from langchain_kd_memory.episodes import TrainingArrays
 from langchain_kd_memory.records import (
     CREATED_TS_KEY,
     RESPONSE_EMBEDDING_KEY,
     REWARD_KEY,
+    Scope,
     decode_vector,
     rated_where,
 )
+from langchain_kd_memory.records import chroma_call as _chroma
 
 RECENT_SAMPLE = 256
 """Creation times sampled to find which episodes are the most recent ones."""

@@ -3,23 +3,34 @@
 A record: the vector is the query embedding, the document is the query, and the metadata holds
 the user's keys as given plus reserved ``kd_`` keys: the response text, the reward (absent when
 not rated) and a ``kd_rated`` flag, the creation time (ISO string and POSIX timestamp), and the
-response embedding (base64 of little-endian float32, returned bit for bit). `EpisodeStore`
-(`storage`) writes and reads records through these functions; `buckets` adds its own keys.
+response embedding (base64 of little-endian float32, returned bit for bit). In a collection its
+namespace shares with others (a bucket, see `layout`), the record id is ``"<tag>:<episode id>"``
+and the metadata adds ``kd_ns`` (the namespace) and ``kd_gen`` (its tag); a `Scope` names and
+filters such records. Chroma's errors become `StoreError` through `chroma_call`.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import numpy as np
+from chromadb.api.models.Collection import Collection
 from chromadb.api.types import validate_where
+from chromadb.errors import NotFoundError
 
 from langchain_kd_memory._validate import check_str
 from langchain_kd_memory.episodes import MAX_TEXT_LENGTH, RESERVED_METADATA_PREFIX, Episode
-from langchain_kd_memory.errors import InvalidArgumentError, StoreError
+from langchain_kd_memory.errors import (
+    DuplicateEpisodeError,
+    InvalidArgumentError,
+    InvalidEpisodeError,
+    KDMemoryError,
+    StoreError,
+)
 
 # Reserved record metadata keys.
 RESPONSE_KEY = "kd_response"
@@ -28,6 +39,7 @@ RATED_KEY = "kd_rated"
 CREATED_AT_KEY = "kd_created_at"
 CREATED_TS_KEY = "kd_created_ts"
 RESPONSE_EMBEDDING_KEY = "kd_response_emb"
+NAMESPACE_KEY, TAG_KEY, TAG_LENGTH = "kd_ns", "kd_gen", 32  # records in a bucket
 
 CHROMA_RESERVED_PREFIXES = ("#", "$", "chroma:")
 """Metadata keys Chroma keeps for itself (``#document``, ``$and``, ``chroma:document``)."""
@@ -50,6 +62,20 @@ def check_search_query(query: object) -> str:
             "a shorter text (embedders read only the first few hundred tokens)"
         )
     return query
+
+
+def check_storable(episode: Episode) -> None:
+    """Raise `InvalidEpisodeError` if Chroma cannot store the episode's metadata."""
+    for key, value in episode.metadata.items():
+        if key.startswith(CHROMA_RESERVED_PREFIXES):
+            raise InvalidEpisodeError(
+                f"metadata key {key!r} of episode {episode.id!r} starts with a prefix Chroma "
+                f"reserves ({', '.join(map(repr, CHROMA_RESERVED_PREFIXES))}): rename it"
+            )
+        if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+            raise InvalidEpisodeError(
+                f"metadata[{key!r}] of episode {episode.id!r} does not fit in 64 bits"
+            )
 
 
 def check_ids(ids: object) -> list[str]:
@@ -146,3 +172,72 @@ def episode_of(
         id=episode_id,
         created_at=datetime.fromisoformat(str(metadata[CREATED_AT_KEY])),
     )
+
+
+class Gone(StoreError):
+    """A collection was deleted (by another process) while this one used it."""
+
+
+@contextlib.contextmanager
+def chroma_call(action: str) -> Iterator[None]:
+    """Turn a Chroma (or transport) failure inside the block into a `StoreError` (`Gone`)."""
+    try:
+        yield
+    except KDMemoryError:
+        raise
+    except NotFoundError as exc:
+        raise Gone(f"Chroma failed to {action}: a collection was deleted meanwhile: {exc}") from exc
+    except Exception as exc:
+        raise StoreError(f"Chroma failed to {action}: {type(exc).__name__}: {exc}") from exc
+
+
+class Scope:
+    """Records of one or more namespaces in one collection: how to filter and name them."""
+
+    __slots__ = ("collection", "owners")
+
+    def __init__(self, collection: Collection, owners: Mapping[str, str] | str) -> None:
+        self.collection = collection
+        self.owners = owners  # bucket: {tag: namespace}; own collection: its namespace
+
+    @property
+    def tagged(self) -> bool:
+        """Whether the records live in a bucket (tagged ids, filtered reads)."""
+        return not isinstance(self.owners, str)
+
+    def where(self, extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The `where` of these namespaces' records, and `extra` if given."""
+        if isinstance(self.owners, str):
+            return extra
+        tags = list(self.owners)
+        tag: dict[str, Any] = {TAG_KEY: tags[0] if len(tags) == 1 else {"$in": tags}}
+        return tag if extra is None else {"$and": [tag, extra]}
+
+    def eid(self, chroma_id: str) -> str:
+        """The episode id of a record id."""
+        return chroma_id[TAG_LENGTH + 1 :] if self.tagged else chroma_id
+
+    def namespace_of(self, chroma_id: str) -> str:
+        """The namespace of a record id."""
+        return self.owners if isinstance(self.owners, str) else self.owners[chroma_id[:TAG_LENGTH]]
+
+    def chroma_ids(self, episode_ids: Sequence[str]) -> list[str]:
+        """The record ids these episode ids would have in any of these namespaces."""
+        if isinstance(self.owners, str):
+            return list(episode_ids)
+        return [f"{tag}:{i}" for tag in self.owners for i in episode_ids]
+
+def unstored(collection: Collection, items: Sequence[tuple[str, Episode]]) -> list[int]:
+    """Which (record id, episode) items `collection` does not hold; raise if one differs."""
+    ids = [cid for cid, _ in items]
+    got = collection.get(ids=ids, include=["documents", "metadatas"])  # type: ignore[list-item]
+    stored = dict(zip(got["ids"], zip(got["documents"] or [], got["metadatas"] or [],
+                                      strict=True), strict=True))
+    for cid, episode in items:
+        if cid in stored and episode_of(episode.id, *stored[cid], episode.namespace) != episode:
+            raise DuplicateEpisodeError(
+                f"episode id {episode.id!r} already exists in namespace {episode.namespace!r} "
+                "and differs from the one given; use update_rewards to change its reward, or "
+                "delete it first"
+            )
+    return [row for row, cid in enumerate(ids) if cid not in stored]

@@ -119,7 +119,7 @@ def _write_lock(episodes: EpisodeStore) -> threading.Lock:
         return _WRITE_LOCKS.setdefault(episodes, threading.Lock())
 
 
-def encode_namespace(namespace: tuple[str, ...]) -> str:
+def join_namespace(namespace: tuple[str, ...]) -> str:
     """The episode namespace of a LangGraph namespace tuple (labels joined by ".").
 
     Raises:
@@ -143,7 +143,7 @@ def encode_namespace(namespace: tuple[str, ...]) -> str:
     return joined
 
 
-def decode_namespace(namespace: str) -> tuple[str, ...] | None:
+def split_namespace(namespace: str) -> tuple[str, ...] | None:
     """The LangGraph tuple of an episode namespace, or None if it has an empty label."""
     labels = tuple(namespace.split(SEPARATOR))
     return labels if all(labels) else None
@@ -386,7 +386,7 @@ class EpisodeBaseStore(BaseStore):
             }
         updated = meta.get(UPDATED_AT_KEY)
         return SearchItem(
-            namespace=decode_namespace(episode.namespace) or (episode.namespace,),
+            namespace=split_namespace(episode.namespace) or (episode.namespace,),
             key=episode.id,
             value=value,
             created_at=episode.created_at,
@@ -406,7 +406,7 @@ class EpisodeBaseStore(BaseStore):
         _check_key(op.key)
         if not op.namespace:
             return None
-        episode = self._find(encode_namespace(op.namespace), op.key)
+        episode = self._find(join_namespace(op.namespace), op.key)
         if episode is None:
             return None
         item = self._item(episode)
@@ -441,7 +441,7 @@ class EpisodeBaseStore(BaseStore):
     def _prepare_put(self, op: PutOp) -> _Write:
         """Validate a put and build its episode, without touching the store."""
         key = _check_key(op.key)
-        namespace = encode_namespace(op.namespace)
+        namespace = join_namespace(op.namespace)
         if op.value is None:
             return _Write(namespace, key, None)
         if not isinstance(op.value, Mapping) or not all(isinstance(k, str) for k in op.value):
@@ -523,7 +523,7 @@ class EpisodeBaseStore(BaseStore):
     def _namespaces_under(self, prefix: tuple[str, ...]) -> list[str]:
         found = []
         for namespace in self.episodes.namespaces():
-            labels = decode_namespace(namespace)
+            labels = split_namespace(namespace)
             if labels is not None and labels[: len(prefix)] == prefix:
                 found.append(namespace)
         return found
@@ -594,7 +594,7 @@ class EpisodeBaseStore(BaseStore):
         optional(check_int, "max_depth", op.max_depth, low=1)
         found: set[tuple[str, ...]] = set()
         for namespace in self.episodes.namespaces():
-            labels = decode_namespace(namespace)
+            labels = split_namespace(namespace)
             if labels is None or not all(_does_match(c, labels) for c in op.match_conditions or ()):
                 continue
             if self.episodes.count(namespace):

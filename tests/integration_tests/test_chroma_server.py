@@ -42,17 +42,17 @@ def test_store_works_through_a_server(
     assert hits[0][1] > 0.5 > hits[1][1]
     filtered = store.search("password", namespace="user/1", where={"topic": "account"})
     assert [e.id for e, _ in filtered] == [ids[0]]
-    assert store.update_reward(ids[1], 9.5).reward == 9.5
-    assert store.count() == 3 and store.namespaces() == ["user/1", "user/2"]
+    assert store.update_reward(ids[1], 9.5, namespace="user/1").reward == 9.5
+    assert store.count(all_namespaces=True) == 3 and store.namespaces() == ["user/1", "user/2"]
 
     # A second process (here: a second client) sees the same episodes and the update.
     other = http_store(chroma_server, "served", embeddings)
-    assert other.get(ids) == store.get(ids)
+    assert other.get(ids, all_namespaces=True) == store.get(ids, all_namespaces=True)
     arrays = other.training_arrays(namespace="user/1")
     assert sorted(arrays.rewards.tolist()) == [8.0, 9.5] and arrays.dimension == 384
     with pytest.raises(DuplicateEpisodeError):
         other.add([Episode("again", id=ids[2], namespace="user/2")])
-    other.delete([ids[2]])
+    other.delete([ids[2]], namespace="user/2")
     assert store.count("user/2") == 0
 
 
@@ -83,7 +83,7 @@ def test_a_failed_add_is_undone(
     with pytest.raises(StoreError, match="big"):
         store.add(batch, query_embeddings=unit, response_embeddings=unit)
     assert store.namespaces() == ["old"]
-    assert store.count() == 1
+    assert store.count(all_namespaces=True) == 1
 
 
 def test_an_add_cut_off_by_a_server_crash_is_reported_and_safe_to_retry(

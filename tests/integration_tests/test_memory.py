@@ -287,7 +287,7 @@ def test_a_dict_episode_with_namespace_none_stays_in_the_memorys_namespace(
     tenant = DistilledEpisodicMemory(store=tmp_store, namespace="user-42")
     other = DistilledEpisodicMemory(store=tmp_store)
     [episode_id] = tenant.add_episodes([{"query": "my account number is 1234", "namespace": None}])
-    assert tmp_store.get([episode_id])[0].namespace == "user-42"
+    assert tmp_store.get([episode_id], all_namespaces=True)[0].namespace == "user-42"
     assert other.invoke("what is my account number?") == []
     assert [d.metadata["id"] for d in tenant.invoke("account number")] == [episode_id]
 

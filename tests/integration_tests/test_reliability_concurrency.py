@@ -220,5 +220,5 @@ def test_two_processes_write_to_one_chroma_server(
         own = store.list_episodes(f"proc-{p}")
         assert {e.id for e in own} == {f"p{p}-{i}" for i in range(PER_PROCESS)}
         assert all(e.query.startswith(f"process {p} own") for e in own)
-    assert store.count() == PROCESSES * PER_PROCESS * 2
+    assert store.count(all_namespaces=True) == PROCESSES * PER_PROCESS * 2
     assert store.count_rated("shared") == PROCESSES * PER_PROCESS

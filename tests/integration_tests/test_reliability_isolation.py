@@ -40,7 +40,8 @@ def records_by_namespace(store: EpisodeStore) -> dict[str, list[tuple[Any, ...]]
     """Everything Chroma holds for the store, by the namespace it belongs to, byte for byte.
 
     Bucket records belong to their ``kd_ns`` tag, records of an own collection to the
-    collection's namespace, registry entries to the namespace they name.
+    collection's namespace, registry entries to the namespace they name (a deleted namespace
+    keeps its entry, marked deleted: its generation, so that it starts afresh when created again).
     """
     found: dict[str, list[tuple[Any, ...]]] = {}
     for listed in store.client.list_collections():
@@ -67,9 +68,9 @@ def memory(tmp_store: EpisodeStore, request: pytest.FixtureRequest) -> Distilled
 
     "mixed": the two namespaces that get a seventh episode move to collections of their own.
     """
-    store = tmp_store if request.param == "shared" else EpisodeStore(
-        f"{tmp_store.collection_name}m", embeddings=tmp_store.embeddings,
-        client=tmp_store.client, move_at=7,
+    store = EpisodeStore(
+        f"{tmp_store.collection_name}{request.param[0]}", embeddings=tmp_store.embeddings,
+        client=tmp_store.client, move_at=256 if request.param == "shared" else 7, buckets=1,
     )
     memory = DistilledEpisodicMemory(store=store, distillation=model(store))
     memory.add_episodes([
@@ -83,7 +84,7 @@ def memory(tmp_store: EpisodeStore, request: pytest.FixtureRequest) -> Distilled
         {"query": f"Unrated question of {ns}", "namespace": ns, "id": "same-id"}
         for ns in ("user/1", "user/10")
     ])
-    own = [ns for ns in NAMESPACES if memory.store.layout.place(ns).tag is None]
+    own = [ns for ns in NAMESPACES if memory.store.layout.place(ns).bucket is None]
     assert own == ([] if request.param == "shared" else ["user/1", "user/10"])
     return memory
 
@@ -120,7 +121,7 @@ def test_scoring_and_feedback_use_the_namespaces_own_records(
     assert memory.store.get(["same-id"], namespace="user/1")[0].reward == 1.0
     assert memory.store.get(["same-id"], namespace="user/10") == other
     with pytest.raises(InvalidArgumentError, match="exists in namespaces"):
-        memory.store.get(["same-id"])  # ambiguous without a namespace: refused, not guessed
+        memory.store.get(["same-id"], all_namespaces=True)  # ambiguous: refused, not guessed
 
 
 def test_training_reads_only_its_namespace(memory: DistilledEpisodicMemory) -> None:
@@ -169,7 +170,10 @@ def test_deleting_a_namespace_removes_only_its_episodes(
     removed = memory.store.count(victim)
     assert memory.store.delete_namespace(victim) == removed > 0
     assert memory.store.count(victim) == 0 and victim not in memory.store.namespaces()
-    assert records_by_namespace(memory.store) == others
+    after = records_by_namespace(memory.store)
+    assert [(row[1], dict(row[3])["kd_place"]) for row in after.pop(victim)] == [
+        (f"n:{victim}", "deleted")]
+    assert after == others
     with pytest.raises(EpisodeNotFoundError):
         memory.store.get([f"{victim}#0"], namespace=victim)
     # The namespace starts empty when used again: nothing comes back.
@@ -184,4 +188,6 @@ def test_clear_removes_only_the_memorys_namespace(memory: DistilledEpisodicMemor
               if ns != "user/1"}
     scoped.clear()
     assert memory.store.count("user/1") == 0
-    assert records_by_namespace(memory.store) == others
+    after = records_by_namespace(memory.store)
+    assert [dict(row[3])["kd_place"] for row in after.pop("user/1")] == ["deleted"]
+    assert after == others
