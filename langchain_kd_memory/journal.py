@@ -119,10 +119,10 @@ def check_path(journal: object) -> Path:
     try:
         path = Path(text).expanduser().resolve()
         info: os.stat_result | None = path.stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         info = None
     except (OSError, RuntimeError) as exc:
-        raise ConfigError(f"journal path {text!r} is not usable: {exc}") from exc
+        raise ConfigError(f"journal path {text!r} is not usable ({exc}): give another") from exc
     if info is not None and stat.S_ISDIR(info.st_mode):
         raise ConfigError(
             f"journal {str(path)!r} is a directory: give a file in it, e.g. "
@@ -138,7 +138,8 @@ def check_path(journal: object) -> Path:
         parent = parent.parent
     if not parent.is_dir():
         raise ConfigError(
-            f"journal {str(path)!r} cannot be created: {str(parent)!r} is not a directory"
+            f"journal {str(path)!r} cannot be created: {str(parent)!r} is not a directory; "
+            "give a path in a directory"
         )
     return path
 
