@@ -68,6 +68,7 @@ from langchain_kd_memory.trajectories import (
     check_trajectory_metadata,
     feedback_rewards,
     trajectory_episodes,
+    trajectory_length,
 )
 from langchain_kd_memory.value_models import CHECKPOINT_NAME as CHECKPOINT_NAME
 from langchain_kd_memory.value_models import ValueModels
@@ -455,16 +456,17 @@ class DistilledEpisodicMemory(BaseRetriever):
                     f"no episode or trajectory with id {target!r}"
                     + ("" if ns is None else f" in namespace {ns!r}")
                 ) from None
-        rewards = feedback_rewards(target, value, [first])
-        last = list(rewards)[-1]
-        if last != first.id:  # a trajectory: its last step must be there (its length is data)
+        if first.id != target:  # a trajectory: the length its step 0 claims is data, checked
+            steps = trajectory_length(target, first)
+            last = f"{target}/{steps - 1}"
             try:
                 self.store.get([last], namespace=first.namespace)
             except EpisodeNotFoundError:
                 raise EpisodeNotFoundError(
-                    f"trajectory {target!r} has {len(rewards)} steps but its step {last!r} is "
-                    "not stored: rate the steps that are by their own ids"
+                    f"trajectory {target!r} has {steps} steps but its step {last!r} is not "
+                    "stored: rate the steps that are by their own ids"
                 ) from None
+        rewards = feedback_rewards(target, value, [first])
         newly = len(rewards) if first.reward is None else 0
         return self._set_rewards(rewards, first.namespace, newly_rated=newly)[-1]
 

@@ -122,6 +122,19 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def trajectory_length(target: str, first: Episode | None) -> int:
+    """The number of steps of the trajectory `target`, read from its step 0 `first`.
+
+    Raises:
+        EpisodeNotFoundError: `first` is not step 0 of the trajectory `target`.
+    """
+    if first is None or first.id != f"{target}/0" or first.metadata.get(
+        TRAJECTORY_KEYS[0]
+    ) != target:
+        raise EpisodeNotFoundError(f"no episode or trajectory with id {target!r}")
+    return int(first.metadata[TRAJECTORY_KEYS[2]])  # type: ignore[arg-type]
+
+
 def feedback_rewards(target: str, reward: float, episodes: Sequence[Episode]) -> dict[str, float]:
     """{episode id: reward} that feedback `reward` for `target` sets: the one place of credit.
 
@@ -136,12 +149,8 @@ def feedback_rewards(target: str, reward: float, episodes: Sequence[Episode]) ->
     if any(episode.id == target for episode in episodes):
         return {target: reward}
     first = episodes[0] if episodes else None
-    if first is None or first.id != f"{target}/0" or first.metadata.get(
-        TRAJECTORY_KEYS[0]
-    ) != target:
-        raise EpisodeNotFoundError(f"no episode or trajectory with id {target!r}")
-    steps = int(first.metadata[TRAJECTORY_KEYS[2]])  # type: ignore[arg-type]
-    gamma = float(first.metadata[TRAJECTORY_KEYS[3]])  # type: ignore[arg-type]
+    steps = trajectory_length(target, first)
+    gamma = float(first.metadata[TRAJECTORY_KEYS[3]])  # type: ignore[arg-type, union-attr]
     returns = step_returns(reward, steps, gamma)
     assert returns is not None
     return {f"{target}/{i}": value for i, value in enumerate(returns)}
