@@ -471,7 +471,7 @@ class DistilledEpisodicMemory(BaseRetriever):
         return self._set_rewards(rewards, first.namespace, newly_rated=newly)[-1]
 
     def _set_rewards(
-        self, rewards: Mapping[str, float], namespace: str, *, newly_rated: int
+        self, rewards: Mapping[str, float | None], namespace: str, *, newly_rated: int
     ) -> list[Episode]:
         """Update stored rewards (the store's rating update) and count the new ratings.
 

@@ -603,15 +603,11 @@ class BackgroundWriter:
         return True
 
     def _store(self, runs: list[_Run]) -> list[_Outcome]:
-        """Write the runs in one `add_episodes` call, retrying; the fate of each."""
-        episodes = [episode for run in runs for episode in run.episodes]
+        """Write the runs (one `add_episodes` call for those not stored), retrying; their fate."""
         delays = iter(self.retry_delays)
         while True:
             try:
-                if len(runs) == 1:
-                    self._store_run(runs[0])
-                else:
-                    self.memory.add_episodes(episodes)
+                self._write(runs)
             except ValueError as exc:  # the store refuses the batch: retrying cannot help
                 if len(runs) > 1:  # find the culprit: write the runs one by one
                     return [outcome for run in runs for outcome in self._store([run])]
@@ -630,33 +626,42 @@ class BackgroundWriter:
                     self._status.batches += 1
                 return [_Outcome(run) for run in runs]
 
-    def _store_run(self, run: _Run) -> None:
-        """Store one run: added, or, if it is stored with other rewards, given these ones.
+    def _write(self, runs: list[_Run]) -> None:
+        """Add the runs; a run already stored with other rewards gets these ones instead.
 
         A run is stored with other rewards when it was written before it was rated (in flight,
-        or before a kill that left it in the journal).
+        or before a kill that left it in the journal): its rewards go through the store's
+        rating update, and the other runs are added in one call.
 
         Raises:
             DuplicateEpisodeError: An episode is stored with other content than the run's.
         """
         memory = self.memory
         try:
-            memory.add_episodes(run.episodes)
+            memory.add_episodes([episode for run in runs for episode in run.episodes])
             return
         except DuplicateEpisodeError:
+            pass
+        unstored = []
+        for run in runs:
             namespace = run.episodes[0].namespace
             try:
                 stored = memory.store.get([e.id for e in run.episodes], namespace=namespace)
             except EpisodeNotFoundError:
-                raise DuplicateEpisodeError(f"run {run.run_id} is partly stored") from None
-            if any(dataclasses.replace(old, reward=new.reward) != new
-                   for old, new in zip(stored, run.episodes, strict=True)):
-                raise
-        changed = {new.id: new.reward for old, new in zip(stored, run.episodes, strict=True)
-                   if old.reward != new.reward}
-        newly = sum(old.reward is None for old in stored if old.id in changed)
-        if changed:
-            memory._set_rewards(changed, namespace, newly_rated=newly)
+                unstored.append(run)  # (partly stored: `add_episodes` below refuses it)
+                continue
+            for old, new in zip(stored, run.episodes, strict=True):
+                if dataclasses.replace(old, reward=new.reward) != new:
+                    raise DuplicateEpisodeError(
+                        f"episode id {new.id!r} already exists in namespace {namespace!r} with "
+                        "other content: give the run another id, or delete the stored episode")
+            changed = {new.id: new.reward for old, new in zip(stored, run.episodes, strict=True)
+                       if old.reward != new.reward}
+            if changed:
+                newly = sum(old.reward is None for old in stored if old.id in changed)
+                memory._set_rewards(changed, namespace, newly_rated=newly)
+        if unstored:
+            memory.add_episodes([episode for run in unstored for episode in run.episodes])
 
     def _finish(self, outcomes: list[_Outcome]) -> None:
         """Checkpoint what is stored, let go of it, tell the recorders."""
