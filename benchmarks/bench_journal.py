@@ -175,13 +175,23 @@ class Counts:
     replayed_after_clean_stop: int = 0
     journal_bytes_after_catch_up: int = 0
     max_journal_bytes_at_kill: int = 0
-    max_live_entries_at_kill: int = 0
+    max_live_runs_at_kill: int = 0  # runs the journal holds at a kill (queued, being written)
+    max_stored_live_runs_at_kill: int = 0  # of those, already in the store (their batch landed)
     problems: list[str] = field(default_factory=list)
 
     def ok(self) -> bool:
         return not (self.lost_runs or self.lost_ratings or self.resurrected or self.duplicated
                     or self.replayed_after_clean_stop or self.journal_bytes_after_catch_up
                     or self.problems)
+
+
+def stored(store: Any, ids: list[str]) -> bool:
+    """Whether every one of these episodes is in the store."""
+    try:
+        store.get(ids)
+    except KeyError:  # EpisodeNotFoundError
+        return False
+    return True
 
 
 def matches(rewards: list[float | None], steps: int, reward: float | None) -> bool:
@@ -302,12 +312,16 @@ class Loop:
         copy = self.root / f"check{cycle}"
         shutil.copytree(self.db, copy / "db")
         shutil.copy2(self.journal, copy / "runs.journal")
-        self.counts.max_journal_bytes_at_kill = max(self.counts.max_journal_bytes_at_kill,
-                                                    (copy / "runs.journal").stat().st_size)
-        self.counts.max_live_entries_at_kill = max(self.counts.max_live_entries_at_kill,
-                                                   len(read_entries(copy / "runs.journal")))
+        counts = self.counts
+        counts.max_journal_bytes_at_kill = max(counts.max_journal_bytes_at_kill,
+                                               (copy / "runs.journal").stat().st_size)
         store = EpisodeStore("killloop", embeddings=self.embeddings,
                              persist_directory=str(copy / "db"))
+        live = [[e["id"] for e in entry.fields["episodes"]]
+                for entry in read_entries(copy / "runs.journal") if entry.op == "run"]
+        counts.max_live_runs_at_kill = max(counts.max_live_runs_at_kill, len(live))
+        counts.max_stored_live_runs_at_kill = max(
+            counts.max_stored_live_runs_at_kill, sum(stored(store, ids) for ids in live))
         memory = DistilledEpisodicMemory(store=store)
         writer = BackgroundWriter(memory, journal=copy / "runs.journal")
         if not writer.flush(timeout=300):
