@@ -185,7 +185,7 @@ class Counts:
                     or self.problems)
 
 
-def stored(store: Any, ids: list[str]) -> bool:
+def all_stored(store: Any, ids: list[str]) -> bool:
     """Whether every one of these episodes is in the store."""
     try:
         store.get(ids)
@@ -321,7 +321,7 @@ class Loop:
                 for entry in read_entries(copy / "runs.journal") if entry.op == "run"]
         counts.max_live_runs_at_kill = max(counts.max_live_runs_at_kill, len(live))
         counts.max_stored_live_runs_at_kill = max(
-            counts.max_stored_live_runs_at_kill, sum(stored(store, ids) for ids in live))
+            counts.max_stored_live_runs_at_kill, sum(all_stored(store, ids) for ids in live))
         memory = DistilledEpisodicMemory(store=store)
         writer = BackgroundWriter(memory, journal=copy / "runs.journal")
         if not writer.flush(timeout=300):
