@@ -4,9 +4,10 @@
     python benchmarks/run_all.py --quick    # smoke runs; BENCHMARKS.md is left alone
 
 Each benchmark runs as its own process (quality, storage, speed, consolidation, callback,
-import, agent, scale, models), its output streamed as it comes. A failing one does not stop the
-others; the exit status is 1 if any failed. The agent benchmark (TextWorld games) takes about
-30 minutes and scale (300,000 episodes through a local Chroma server) about 40 on 2 cores.
+journal (the kill loop), import, agent, scale, models), its output streamed as it comes. A
+failing one does not stop the others; the exit status is 1 if any failed. The agent benchmark
+(TextWorld games) takes about 30 minutes and scale (300,000 episodes through a local Chroma
+server) about 40 on 2 cores.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("speed", [], ["--quick"]),
     ("consolidation", [], ["--quick"]),
     ("callback", [], ["--runs", "5", "--no-write"]),
+    ("journal", ["--kills", "30"], ["--kills", "2", "--no-write"]),
     ("import", [], ["--quick"]),
     ("agent", [], ["--quick"]),
     ("scale", ["--update-md"], ["--quick"]),

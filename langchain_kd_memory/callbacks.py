@@ -12,16 +12,18 @@ whose id is the run id, so feedback that arrives later can find it:
     run_id = uuid.uuid4()
     answer = agent.invoke(inputs, config={"callbacks": [callback], "run_id": run_id})
     memory.record_feedback(run_id, reward=1.0)   # thumbs up, later
-    callback.flush()                             # at the end of a script
+    callback.flush()                             # at the end of a script: runs stored
 
 Recording costs the agent a queue put: the run's episodes go to the memory's
 `writer.BackgroundWriter`, which embeds and stores them in batches on its own thread (see its
 docs for the queue, failure and journal policies; `journal=path` makes acknowledged runs survive
 a kill). `record_inline=True` stores each run before the agent's call returns, as before.
 
-Every `every_n_episodes` new ratings (rewards given by `reward_fn` and feedback recorded through
-the memory both count) start a consolidation on one background thread. The agent never waits for
-it and never sees its errors: they are logged and kept in `callback.status`.
+Every `every_n_episodes` new ratings of a namespace (episodes rated for the first time, by
+`reward_fn` or by feedback recorded through the memory) start a consolidation of that namespace
+on one background thread: `trigger.RetrainTrigger` decides, the same way as `kd-memory worker`.
+The agent never waits for it and never sees its errors: they are logged and kept in
+`callback.status`.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from langchain_kd_memory.runs import (
     rate,
     run_episodes,
 )
+from langchain_kd_memory.trigger import RetrainTrigger
 from langchain_kd_memory.writer import BackgroundWriter, RecordingStatus, RunRecorder
 
 logger = logging.getLogger(__name__)
@@ -65,9 +68,11 @@ class ConsolidationStatus(RecordingStatus):
             run of several model steps is one run).
         recorded_by_middleware: Runs left to an `EpisodicMemoryMiddleware` over the same memory
             that recorded them (each run is recorded once).
-        ratings_since_consolidation: Ratings counted towards the next consolidations (all
-            namespaces together).
+        ratings_since_consolidation: New ratings (episodes rated for the first time) counted
+            towards the next consolidations, all namespaces together.
         consolidations_run: Consolidations that finished successfully.
+        consolidations_skipped: Consolidations that found too little to learn from (too few
+            rated episodes, or all with one reward): logged, not errors.
         errors: Errors caught (reward_fn raising or returning a non-number, a failed write,
             consolidation); a run whose reward_fn failed is recorded unrated.
         last_error: The most recent error caught, or None.
@@ -79,6 +84,7 @@ class ConsolidationStatus(RecordingStatus):
     recorded_by_middleware: int = 0
     ratings_since_consolidation: int = 0
     consolidations_run: int = 0
+    consolidations_skipped: int = 0
     errors: int = 0
     last_error: BaseException | None = None
     last_report: ConsolidationReport | None = None
@@ -100,11 +106,13 @@ class ConsolidationCallback(BaseCallbackHandler):
       raises or returns something other than a finite number is counted in `status.errors`
       and the run is recorded unrated. When an `EpisodicMemoryMiddleware` over the same memory
       runs inside the agent, it records the run (under this run id) and the callback does not.
-    - Each rating of the memory (a reward from `reward_fn`, the middleware's, or any later
-      `memory.record_feedback`) counts towards its namespace; every `every_n_episodes`
-      ratings of a namespace start `memory.consolidate(namespace)`, which trains that
-      namespace's own value model. With `background=True` they run on one worker thread, one
-      at a time, in the order they became due.
+    - Each new rating of the memory (an episode rated for the first time: by `reward_fn`, the
+      middleware, or a later `memory.record_feedback`) counts towards its namespace; every
+      `every_n_episodes` of them start `memory.consolidate(namespace)`, which trains that
+      namespace's own value model (`trigger.RetrainTrigger` decides, as for `kd-memory
+      worker`; with a `model_dir`, the rated count at each training is kept there, so a worker
+      does not train the same ratings again). With `background=True` they run on one worker
+      thread, one at a time, in the order they became due.
     - Nothing raises into the agent (`raise_error = False`): errors are logged and kept in
       `status`. Synchronous and asynchronous runs are both supported (LangChain runs synchronous
       handlers of async runs in an executor).
@@ -115,7 +123,7 @@ class ConsolidationCallback(BaseCallbackHandler):
             callback = ConsolidationCallback(memory, every_n_episodes=20,
                                              reward_fn=lambda run: 1.0)
             chain.invoke({"question": "hi"}, config={"callbacks": [callback]})
-            callback.wait()     # runs written, consolidation finished
+            callback.flush()    # runs written, a due consolidation finished
             print(callback.status)
     """
 
@@ -138,7 +146,7 @@ class ConsolidationCallback(BaseCallbackHandler):
 
         Args:
             memory: Where episodes are recorded and consolidated.
-            every_n_episodes: Ratings between two consolidations (>= 1).
+            every_n_episodes: New ratings of a namespace between two consolidations (>= 1).
             reward_fn: `reward_fn(run: FinishedRun) -> float | None` rates each run; None
                 leaves runs unrated until feedback arrives.
             background: Consolidate on a worker thread (True) or inline in the thread that
@@ -174,7 +182,7 @@ class ConsolidationCallback(BaseCallbackHandler):
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._worker: threading.Thread | None = None
-        self._counts: dict[str, int] = {}  # ratings per namespace since its last consolidation
+        self._trigger = RetrainTrigger(self.every_n_episodes, lambda: memory.model_dir)
         self._due: list[str] = []  # namespaces to consolidate, in order
         self._recorder = RunRecorder(
             memory, self._report, writer=writer, journal=journal, record_inline=record_inline
@@ -190,7 +198,7 @@ class ConsolidationCallback(BaseCallbackHandler):
     def status(self) -> ConsolidationStatus:
         """A snapshot of what the callback has done."""
         with self._lock:
-            return replace(self._status)
+            return replace(self._status, ratings_since_consolidation=self._trigger.counted)
 
     def on_chain_start(
         self,
@@ -302,20 +310,14 @@ class ConsolidationCallback(BaseCallbackHandler):
             self._status.last_error = exc
 
     def _on_rating(self, namespace: str) -> None:
-        """Count a rating of `namespace`; consolidate that namespace every N of them."""
+        """Count a new rating of `namespace`; consolidate it when the trigger says it is due."""
+        if not self._trigger.add(namespace):
+            return
         with self._lock:
-            self._counts[namespace] = self._counts.get(namespace, 0) + 1
-            self._status.ratings_since_consolidation += 1
-            if self._counts[namespace] < self.every_n_episodes:
-                return
-            self._take(namespace)
+            self._trigger.take(namespace)
+            if namespace not in self._due:
+                self._due.append(namespace)
         self._start()
-
-    def _take(self, namespace: str) -> None:
-        """Move `namespace`'s counted ratings to the queue of consolidations (under the lock)."""
-        self._status.ratings_since_consolidation -= self._counts.pop(namespace, 0)
-        if namespace not in self._due:
-            self._due.append(namespace)
 
     def _start(self) -> None:
         """Consolidate the due namespaces now (merged with a consolidation that is running)."""
@@ -341,14 +343,16 @@ class ConsolidationCallback(BaseCallbackHandler):
                     return
                 namespace = self._due.pop(0)
             try:
+                rated = self.memory.store.count_rated(namespace)
                 report = self.memory.consolidate(namespace)
             except InsufficientDataError as exc:
                 logger.info("consolidation skipped: %s", exc)
                 with self._lock:
-                    self._status.last_error = exc
+                    self._status.consolidations_skipped += 1
             except Exception as exc:
                 self._fail("consolidation of namespace %r failed", namespace, exc)
             else:
+                self._trigger.trained(namespace, rated)
                 with self._lock:
                     self._status.consolidations_run += 1
                     self._status.last_report = report
@@ -372,21 +376,13 @@ class ConsolidationCallback(BaseCallbackHandler):
             )
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Write the queued runs, consolidate the ratings counted since the last one, `wait`.
+        """Wait until the runs queued so far are stored and a due consolidation has finished.
 
-        Call it at the end of a script so that every run is stored and the last ratings are
-        learnt from.
+        Call it at the end of a script. It starts no training of its own: ratings counted
+        towards the next consolidation stay counted (call `memory.consolidate(namespace)` to
+        learn from them now). The same as `wait`.
 
         Returns:
             True if idle, False if the timeout expired first.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._recorder.flush(timeout):
-            return False
-        with self._lock:
-            for namespace in list(self._counts):
-                self._take(namespace)
-            due = bool(self._due)
-        if due:
-            self._start()
-        return self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return self.wait(timeout)

@@ -655,9 +655,10 @@ examples:
 server, or their --persist-dir) and model directory (--model-dir): training then never
 shares the agents' threads. Every --poll seconds it counts each namespace's rated episodes and
 trains the namespace's value model when --every new ones have arrived since its last training
-(counts kept in {model-dir}/worker_state.json, so a restart goes on where it stopped). Agents
-pick up each new checkpoint version without a restart (their memory checks the model
-directory every model_refresh_s seconds). Stop it with Ctrl-C or SIGTERM.
+(the count at each training is kept beside the model's checkpoint, so a restart goes on
+where it, or an agent's callback, stopped). Agents pick up each new checkpoint version without
+a restart (their memory checks the model directory every model_refresh_s seconds). Stop it
+with Ctrl-C or SIGTERM.
 
 examples:
   kd-memory --chroma-host localhost --model-dir /shared/models worker --every 50

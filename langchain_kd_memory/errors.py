@@ -64,6 +64,10 @@ class StoreError(KDMemoryError, RuntimeError):
         self.maybe_stored = tuple(maybe_stored)
 
 
+class JournalError(KDMemoryError, OSError):
+    """The writer's journal could not be written: what it was given is not acknowledged."""
+
+
 class NotTrainedError(KDMemoryError, RuntimeError):
     """The value model has not been trained (or loaded) yet."""
 

@@ -63,7 +63,12 @@ from langchain_kd_memory.storage import (
     EpisodeStore,
     check_search_query,
 )
-from langchain_kd_memory.trajectories import trajectory_episodes, trajectory_rewards
+from langchain_kd_memory.trajectories import (
+    check_trajectory_metadata,
+    feedback_rewards,
+    trajectory_episodes,
+    trajectory_length,
+)
 from langchain_kd_memory.value_models import CHECKPOINT_NAME as CHECKPOINT_NAME
 from langchain_kd_memory.value_models import ValueModels
 
@@ -274,10 +279,12 @@ class DistilledEpisodicMemory(BaseRetriever):
         return self.namespace if namespace is None else validate_namespace(namespace)
 
     def add_rating_listener(self, listener: RatingListener) -> None:
-        """Call `listener(namespace)` whenever an episode gets a reward.
+        """Call `listener(namespace)` once for each episode that gets its first reward.
 
-        Both episodes added with a reward and `record_feedback` count. `ConsolidationCallback`
-        uses it to count new ratings. A bound method is held weakly: once its object is no
+        Episodes added with a reward, and unrated episodes given one by `record_feedback` (now,
+        or when the pending run it rated is stored), count; a new reward for a rated episode
+        does not (the same count as `store.count_rated`). `ConsolidationCallback` uses it to
+        count new ratings. A bound method is held weakly: once its object is no
         longer used anywhere else (e.g. a callback created for one request), it stops listening.
         """
         self._listeners.add_rating_listener(listener)
@@ -319,7 +326,8 @@ class DistilledEpisodicMemory(BaseRetriever):
             The episode id.
 
         Raises:
-            InvalidEpisodeError: An invalid field.
+            InvalidEpisodeError: An invalid field, or metadata using the trajectory keys
+                (`trajectories.TRAJECTORY_KEYS`) other than as a trajectory step.
             DuplicateEpisodeError: The id already exists in the namespace.
             EmbeddingError, StoreError: The embedder or Chroma failed.
         """
@@ -342,6 +350,10 @@ class DistilledEpisodicMemory(BaseRetriever):
 
         Returns:
             The ids, in order.
+
+        Raises:
+            InvalidEpisodeError, DuplicateEpisodeError, EmbeddingError, StoreError: As
+                `add_episode`, for any episode of the batch (then none is stored).
         """
         if isinstance(episodes, (str, Mapping, Episode)) or not isinstance(episodes, Sequence):
             raise InvalidEpisodeError(
@@ -351,6 +363,7 @@ class DistilledEpisodicMemory(BaseRetriever):
             e if isinstance(e, Episode) else Episode.from_dict(e, namespace=self.namespace)
             for e in episodes
         ]
+        check_trajectory_metadata(batch)
         ids = self.store.add(batch)
         self._listeners.notify_rated([e.namespace for e in batch if e.is_rated])
         return ids
@@ -400,10 +413,14 @@ class DistilledEpisodicMemory(BaseRetriever):
     def record_feedback(
         self, episode_id: str | UUID, reward: float, namespace: str | None = None
     ) -> Episode:
-        """Set the reward of a stored episode (e.g. a thumbs up that arrives later).
+        """Set the reward of an episode (e.g. a thumbs up that arrives later).
 
         The id of a trajectory (`add_trajectory`, or a multi-step run recorded by the callback
         or middleware) rates all its steps: each gets the discounted share of `reward`.
+
+        Feedback flows one way: a run still held by the memory's background writer (queued or
+        being written) gets the reward there, and it is stored with the run; otherwise the
+        stored episode's reward is updated in place.
 
         Args:
             episode_id: The episode's (or trajectory's) id; a run id (UUID) is accepted as is.
@@ -416,34 +433,53 @@ class DistilledEpisodicMemory(BaseRetriever):
             The updated episode (for a trajectory, its last step).
 
         Raises:
-            InvalidRewardError: `reward` is not a finite number.
-            EpisodeNotFoundError: No such episode (in `namespace`, if given).
+            InvalidRewardError: `reward` is not a finite number, or lies outside the reward range.
+            EpisodeNotFoundError: No such episode or trajectory (in `namespace`, if given).
+            JournalError: The writer's journal could not hold the rating of a pending run.
         """
         if reward is None:
             raise InvalidArgumentError("reward is None; to rate an episode pass a finite number")
+        value = validate_reward(reward, allow_none=False)
+        assert value is not None
         target = str(episode_id)
+        ns = None if namespace is None else validate_namespace(namespace)
+        pending = self._listeners.rate_pending(target, value, ns)
+        if pending is not None:
+            return pending  # counted as a rating when it is stored
         try:
-            episode = self._locate(target, namespace)
+            first = self._locate(target, ns)
         except EpisodeNotFoundError:
             try:
-                first = self._locate(f"{target}/0", namespace)
+                first = self._locate(f"{target}/0", ns)
             except EpisodeNotFoundError:
-                value = validate_reward(reward, allow_none=False)
-                pending = self._listeners.rate_pending(target, value)  # type: ignore[arg-type]
-                if pending is not None:
-                    return pending  # counted as a rating when it is stored
                 raise EpisodeNotFoundError(
                     f"no episode or trajectory with id {target!r}"
-                    + ("" if namespace is None else f" in namespace {namespace!r}")
+                    + ("" if ns is None else f" in namespace {ns!r}")
                 ) from None
-            updated = self.store.update_rewards(
-                trajectory_rewards(first, reward), first.namespace
-            )
-            episode = updated[-1]
-        else:
-            episode = self.store.update_reward(episode.id, reward, namespace=episode.namespace)
-        self._listeners.notify_rated([episode.namespace])
-        return episode
+        if first.id != target:  # a trajectory: the length its step 0 claims is data, checked
+            steps = trajectory_length(target, first)
+            last = f"{target}/{steps - 1}"
+            try:
+                self.store.get([last], namespace=first.namespace)
+            except EpisodeNotFoundError:
+                raise EpisodeNotFoundError(
+                    f"trajectory {target!r} has {steps} steps but its step {last!r} is not "
+                    "stored: rate the steps that are by their own ids"
+                ) from None
+        rewards = feedback_rewards(target, value, [first])
+        newly = len(rewards) if first.reward is None else 0
+        return self._set_rewards(rewards, first.namespace, newly_rated=newly)[-1]
+
+    def _set_rewards(
+        self, rewards: Mapping[str, float | None], namespace: str, *, newly_rated: int
+    ) -> list[Episode]:
+        """Update stored rewards (the store's rating update) and count the new ratings.
+
+        `newly_rated` of them were not rated before: the rating listeners hear of those.
+        """
+        updated = self.store.update_rewards(rewards, namespace)
+        self._listeners.notify_rated([namespace] * newly_rated)
+        return updated
 
     def _locate(self, episode_id: str, namespace: str | None) -> Episode:
         """The stored episode: in `namespace`, or the memory's namespace first, then any."""

@@ -14,7 +14,7 @@ import numpy as np
 from langchain_kd_memory._validate import check_number
 from langchain_kd_memory.decisions import discounted_returns
 from langchain_kd_memory.episodes import Episode, MetadataValue, validate_reward
-from langchain_kd_memory.errors import InvalidEpisodeError
+from langchain_kd_memory.errors import EpisodeNotFoundError, InvalidEpisodeError
 
 TRAJECTORY_KEYS = ("trajectory_id", "trajectory_step", "trajectory_steps", "trajectory_gamma")
 """Metadata of each step: the run's id, the step's index, the run's length and its discount."""
@@ -86,11 +86,71 @@ def trajectory_episodes(
     ]
 
 
-def trajectory_rewards(first_step: Episode, reward: float) -> dict[str, float]:
-    """{step id: discounted share of `reward`} for the trajectory whose step 0 is `first_step`."""
-    steps = int(first_step.metadata.get(TRAJECTORY_KEYS[2], 1))
-    gamma = float(first_step.metadata.get(TRAJECTORY_KEYS[3], 1.0))
-    trajectory_id = str(first_step.metadata.get(TRAJECTORY_KEYS[0], first_step.id[:-2]))
+def check_trajectory_metadata(episodes: Sequence[Episode]) -> None:
+    """Refuse episodes whose trajectory keys do not describe the episode itself.
+
+    The keys `TRAJECTORY_KEYS` are the memory's: feedback for a trajectory's id rates the steps
+    they describe. An episode may carry them only as a real step: all four keys, its id
+    ``f"{trajectory_id}/{trajectory_step}"``, ``0 <= trajectory_step < trajectory_steps`` and
+    ``0 <= trajectory_gamma <= 1`` (as `add_trajectory` and the recorders write them, and as an
+    export gives them back).
+
+    Raises:
+        InvalidEpisodeError: An episode uses the keys otherwise.
+    """
+    for episode in episodes:
+        keys = [key for key in TRAJECTORY_KEYS if key in episode.metadata]
+        if not keys:
+            continue
+        tid, step, steps, gamma = (episode.metadata.get(key) for key in TRAJECTORY_KEYS)
+        valid = (
+            len(keys) == len(TRAJECTORY_KEYS) and isinstance(tid, str)
+            and _is_int(step) and _is_int(steps) and 0 <= step < steps  # type: ignore[operator]
+            and isinstance(gamma, (int, float)) and not isinstance(gamma, bool)
+            and 0.0 <= gamma <= 1.0 and episode.id == f"{tid}/{step}"
+        )
+        if not valid:
+            raise InvalidEpisodeError(
+                f"episode {episode.id!r}: metadata keys {keys} are reserved for the steps of a "
+                f"trajectory (all of {list(TRAJECTORY_KEYS)}, the episode id "
+                "'{trajectory_id}/{trajectory_step}'): record trajectories with add_trajectory, "
+                "or rename these keys"
+            )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def trajectory_length(target: str, first: Episode | None) -> int:
+    """The number of steps of the trajectory `target`, read from its step 0 `first`.
+
+    Raises:
+        EpisodeNotFoundError: `first` is not step 0 of the trajectory `target`.
+    """
+    if first is None or first.id != f"{target}/0" or first.metadata.get(
+        TRAJECTORY_KEYS[0]
+    ) != target:
+        raise EpisodeNotFoundError(f"no episode or trajectory with id {target!r}")
+    return int(first.metadata[TRAJECTORY_KEYS[2]])  # type: ignore[arg-type]
+
+
+def feedback_rewards(target: str, reward: float, episodes: Sequence[Episode]) -> dict[str, float]:
+    """{episode id: reward} that feedback `reward` for `target` sets: the one place of credit.
+
+    `episodes` are a run's episodes (or the stored episode `target`, or the stored first step of
+    the trajectory `target`). An episode whose id is `target` gets `reward`; otherwise `target`
+    must be the trajectory of ``episodes[0]``, its step 0, and each of its steps
+    ``f"{target}/{i}"`` gets its discounted share (`step_returns`), in step order.
+
+    Raises:
+        EpisodeNotFoundError: `target` is neither one of `episodes` nor their trajectory.
+    """
+    if any(episode.id == target for episode in episodes):
+        return {target: reward}
+    first = episodes[0] if episodes else None
+    steps = trajectory_length(target, first)
+    gamma = float(first.metadata[TRAJECTORY_KEYS[3]])  # type: ignore[arg-type, union-attr]
     returns = step_returns(reward, steps, gamma)
     assert returns is not None
-    return {f"{trajectory_id}/{i}": value for i, value in enumerate(returns)}
+    return {f"{target}/{i}": value for i, value in enumerate(returns)}

@@ -9,6 +9,14 @@ A namespace is answered by its own model, else by the shared one (which may be u
 namespace models live in a bounded LRU cache. Each model is reloaded when a newer checkpoint
 appears on disk (its manifest is checked at most every `refresh_s` seconds), so agent processes
 pick up what a worker trained without restarting.
+
+A damaged checkpoint (corrupted, tampered with, truncated, another embedder) has one behaviour,
+whatever the process saw before and however often it asks: the model answers with the newest
+version of its own checkpoint that loads (the one in use, or an earlier version kept on disk),
+with a warning in the log; when no version loads, every use of that model (`score`,
+`rank_responses`, recall, `model_version`, `consolidate` of its namespace) raises the load's
+error (`CheckpointError`, ...) until the checkpoint changes on disk. A namespace never falls back
+to the shared model because its own checkpoint is damaged.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from langchain_kd_memory.checkpoint import manifest_path
+from langchain_kd_memory.checkpoint import checkpoint_versions, manifest_path
 from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.errors import KDMemoryError
 
@@ -46,6 +54,7 @@ class _Entry:
     model: ModelDistillation
     manifest_mtime: int | None  # of the checkpoint loaded; None when none was
     checked: float  # time.monotonic() of the last look at the disk
+    error: KDMemoryError | None = None  # no version of the checkpoint on disk loads
 
 
 class ValueModels:
@@ -94,6 +103,10 @@ class ValueModels:
         """The namespace's own model (the shared one for None), loaded from disk if saved there.
 
         A namespace without a checkpoint gets a new untrained model configured like `shared`.
+
+        Raises:
+            CheckpointError: No version of the model's checkpoint on disk loads (or the
+                error that loading it raised: `EmbedderMismatchError`, `ConfigError`).
         """
         with self._lock:
             entry = self._entries.get(namespace)
@@ -105,6 +118,8 @@ class ValueModels:
                 self._evict()
             self._entries.move_to_end(namespace)
             self._refresh(namespace, entry)
+            if entry.error is not None:
+                raise entry.error.with_traceback(None)
             return entry.model
 
     def answering(self, namespace: str) -> ModelDistillation:
@@ -124,6 +139,7 @@ class ValueModels:
             if entry is not None:
                 entry.manifest_mtime = self._mtime(namespace)
                 entry.checked = time.monotonic()
+                entry.error = None
 
     def _evict(self) -> None:
         namespaced = [key for key in self._entries if key is not None]
@@ -140,27 +156,49 @@ class ValueModels:
             return None
 
     def _refresh(self, namespace: str | None, entry: _Entry) -> None:
-        """Load the checkpoint on disk if it changed since the last look.
+        """Load the checkpoint on disk if its manifest changed since the last look.
 
-        Looks at most every `refresh_s`; a damaged checkpoint is logged and the model in use
-        is kept (at construction, with no model yet, it raises).
+        Looks at most every `refresh_s`. A checkpoint that does not load is not looked at again
+        until it changes; the model keeps (or loads) the newest version that loads, else
+        `entry.error` is set (see the module's docs).
         """
         now = time.monotonic()
         if now - entry.checked < self.refresh_s:
             return
         first_look, entry.checked = entry.checked == -float("inf"), now
         mtime = self._mtime(namespace)
-        if mtime == entry.manifest_mtime and not first_look:
-            return
         prefix = self.prefix(namespace)
-        if prefix is None:
+        if prefix is None or (mtime == entry.manifest_mtime and not first_look):
             return
+        entry.manifest_mtime = mtime
+        name = "the shared model" if namespace is None else repr(namespace)
         try:  # also on a first look without a manifest: it refuses pickled weights there
-            if entry.model.load_models(prefix):
-                entry.manifest_mtime = mtime
-                logger.info("loaded value model version %s of %s", entry.model.checkpoint_version,
-                            "the shared model" if namespace is None else repr(namespace))
+            loaded = entry.model.load_models(prefix)
         except KDMemoryError as exc:
-            if entry.manifest_mtime is None and not entry.model.is_trained:
-                raise
-            logger.warning("keeping the value model in use: %s", exc)
+            if self._load_earlier(prefix, entry.model):
+                logger.warning("value model of %s: answering with version %s: the newer "
+                               "checkpoint does not load: %s", name,
+                               entry.model.checkpoint_version, exc)
+                entry.error = None
+            else:
+                logger.warning("value model of %s unusable: %s", name, exc)
+                entry.error = exc
+            return
+        entry.error = None
+        if loaded:
+            logger.info("loaded value model version %s of %s", entry.model.checkpoint_version,
+                        name)
+
+    @staticmethod
+    def _load_earlier(prefix: str, model: ModelDistillation) -> bool:
+        """Keep or load the newest version at `prefix` that loads; whether there is one."""
+        in_use = (model.checkpoint_version or 0) if model.is_trained else 0
+        for version in sorted(checkpoint_versions(prefix), reverse=True):
+            if version <= in_use:
+                return True
+            try:
+                if model.load_models(prefix, version=version):
+                    return True
+            except KDMemoryError:
+                continue
+        return model.is_trained

@@ -2,7 +2,8 @@
 
 Agents record episodes into a shared store (a Chroma server, or one persist directory) and
 score with the checkpoints in a shared model directory; the worker watches the store and trains
-each namespace's model when it has gathered `every_n_ratings` new rated episodes, so training
+each namespace's model when its `trigger.RetrainTrigger` says so (`every_n_ratings` episodes
+rated for the first time since its last training, here or in an agent's callback), so training
 never shares the agents' threads. Agents pick up each new checkpoint version within their
 memory's `model_refresh_s` (see `value_models.py`). `kd-memory worker` runs it.
 
@@ -16,34 +17,27 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import threading
-from pathlib import Path
 
-from langchain_kd_memory._validate import check_int, check_number
+from langchain_kd_memory._validate import check_number
 from langchain_kd_memory.consolidation import ConsolidationReport
 from langchain_kd_memory.errors import InsufficientDataError, InvalidArgumentError, KDMemoryError
 from langchain_kd_memory.memory import DistilledEpisodicMemory
+from langchain_kd_memory.trigger import RetrainTrigger
 
 logger = logging.getLogger(__name__)
-
-STATE_FILE = "worker_state.json"
-"""In the model directory: rated episodes per namespace at its last consolidation."""
-SHARED = "*"
-"""The state key of the shared model (trained on every namespace)."""
 
 
 class ConsolidationWorker:
     """Watches a memory's store and consolidates each namespace after every N new ratings.
 
-    "New ratings" are rated episodes added since the namespace's last consolidation (counted
-    with `count_rated`; a re-rated episode does not count again). The counts at the last
-    consolidation are kept in `{model_dir}/worker_state.json`, so a restarted worker goes on
-    where it stopped. A namespace with too few or all-equal rewards is skipped until it has
-    more; any other failure is logged and retried at the next round.
+    "New ratings" are episodes rated for the first time since the namespace's model was last
+    trained (`trigger.RetrainTrigger`, the same decision as `ConsolidationCallback`'s). The
+    rated count at each training is kept beside the model's checkpoint, so a restarted worker
+    goes on where it (or an agent's callback) stopped. A namespace with too few or all-equal
+    rewards is skipped until it has more; any other failure is logged and retried at the next
+    round.
     """
 
     def __init__(
@@ -58,7 +52,7 @@ class ConsolidationWorker:
 
         Args:
             memory: Its store and model directory are the agents'.
-            every_n_ratings: New rated episodes that trigger a namespace's consolidation.
+            every_n_ratings: New ratings that trigger a namespace's consolidation.
             poll_s: Seconds between two looks at the store.
             shared: Also train the shared model (all namespaces) after every N new ratings
                 across the store.
@@ -70,61 +64,42 @@ class ConsolidationWorker:
         if memory.model_dir is None:
             raise InvalidArgumentError("the worker needs a memory with a model_dir to save to")
         self.memory = memory
-        self.every_n_ratings = check_int("every_n_ratings", every_n_ratings, low=1)
+        self.trigger = RetrainTrigger(every_n_ratings, lambda: memory.model_dir)
         self.poll_s = check_number("poll_s", poll_s, low=0.0)
         self.shared = shared
-        self._state_path = Path(memory.model_dir) / STATE_FILE
-        self._state = self._load_state()
 
-    def _load_state(self) -> dict[str, int]:
-        try:
-            state = json.loads(self._state_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            logger.warning("ignoring an unreadable %s: %s", self._state_path, exc)
-            return {}
-        if not isinstance(state, dict):
-            return {}
-        return {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, int)}
+    @property
+    def every_n_ratings(self) -> int:
+        """New ratings that trigger a consolidation."""
+        return self.trigger.every
 
-    def _save_state(self) -> None:
-        self._state_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._state_path.parent, prefix=".worker_state.")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(self._state, handle, sort_keys=True)
-        os.replace(tmp, self._state_path)
-
-    def due(self) -> list[tuple[str | None, int]]:
-        """(namespace, rated count) of each model due for training (None: the shared one)."""
+    def due(self) -> list[str | None]:
+        """The models due for training now (None: the shared one), after a look at the store."""
         store = self.memory.store
-        due: list[tuple[str | None, int]] = []
-        total = 0
-        for namespace in store.namespaces():
-            rated = store.count_rated(namespace)
-            total += rated
-            if rated - self._state.get(namespace, 0) >= self.every_n_ratings:
-                due.append((namespace, rated))
-        if self.shared and total - self._state.get(SHARED, 0) >= self.every_n_ratings:
-            due.append((None, total))
-        return due
+        counts = {namespace: store.count_rated(namespace) for namespace in store.namespaces()}
+        for namespace, rated in counts.items():
+            self.trigger.observe(namespace, rated)
+        if self.shared:
+            self.trigger.observe(None, sum(counts.values()))
+        return self.trigger.due()
 
     def run_once(self) -> list[ConsolidationReport]:
         """Consolidate every model that is due; return the reports of those trained."""
         reports = []
-        for namespace, rated in self.due():
-            key = SHARED if namespace is None else namespace
+        for namespace in self.due():
+            name = "the shared model" if namespace is None else f"namespace {namespace!r}"
             try:
-                reports.append(self.memory.consolidate(namespace))
+                report = self.memory.consolidate(namespace)
             except InsufficientDataError as exc:
                 logger.info("not yet: %s", exc)
                 continue
             except KDMemoryError:
-                logger.exception("consolidation of %s failed; retrying next round", key)
+                logger.exception("consolidation of %s failed; retrying next round", name)
                 continue
-            self._state[key] = rated
-            self._save_state()
-            logger.info("trained %s on %d rated episodes", key, rated)
+            self.trigger.trained(namespace)
+            reports.append(report)
+            logger.info("trained %s on %d episodes (checkpoint version %s)", name,
+                        report.episodes_used, report.checkpoint_version)
         return reports
 
     def run(self, stop: threading.Event | None = None) -> None:

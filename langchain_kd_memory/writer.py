@@ -10,30 +10,32 @@ Guarantees and policies:
 
 - **Queue full** (`max_queue` runs waiting): `submit` blocks up to `put_timeout` seconds for
   room, then drops the run, logs a warning and counts it (`status.dropped`). An agent never
-  waits longer than `put_timeout` for its memory.
+  waits longer than `put_timeout` for its memory. A dropped run never reaches the journal.
 - **A failed write** is retried with backoff (`retry_delays`, 0.1 s, 0.5 s then 2 s by default):
   `add` skips episodes already stored identically, so a retry never duplicates. After the last
-  retry the runs are counted as failed (`status.failed`, and in the recorder's status) and
-  logged; with a journal they stay in it and are written at the next start. A run the store
-  refuses (an id stored with other content, a reward outside the namespace's range) is not
-  retried; the other runs of its batch are written without it. Nothing raises into the agent.
+  retry the run is counted as failed (`status.failed`, and in the recorder's status) and
+  logged; with a journal it stays there (and pending: feedback for it is still accepted and
+  queues it again) and is written at the next start. A run the store refuses (an id stored
+  with other content, a reward outside the namespace's range) is not retried; the other runs of
+  its batch are written without it. Nothing raises into the agent.
 - **`flush()`** waits until every run submitted before the call is written (or failed);
   interpreter exit (atexit) does the same, for up to `exit_timeout` seconds.
-- **Feedback for a pending run**: the writer is registered with `memory.add_pending_source`, so
-  `memory.record_feedback(run_id, reward)` for a run still queued (or being written) succeeds
-  at once; the reward (for a trajectory, each step's discounted share) is stored with the run,
-  or right after it when the run was already being written.
+- **Feedback flows one way**: `memory.record_feedback(run_id, reward)` asks the writer first
+  (`rate_pending`); a run still queued gets the reward before it is written, a run being written
+  right after (through the store's rating update); only a run the writer no longer holds is
+  rated in the store by the memory. Trajectory credit is `trajectories.feedback_rewards`.
+- **`forget(ids)`** drops pending runs (for a deletion): queued ones never reach the store, one
+  being written is waited for, so that the caller's delete in the store then finds it.
 - **Recall** does not see a run until it is written (typically tens of milliseconds later).
-- **Journal** (`journal=path`, optional): every run (and feedback for a pending run) is
-  appended to the file, one JSON line, with one `write` system call before `submit` returns.
-  The operating system then holds it, so a killed process (SIGKILL, OOM kill, a crash) loses
-  nothing it acknowledged: the next writer opened on the journal replays it (idempotent, like
-  any retry) and the file is truncated once everything in it is written. `fsync=True` also
-  survives a power loss or kernel crash, at the cost of a disk flush per run (the recording
-  hook took 0.92 / 7.5 ms p50 / p95 with it, 0.29 / 1.9 ms with the journal alone and
-  0.12 / 0.17 ms without a journal: `benchmarks/bench_callback.py`, 2026-12-04).
-  A line cut short by a kill was never acknowledged and is ignored. One writer at a time may
-  use a journal (a lock file beside it).
+- **Journal** (`journal=path`, optional): a write-ahead log with the contract written at the top
+  of `journal.py`: each run (and each rating of a pending run) is appended before it is
+  acknowledged (a failed append is not: the run is reported failed); runs and ratings in the
+  store are checkpointed; the next writer opened on the journal replays only what is not
+  stored, so a killed process (SIGKILL, OOM kill, a crash) loses nothing it acknowledged and
+  brings back nothing that was deleted or dropped. After a clean stop the journal is empty.
+  `fsync=True` also survives a power loss or kernel crash, at the cost of a disk flush per run
+  (see `benchmarks/bench_callback.py` for what each costs the agent). One writer at a time may
+  use a journal (a lock on the file itself).
 - **Without a journal**, a SIGKILL loses exactly the runs still queued or being written: the
   most recent ones (the queue is FIFO), each whole (a run's episodes are written in one
   `add`, all or none). Everything written before is in Chroma.
@@ -53,28 +55,28 @@ import atexit
 import concurrent.futures.process  # noqa: F401 - see _drain_at_exit
 import concurrent.futures.thread  # noqa: F401 - see _drain_at_exit
 import dataclasses
-import json
 import logging
 import os
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from langchain_kd_memory._validate import check_int, check_number
 from langchain_kd_memory.episodes import Episode
-from langchain_kd_memory.errors import ConfigError, DuplicateEpisodeError, InvalidArgumentError
+from langchain_kd_memory.errors import (
+    ConfigError,
+    DuplicateEpisodeError,
+    EpisodeNotFoundError,
+    InvalidArgumentError,
+    JournalError,
+)
+from langchain_kd_memory.journal import Journal, check_path
 from langchain_kd_memory.memory import DistilledEpisodicMemory
-from langchain_kd_memory.trajectories import trajectory_rewards
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: the journal is not locked
-    fcntl = None  # type: ignore[assignment]
+from langchain_kd_memory.trajectories import feedback_rewards
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +92,6 @@ DEFAULT_EXIT_TIMEOUT_S = 30.0
 """Longest interpreter exit waits for the queue to drain."""
 IDLE_EXIT_S = 5.0
 """The writer thread ends after this long without work (a new run starts it again)."""
-LANDED_IDS = 10_000
-"""Recently written ids kept, so that feedback racing with the write still finds its run."""
-COMPACT_BYTES = 8 << 20
-"""A journal larger than this, mostly written, is rewritten with its pending lines only."""
-JOURNAL_VERSION = 1
 
 Report = Callable[[str, str, "BaseException | None"], None]
 """`report(event, run_id, error)`, event one of "queued", "written", "dropped", "failed"."""
@@ -108,7 +105,8 @@ class RecordingStatus:
         queued: Runs handed to the background writer (acknowledged).
         written: Runs stored (their episodes are in the memory).
         dropped: Runs dropped because the writer's queue stayed full (see `BackgroundWriter`).
-        failed: Runs whose write failed (after the writer's retries, or inline).
+        failed: Runs whose write failed (after the writer's retries, or inline), or that the
+            journal could not hold (not acknowledged).
     """
 
     queued: int = 0
@@ -123,14 +121,16 @@ class WriterStatus(RecordingStatus):
 
     Attributes:
         replayed: Runs read back from the journal at start (written or failed like the others).
+        forgotten: Pending runs dropped by `forget`.
         pending: Runs queued or being written now.
         batches: `add_episodes` calls that stored something.
         retries: Failed writes that were retried.
         journal: Path of the journal, or None.
-        last_error: The latest write error, or None.
+        last_error: The latest write or journal error, or None.
     """
 
     replayed: int = 0
+    forgotten: int = 0
     pending: int = 0
     batches: int = 0
     retries: int = 0
@@ -140,14 +140,18 @@ class WriterStatus(RecordingStatus):
 
 @dataclass(eq=False)
 class _Run:
+    """A run the writer holds, from `submit` (or replay) until it is stored or dropped."""
+
     run_id: str
-    episodes: list[Episode]
+    episodes: list[Episode]  # as they will be stored: feedback so far applied
     report: Report | None
-    memory: DistilledEpisodicMemory  # kept alive until the run is written
-    seqs: list[int] = field(default_factory=list)  # its journal lines: the run, its feedback
+    memory: DistilledEpisodicMemory | None  # kept alive while queued
+    entries: list[int] = field(default_factory=list)  # journal entries: the run, its ratings
     replayed: bool = False
     in_flight: bool = False
-    late: list[tuple[str, float]] = field(default_factory=list)  # feedback while in flight
+    rated_in_flight: bool = False  # its rewards changed while it was being written
+    parked: bool = False  # its write failed; journaled, waiting for a rating or the next start
+    closing: bool = False  # stored or dropped: no more feedback; its `done` is being written
 
     @property
     def keys(self) -> set[str]:
@@ -161,134 +165,11 @@ class _Outcome:
     permanent: bool = False  # the store refused it: retrying (or replaying) cannot help
 
 
-def rate_run(
-    episodes: Sequence[Episode], target: str, reward: float
-) -> tuple[list[Episode], Episode]:
-    """A run's episodes with feedback applied, and the episode to show for it.
-
-    `target` is an episode's id (it alone gets `reward`) or the id of the trajectory the
-    episodes are the steps of (each step gets its discounted share; the last step is shown).
-    """
-    if any(episode.id == target for episode in episodes):
-        rewards = {target: reward}
-    else:
-        rewards = trajectory_rewards(episodes[0], reward)
-    rated = [
-        dataclasses.replace(e, reward=rewards[e.id]) if e.id in rewards else e for e in episodes
-    ]
-    shown = next((e for e in rated if e.id == target), rated[-1])
-    return rated, shown
-
-
-# ----------------------------------------------------------------------------- journal
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-class _Journal:
-    """An append-only file of JSON lines: runs and feedback not written to the memory yet."""
-
-    def __init__(self, path: str | os.PathLike[str], fsync: bool) -> None:
-        self.path = Path(path).expanduser().resolve()
-        self.fsync = fsync
-        self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.path.with_name(self.path.name + ".lock"), "a")  # noqa: SIM115
-        if fcntl is not None:
-            try:
-                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                self._lock_file.close()
-                raise ConfigError(
-                    f"journal {str(self.path)!r} is in use by another writer (in this process "
-                    "or another): give each memory its own journal"
-                ) from exc
-        lines, complete = self._read()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.ftruncate(self._fd, complete)  # drop a line cut short by a kill (never acknowledged)
-        self._size = complete
-        self._seq = 0
-        self._live: dict[int, bytes] = {}
-        self.entries: list[tuple[int, dict[str, Any]]] = []
-        for line, record in lines:
-            self._seq += 1
-            self._live[self._seq] = line
-            self.entries.append((self._seq, record))
-
-    def _read(self) -> tuple[list[tuple[bytes, dict[str, Any]]], int]:
-        """The valid lines of the file, and the length of its complete lines."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return [], 0
-        complete = data.rfind(b"\n") + 1
-        lines = []
-        for line in data[:complete].splitlines(keepends=True):
-            try:
-                record = json.loads(line)
-                valid = record.get("v") == JOURNAL_VERSION and record.get("op") in (
-                    "run", "feedback")
-            except (ValueError, AttributeError):
-                valid = False
-            if valid:
-                lines.append((line, record))
-            elif line.strip():
-                logger.warning("journal %s: skipping an unreadable line: %.80r", self.path, line)
-        if complete < len(data):
-            logger.warning("journal %s: ignoring a line cut short (%d bytes)", self.path,
-                           len(data) - complete)
-        return lines, complete
-
-    def append(self, record: dict[str, Any]) -> int:
-        """Append one record (written to the OS, fsynced if asked); its sequence number."""
-        line = (json.dumps({"v": JOURNAL_VERSION, **record}, separators=(",", ":"),
-                           ensure_ascii=False) + "\n").encode("utf-8")
-        with self._lock:
-            _write_all(self._fd, line)
-            if self.fsync:
-                os.fsync(self._fd)
-            self._seq += 1
-            self._live[self._seq] = line
-            self._size += len(line)
-            return self._seq
-
-    def done(self, seqs: Sequence[int]) -> None:
-        """Forget written lines; truncate the file when none is pending, compact when large."""
-        if not seqs:
-            return
-        with self._lock:
-            for seq in seqs:
-                self._live.pop(seq, None)
-            if not self._live:
-                if self._size:
-                    os.ftruncate(self._fd, 0)
-                    self._size = 0
-            elif self._size > COMPACT_BYTES and 2 * sum(map(len, self._live.values())) < self._size:
-                self._rewrite()
-
-    def _rewrite(self) -> None:
-        """Replace the file by its pending lines (atomically: a new file renamed over it)."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        data = b"".join(self._live.values())
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path)
-        os.close(self._fd)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        self._size = len(data)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-            self._lock_file.close()  # releases the lock
+def _rated(episodes: Sequence[Episode], target: str, reward: float) -> list[Episode]:
+    """A run's episodes with the feedback `reward` for `target` applied."""
+    rewards = feedback_rewards(target, reward, episodes)
+    return [dataclasses.replace(e, reward=rewards[e.id]) if e.id in rewards else e
+            for e in episodes]
 
 
 # ----------------------------------------------------------------------------- writer
@@ -296,8 +177,17 @@ class _Journal:
 _REGISTRY: dict[int, BackgroundWriter] = {}
 """id(memory) -> its writer, until the memory is garbage-collected or the writer closed. The
 writer holds its memory weakly while idle, so the entry does not keep the memory alive."""
-_REGISTRY_LOCK = threading.RLock()
+_REGISTRY_LOCK = threading.Lock()
+"""Guards `_REGISTRY` only: no file is opened, and nothing waits, while it is held."""
 _LIVE: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
+
+
+def _registered(memory: DistilledEpisodicMemory) -> BackgroundWriter | None:
+    with _REGISTRY_LOCK:
+        writer = _REGISTRY.get(id(memory))
+    if writer is None or writer._memory() is not memory or writer._closed:
+        return None
+    return writer
 
 
 class BackgroundWriter:
@@ -323,8 +213,8 @@ class BackgroundWriter:
 
         Args:
             memory: Where runs are stored.
-            journal: Path of an append-only journal (see the module's docs); None for none.
-            fsync: fsync the journal after each run (survives power loss; ~4 ms per run).
+            journal: Path of the journal (see the module's docs); None for none.
+            fsync: fsync the journal after each entry (survives power loss).
             max_queue: Runs waiting before `submit` blocks.
             put_timeout: Seconds `submit` waits for room in a full queue before dropping.
             max_batch: Most episodes per `add_episodes` call.
@@ -332,7 +222,8 @@ class BackgroundWriter:
             exit_timeout: Seconds interpreter exit waits for the queue to drain.
 
         Raises:
-            ConfigError: The memory already has a writer, or the journal is in use.
+            ConfigError: The memory already has a writer; the journal path is unusable (a
+                directory, a FIFO, a device, unwritable, ...) or in use by another writer.
             InvalidArgumentError: An invalid option.
         """
         if not isinstance(memory, DistilledEpisodicMemory):
@@ -347,31 +238,36 @@ class BackgroundWriter:
         self.retry_delays = tuple(check_number("retry_delays", d, low=0.0) for d in retry_delays)
         self.exit_timeout = check_number("exit_timeout", exit_timeout, low=0.0)
         self._cond = threading.Condition()
+        self._rating = threading.Lock()  # one rating of a pending run at a time
         self._queue: deque[_Run] = deque()
-        self._index: dict[str, _Run] = {}  # run ids and episode ids of pending runs
-        self._landed: OrderedDict[str, None] = OrderedDict()
+        self._index: dict[str, _Run] = {}  # run ids and episode ids of the runs held
+        self._reserved = 0  # queue places taken by runs being journaled
         self._submitted = 0
         self._finished = 0
         self._thread: threading.Thread | None = None
         self._closed = False
         self._status = WriterStatus()
-        self._journal: _Journal | None = None
+        self._journal: Journal | None = None
+        path = None if journal is None else check_path(journal)
+        if _registered(memory) is not None:
+            raise ConfigError(
+                "this memory already has a writer: use BackgroundWriter.for_memory(memory), "
+                "or create the writer before any callback or middleware over the memory"
+            )
+        opened = None if path is None else Journal(path, fsync=self.fsync)
         with _REGISTRY_LOCK:
             existing = _REGISTRY.get(id(memory))
             if existing is not None and existing._memory() is memory and not existing._closed:
-                raise ConfigError(
-                    "this memory already has a writer: use BackgroundWriter.for_memory(memory), "
-                    "or create the writer before any callback or middleware over the memory"
-                )
-            if journal is not None:
-                self._journal = _Journal(journal, self.fsync)
+                if opened is not None:
+                    opened.close()
+                raise ConfigError("this memory already has a writer: use for_memory(memory)")
             _REGISTRY[id(memory)] = self
         self._finalizer = weakref.finalize(memory, self._unregister, id(memory))
-        self._finalizer.atexit = False  # at exit the drain needs the journal open to compact it
+        self._finalizer.atexit = False  # at exit the drain needs the journal open to finish
         _LIVE.add(self)
         memory.add_pending_source(self)
-        if self._journal is not None:
-            self._replay(self._journal)
+        if opened is not None:
+            self._attach(opened)
 
     @classmethod
     def for_memory(
@@ -385,33 +281,47 @@ class BackgroundWriter:
                 none yet.
 
         Raises:
-            ConfigError: The writer already uses another journal, or `journal` is in use.
+            ConfigError: The writer already uses another journal, or `journal` is unusable or
+                in use.
         """
-        with _REGISTRY_LOCK:
-            writer = _REGISTRY.get(id(memory))
-            if writer is None or writer._memory() is not memory or writer._closed:
-                return cls(memory, journal=journal)
-        if journal is not None:
-            writer.use_journal(journal)
+        path = None if journal is None else check_path(journal)
+        writer = _registered(memory)
+        if writer is None:
+            try:
+                return cls(memory, journal=path)
+            except ConfigError:
+                writer = _registered(memory)  # another thread was first: use its writer
+                if writer is None:
+                    raise
+        if path is not None:
+            writer.use_journal(path)
         return writer
 
     def use_journal(self, journal: str | os.PathLike[str]) -> None:
         """Journal from now on (replaying what the file holds); no-op if it already does.
 
         Raises:
-            ConfigError: The writer uses another journal, or this one is in use elsewhere.
+            ConfigError: The writer uses another journal, or this one is unusable or in use.
         """
-        path = Path(journal).expanduser().resolve()
-        with _REGISTRY_LOCK:
-            if self._journal is not None:
-                if self._journal.path != path:
-                    raise ConfigError(
-                        f"this memory's writer journals to {str(self._journal.path)!r}, not "
-                        f"{str(path)!r}: pass the same journal to every recorder of the memory"
-                    )
-                return
-            self._journal = _Journal(path, self.fsync)
-        self._replay(self._journal)
+        path = check_path(journal)
+        if self._journal is None:
+            try:
+                opened = Journal(path, fsync=self.fsync)
+            except ConfigError:  # in use: maybe by this writer, opened meanwhile by a thread
+                if self._journal is None:
+                    raise
+            else:
+                with self._cond:
+                    if self._journal is None:
+                        self._attach(opened)
+                        return
+                opened.close()
+        current = self._journal.path
+        if path != current and not (path.exists() and os.path.samefile(path, current)):
+            raise ConfigError(
+                f"this memory's writer journals to {str(current)!r}, not {str(path)!r}: pass "
+                "the same journal to every recorder of the memory"
+            )
 
     @property
     def memory(self) -> DistilledEpisodicMemory:
@@ -431,11 +341,11 @@ class BackgroundWriter:
         with _REGISTRY_LOCK:
             if _REGISTRY.get(key) is self:
                 del _REGISTRY[key]
-            if self._journal is not None:
-                self._journal.close()
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        if self._journal is not None:
+            self._journal.close()
 
     # ----------------------------------------------------------------- status
 
@@ -471,50 +381,60 @@ class BackgroundWriter:
                 error) once the run's fate is known.
 
         Returns:
-            True if the run was queued, False if it was dropped.
+            True if the run was queued (acknowledged), False if it was dropped.
+
+        Raises:
+            JournalError: The journal could not hold the run: it is not acknowledged, not
+                queued, and counted in `status.failed` (recorders report it as failed).
         """
         if not episodes:
             return True
         run = _Run(run_id or episodes[0].id, list(episodes), report, self.memory)
-        if self._closed:
-            logger.warning("episodic memory writer: closed; run %s dropped", run.run_id)
-            with self._cond:
-                self._status.dropped += 1
-            return False
-        if self._journal is not None:
-            try:
-                run.seqs.append(self._journal.append({
-                    "op": "run", "run": run.run_id,
-                    "episodes": [episode.to_dict() for episode in run.episodes],
-                }))
-            except OSError as exc:
-                logger.error("journal %s: run %s queued without it: %s", self.journal,
-                             run.run_id, exc)
         with self._cond:
             room = self._cond.wait_for(
-                lambda: len(self._queue) < self.max_queue or self._closed, self.put_timeout
+                lambda: self._closed or len(self._queue) + self._reserved < self.max_queue,
+                self.put_timeout,
             )
             if room and not self._closed:
-                self._enqueue([run])
-                self._status.queued += 1
-                return True
-            self._status.dropped += 1
-            dropped = self._status.dropped
-        if self._journal is not None:
-            self._journal.done(run.seqs)
-        logger.warning(
-            "episodic memory writer: queue is full (%d runs) after waiting %.2fs; run %s "
-            "dropped (%d dropped so far)", self.max_queue, self.put_timeout, run.run_id, dropped,
-        )
-        return False
+                self._reserved += 1
+            else:
+                self._status.dropped += 1
+                dropped = self._status.dropped
+                room = False
+        if not room:
+            logger.warning(
+                "episodic memory writer: %s; run %s dropped (%d dropped so far)",
+                "closed" if self._closed else f"queue is full ({self.max_queue} runs) after "
+                f"waiting {self.put_timeout:.2f}s", run.run_id, dropped,
+            )
+            return False
+        try:
+            if self._journal is not None:
+                run.entries.append(self._journal.append(
+                    "run", id=run.run_id, episodes=[e.to_dict() for e in run.episodes]))
+        except JournalError as exc:
+            with self._cond:
+                self._reserved -= 1
+                self._status.failed += 1
+                self._status.last_error = exc
+                self._cond.notify_all()
+            logger.error("episodic memory writer: run %s not recorded: %s", run.run_id, exc)
+            raise
+        with self._cond:
+            self._reserved -= 1
+            self._status.queued += 1
+            self._enqueue([run])
+        return True
 
-    def _enqueue(self, runs: Sequence[_Run]) -> None:
+    def _enqueue(self, runs: Iterable[_Run]) -> None:
         """Queue runs and make sure the thread runs (the caller holds the condition)."""
         for run in runs:
+            run.parked = False
+            run.memory = self.memory
             self._queue.append(run)
             for key in run.keys:
                 self._index[key] = run
-        self._submitted += len(runs)
+            self._submitted += 1
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._loop, name="kd-memory-writer", daemon=True
@@ -547,45 +467,98 @@ class BackgroundWriter:
         self._finalizer()  # calls _unregister once
         return drained
 
-    # ----------------------------------------------------------------- feedback
+    # ----------------------------------------------------------------- feedback, forgetting
 
-    def rate_pending(self, episode_id: str, reward: float) -> Episode | None:
-        """Give a run that is queued or being written this reward (`PendingEpisodes`).
+    def rate_pending(
+        self, episode_id: str, reward: float, namespace: str | None = None
+    ) -> Episode | None:
+        """Give a run the writer holds this reward (`listeners.PendingEpisodes`).
 
-        A queued run is stored with it; a run being written gets it right after it lands. A
-        run's id rates each step of a trajectory with its discounted share.
+        A queued run is stored with it, a run being written gets it right after it lands, a
+        parked run (its write failed) is queued again with it. A run's id rates each step of a
+        trajectory with its discounted share.
 
         Returns:
-            The episode as it will be stored (a trajectory's last step), or None if no
-            pending run has this id.
+            The episode as it will be stored (a trajectory's last step), or None if the writer
+            holds no run with this id (in `namespace`, if given).
 
         Raises:
             InvalidRewardError: The reward lies outside the namespace's reward range.
+            JournalError: The journal could not hold the rating (not acknowledged).
         """
         target = str(episode_id)
-        with self._cond:
-            run = self._index.get(target)
-            landed = run is None and target in self._landed
-            if landed:
-                del self._landed[target]  # once: a deleted episode must not come back here
-            snapshot = list(run.episodes) if run is not None else []
-        if run is not None:
-            rated, shown = rate_run(snapshot, target, reward)
-            self.memory.store.check_episodes(rated)  # the namespace's reward range, now
+        with self._rating:
             with self._cond:
-                if self._index.get(target) is run:
-                    if self._journal is not None:
-                        run.seqs.append(self._journal.append(
-                            {"op": "feedback", "id": target, "reward": reward}))
+                run = self._held(target)
+                if run is None or (namespace is not None
+                                   and run.episodes[0].namespace != namespace):
+                    return None
+                before = run.episodes
+            rated = _rated(before, target, reward)
+            self.memory.store.check_episodes(rated)  # the namespace's reward range, now
+            entry = None if self._journal is None else self._journal.append(
+                "rate", target=target, reward=reward)
+            with self._cond:
+                if self._held(target) is run:
+                    run.episodes = rated
+                    if entry is not None:
+                        run.entries.append(entry)
                     if run.in_flight:
-                        run.late.append((target, reward))
-                    else:
-                        run.episodes = rate_run(run.episodes, target, reward)[0]
-                    return shown
-                landed = True  # written while we checked the reward
-        if landed:  # written between the memory's look-up and ours: rate it in the store
-            return self.memory.record_feedback(target, reward)
-        return None
+                        run.rated_in_flight = True
+                    elif run.parked:
+                        self._enqueue([run])
+                    return next((e for e in rated if e.id == target), rated[-1])
+            if entry is not None:  # stored meanwhile: the caller rates it in the store
+                self._journal.done([entry])  # type: ignore[union-attr]
+            return None
+
+    def _held(self, key: str) -> _Run | None:
+        """The run the writer holds under `key`, after the `done` of a closing one is written.
+
+        (A closing run is stored; feedback for it goes to the store, but only once its `done`
+        is written: replay must never set older rewards over a newer rating. The caller holds
+        the condition.)
+        """
+        run = self._index.get(key)
+        if run is not None and run.closing:
+            self._cond.wait_for(lambda: self._index.get(key) is not run)
+            run = self._index.get(key)
+        return run
+
+    def forget(self, ids: Iterable[str]) -> int:
+        """Drop the pending runs with these run or episode ids (for a deletion).
+
+        A run being written is waited for: once this returns, every run named is either
+        dropped (never stored, never replayed) or in the store, where the caller deletes it.
+
+        Returns:
+            How many runs were dropped.
+        """
+        wanted = {str(i) for i in ids}
+        return self._forget(lambda run: not wanted.isdisjoint(run.keys))
+
+    def forget_namespace(self, namespace: str) -> int:
+        """Drop the pending runs of a namespace (see `forget`); how many were dropped."""
+        return self._forget(lambda run: run.episodes[0].namespace == namespace)
+
+    def _forget(self, chosen: Callable[[_Run], bool]) -> int:
+        with self._cond:
+            self._cond.wait_for(lambda: not any(
+                (run.in_flight or run.closing) and chosen(run) for run in self._index.values()))
+            runs = {run for run in self._index.values() if chosen(run)}
+            for run in runs:
+                run.closing = True
+                if run in self._queue:
+                    self._queue.remove(run)
+                    self._finished += 1  # it counts as done for flush()
+                for key in run.keys:
+                    if self._index.get(key) is run:
+                        del self._index[key]
+            self._status.forgotten += len(runs)
+            self._cond.notify_all()
+        if self._journal is not None and runs:
+            self._journal.done([n for run in runs for n in run.entries])
+        return len(runs)
 
     # ----------------------------------------------------------------- the thread
 
@@ -614,21 +587,30 @@ class BackgroundWriter:
             for run in batch:
                 run.in_flight = True
             self._cond.notify_all()  # room in the queue
-        self._finish(self._store(batch))
+        outcomes: list[_Outcome] = []
+        while batch:  # again for the runs rated while they were being written
+            written = self._store(batch)
+            with self._cond:
+                batch = []
+                for outcome in written:
+                    if outcome.error is None and outcome.run.rated_in_flight:
+                        outcome.run.rated_in_flight = False
+                        batch.append(outcome.run)
+                    else:
+                        outcome.run.closing = outcome.error is None or outcome.permanent
+                        outcomes.append(outcome)
+        self._finish(outcomes)
         return True
 
     def _store(self, runs: list[_Run]) -> list[_Outcome]:
-        """Write the runs in one `add_episodes` call, retrying; the fate of each."""
-        episodes = [episode for run in runs for episode in run.episodes]
+        """Write the runs (one `add_episodes` call for those not stored), retrying; their fate."""
         delays = iter(self.retry_delays)
         while True:
             try:
-                self.memory.add_episodes(episodes)
+                self._write(runs)
             except ValueError as exc:  # the store refuses the batch: retrying cannot help
                 if len(runs) > 1:  # find the culprit: write the runs one by one
                     return [outcome for run in runs for outcome in self._store([run])]
-                if runs[0].replayed and isinstance(exc, DuplicateEpisodeError):
-                    return [_Outcome(runs[0])]  # written before the restart, rated since
                 return [_Outcome(runs[0], exc, permanent=True)]
             except Exception as exc:
                 delay = next(delays, None)
@@ -644,45 +626,75 @@ class BackgroundWriter:
                     self._status.batches += 1
                 return [_Outcome(run) for run in runs]
 
+    def _write(self, runs: list[_Run]) -> None:
+        """Add the runs; a run already stored with other rewards gets these ones instead.
+
+        A run is stored with other rewards when it was written before it was rated (in flight,
+        or before a kill that left it in the journal): its rewards go through the store's
+        rating update, and the other runs are added in one call.
+
+        Raises:
+            DuplicateEpisodeError: An episode is stored with other content than the run's.
+        """
+        memory = self.memory
+        try:
+            memory.add_episodes([episode for run in runs for episode in run.episodes])
+            return
+        except DuplicateEpisodeError:
+            pass
+        unstored = []
+        for run in runs:
+            namespace = run.episodes[0].namespace
+            try:
+                stored = memory.store.get([e.id for e in run.episodes], namespace=namespace)
+            except EpisodeNotFoundError:
+                unstored.append(run)  # (partly stored: `add_episodes` below refuses it)
+                continue
+            for old, new in zip(stored, run.episodes, strict=True):
+                if dataclasses.replace(old, reward=new.reward) != new:
+                    raise DuplicateEpisodeError(
+                        f"episode id {new.id!r} already exists in namespace {namespace!r} with "
+                        "other content: give the run another id, or delete the stored episode")
+            changed = {new.id: new.reward for old, new in zip(stored, run.episodes, strict=True)
+                       if old.reward != new.reward}
+            if changed:
+                newly = sum(old.reward is None for old in stored if old.id in changed)
+                memory._set_rewards(changed, namespace, newly_rated=newly)
+        if unstored:
+            memory.add_episodes([episode for run in unstored for episode in run.episodes])
+
     def _finish(self, outcomes: list[_Outcome]) -> None:
-        """Account for written and failed runs, apply late feedback, tell the recorders."""
-        written_lines: list[int] = []
-        late: list[tuple[str, float]] = []
+        """Checkpoint what is stored, let go of it, tell the recorders."""
+        closing = [o.run for o in outcomes if o.run.closing]
+        if self._journal is not None and closing:
+            try:
+                self._journal.done([n for run in closing for n in run.entries])
+            except JournalError as exc:
+                logger.error("%s (these runs will be written again, harmlessly)", exc)
         with self._cond:
             for outcome in outcomes:
                 run = outcome.run
-                for key in run.keys:
-                    if self._index.get(key) is run:
-                        del self._index[key]
+                run.in_flight = False
+                if run.closing or self._journal is None:
+                    for key in run.keys:
+                        if self._index.get(key) is run:
+                            del self._index[key]
+                else:  # a failure that may pass: kept (journaled) for a rating or the next start
+                    run.parked = True
+                    run.memory = None
                 if outcome.error is None:
                     self._status.written += 1
-                    late += run.late
-                    for key in run.keys:
-                        self._landed[key] = None
                 else:
                     self._status.failed += 1
                     self._status.last_error = outcome.error
-                if outcome.error is None or outcome.permanent:
-                    written_lines += run.seqs  # a transient failure stays for the next start
-            while len(self._landed) > LANDED_IDS:
-                self._landed.popitem(last=False)
-        for target, reward in late:
-            try:
-                self.memory.record_feedback(target, reward)
-            except Exception as exc:
-                logger.error("episodic memory writer: feedback for %s lost: %s", target, exc)
+            self._cond.notify_all()
         failed = [o for o in outcomes if o.error is not None]
         if failed:
             logger.error(
                 "episodic memory writer: %d runs not written (%s)%s", len(failed), failed[0].error,
-                "; they stay in the journal" if self._journal is not None
-                and not failed[0].permanent else "",
+                "" if self._journal is None or failed[0].permanent
+                else "; they stay in the journal",
             )
-        if self._journal is not None:
-            try:
-                self._journal.done(written_lines)
-            except OSError as exc:
-                logger.error("journal %s: could not compact: %s", self.journal, exc)
         for outcome in outcomes:
             if outcome.run.report is not None:
                 event = "written" if outcome.error is None else "failed"
@@ -696,29 +708,30 @@ class BackgroundWriter:
 
     # ----------------------------------------------------------------- replay
 
-    def _replay(self, journal: _Journal) -> None:
-        """Queue the runs a journal holds, with the feedback recorded for them."""
+    def _attach(self, journal: Journal) -> None:
+        """Use `journal` from now on, and queue the runs it holds with their live ratings."""
+        self._journal = journal
         runs: list[_Run] = []
         by_key: dict[str, _Run] = {}
-        stale: list[int] = []
-        for seq, record in journal.entries:
+        orphans: list[int] = []
+        for entry in journal.replay:
+            fields = entry.fields
             try:
-                if record["op"] == "run":
-                    episodes = [Episode.from_dict(data) for data in record["episodes"]]
-                    run = _Run(str(record["run"]), episodes, None, self.memory, [seq],
-                               replayed=True)
+                if entry.op == "run":
+                    episodes = [Episode.from_dict(data) for data in fields["episodes"]]
+                    run = _Run(str(fields["id"]), episodes, None, None, [entry.n], replayed=True)
                     runs.append(run)
                     by_key.update(dict.fromkeys(run.keys, run))
                     continue
-                target, reward = str(record["id"]), float(record["reward"])
+                target, reward = str(fields["target"]), float(fields["reward"])
                 run = by_key[target]
-                run.episodes = rate_run(run.episodes, target, reward)[0]
-                run.seqs.append(seq)
-            except Exception as exc:  # a run written and compacted away, or a damaged line
-                logger.warning("journal %s: skipping entry %d: %r", journal.path, seq, exc)
-                stale.append(seq)
-        journal.entries = []
-        journal.done(stale)
+                run.episodes = _rated(run.episodes, target, reward)
+                run.entries.append(entry.n)
+            except Exception as exc:  # a rating whose run is done (never acknowledged), or junk
+                logger.warning("journal %s: skipping entry %d: %r", journal.path, entry.n, exc)
+                orphans.append(entry.n)
+        journal.replay = []
+        journal.done(orphans)
         if runs:
             logger.info("journal %s: replaying %d runs", journal.path, len(runs))
             with self._cond:
@@ -747,7 +760,7 @@ class RunRecorder:
         Raises:
             InvalidArgumentError: `writer` is over another memory, or `record_inline` is
                 combined with a writer or a journal.
-            ConfigError: The journal conflicts with the writer's, or is in use elsewhere.
+            ConfigError: The journal conflicts with the writer's, is unusable or in use.
         """
         self.memory = memory
         self.report = report
@@ -766,11 +779,11 @@ class RunRecorder:
 
     def record(self, run_id: str, episodes: Sequence[Episode]) -> None:
         """Queue the run (or, inline, store it now); reports what happened."""
-        if self.writer is not None:
-            queued = self.writer.submit(episodes, run_id=run_id, report=self.report)
-            self.report("queued" if queued else "dropped", run_id, None)
-            return
         try:
+            if self.writer is not None:
+                queued = self.writer.submit(episodes, run_id=run_id, report=self.report)
+                self.report("queued" if queued else "dropped", run_id, None)
+                return
             self.memory.add_episodes(episodes)
         except Exception as exc:
             self.report("failed", run_id, exc)

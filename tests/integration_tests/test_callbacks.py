@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import threading
 import uuid
@@ -148,11 +149,17 @@ def test_consolidates_every_n_ratings_in_the_background(
     refund, weather = memory.score("refund my order"), memory.score("weather forecast")
     assert refund.expected > weather.expected + 0.2
 
-    # Feedback counts as ratings too: flip the rewards of the refund runs and retrain.
-    refunds = [e for e in memory.store.list_episodes() if "refund" in e.query]
-    for episode in refunds:
-        memory.record_feedback(episode.id, 0.0)
-    run_chain(chain, callback, 12 - len(refunds))
+    # A new reward for a rated episode is no new rating (as for the worker): flipping the
+    # rewards of the refund runs trains nothing by itself.
+    for episode in memory.store.list_episodes():
+        memory.record_feedback(episode.id, 0.0 if "refund" in episode.query else 0.9)
+    assert callback.wait(timeout=120)
+    assert callback.status.consolidations_run == 1
+    assert callback.status.ratings_since_consolidation == 0
+    # Feedback that rates an episode for the first time counts: 12 of them retrain.
+    unrated = [memory.add_episode(q + " (later)", "ok") for q in QUESTIONS * 2]
+    for episode_id, question in zip(unrated, QUESTIONS * 2, strict=True):
+        memory.record_feedback(episode_id, 0.0 if "refund" in question else 0.9)
     assert callback.wait(timeout=120)
     assert callback.status.consolidations_run == 2
     assert memory.score("refund my order").expected < refund.expected - 0.2
@@ -193,15 +200,18 @@ def test_raising_reward_fn_does_not_break_the_agent(
     assert memory.store.list_episodes()[0].reward is None
 
 
-def test_consolidation_errors_are_recorded_not_raised(
-    memory: TrackedMemory, chain: Runnable
+def test_a_consolidation_with_too_little_data_is_skipped_and_logged_not_an_error(
+    memory: TrackedMemory, chain: Runnable, caplog: pytest.LogCaptureFixture
 ) -> None:
     callback = ConsolidationCallback(memory, every_n_episodes=2, reward_fn=topic_reward,
                                      background=False)
-    run_chain(chain, callback, 2)  # 2 rated episodes < min_episodes: training refuses
-    assert callback.wait(timeout=60)
+    with caplog.at_level(logging.INFO, logger="langchain_kd_memory.callbacks"):
+        run_chain(chain, callback, 2)  # 2 rated episodes < min_episodes: training refuses
+        assert callback.wait(timeout=60)
     status = callback.status
-    assert status.consolidations_run == 0 and "needs at least 10" in str(status.last_error)
+    assert (status.consolidations_run, status.consolidations_skipped) == (0, 1)
+    assert (status.errors, status.last_error) == (0, None)  # counted as what it is
+    assert any("needs at least 10" in record.getMessage() for record in caplog.records)
     assert status.episodes_recorded == 2
 
 
@@ -294,17 +304,23 @@ def test_invalid_arguments(memory: TrackedMemory) -> None:
         ConsolidationCallback("not a memory")  # type: ignore[arg-type]
 
 
-def test_flush_consolidates_outstanding_ratings(memory: TrackedMemory) -> None:
-    callback = ConsolidationCallback(memory, every_n_episodes=100)
-    memory.add_episodes([
-        {"query": q, "response": "ok", "reward": 0.9 if "refund" in q else 0.1}
-        for q in QUESTIONS * 2
-    ])
-    assert callback.status.ratings_since_consolidation == 12
+def test_flush_waits_for_a_due_consolidation_and_starts_none(
+    memory: TrackedMemory, chain: Runnable
+) -> None:
+    callback = ConsolidationCallback(memory, every_n_episodes=50, reward_fn=topic_reward)
+    run_chain(chain, callback, 1)  # 1 rating of 50
     assert callback.flush(timeout=120)
     status = callback.status
-    assert status.consolidations_run == 1 and status.ratings_since_consolidation == 0
-    assert callback.flush(timeout=1) and callback.status.consolidations_run == 1  # nothing new
+    assert status.written == 1 and status.ratings_since_consolidation == 1
+    assert memory.track["threads"] == []  # no training started on 1 rating of 50
+    assert (status.consolidations_run, status.errors, status.last_error) == (0, 0, None)
+    memory.add_episodes([{"query": q, "response": "ok", "reward": 0.9 if "refund" in q else 0.1}
+                         for q in QUESTIONS * 9][:49])  # the 50th rating: due
+    assert callback.flush(timeout=120)  # waits for the consolidation it started
+    status = callback.status
+    assert not status.training_in_progress and status.consolidations_run == 1
+    assert status.ratings_since_consolidation == 0 and memory.track["threads"] == [
+        "kd-memory-consolidation"]
 
 
 def test_memory_does_not_keep_dropped_callbacks_alive(memory: TrackedMemory) -> None:
@@ -371,6 +387,9 @@ def test_ratings_are_counted_and_consolidated_per_namespace(memory: TrackedMemor
     assert memory.value_model("user-a") is not memory.distillation  # its own model
     assert memory.value_model("user-b") is memory.distillation  # 11 < 12: not yet
     assert callback.status.ratings_since_consolidation == 11
-    assert callback.flush(timeout=120)  # the end of a script: user-b's 11 ratings too
+    assert callback.flush(timeout=120)  # the end of a script: user-b's 11 ratings stay counted
+    assert callback.status.consolidations_run == 1
+    memory.add_episodes(rated("user-b", 12)[11:])  # the 12th
+    assert callback.flush(timeout=120)
     assert callback.status.consolidations_run == 2
     assert memory.value_model("user-b") is not memory.distillation

@@ -53,10 +53,10 @@ def topic_reward(run: FinishedRun) -> float:
 class Agent:
     """A `create_agent` agent with the memory's middleware (recall, estimate) and callback."""
 
-    def __init__(self, memory: DistilledEpisodicMemory) -> None:
+    def __init__(self, memory: DistilledEpisodicMemory, every_n_episodes: int = 100) -> None:
         self.model = RecordingModel(responses=[AIMessage(REPLY)], received=[])
         self.middleware = EpisodicMemoryMiddleware(memory, k=2, record=False)
-        self.callback = ConsolidationCallback(memory, every_n_episodes=100,
+        self.callback = ConsolidationCallback(memory, every_n_episodes=every_n_episodes,
                                               reward_fn=topic_reward)
         self.graph = create_agent(self.model, [], system_prompt="Base.",
                                   middleware=[self.middleware])
@@ -83,7 +83,7 @@ async def test_chroma_server_down_and_back(
     server = restartable_server
     store = EpisodeStore("agentsafety", embeddings=embeddings, client=server.client())
     memory = small_memory(store, tmp_path / "models")
-    agent = Agent(memory)
+    agent = Agent(memory, every_n_episodes=2)
 
     assert agent.ask("Can I get a refund for my order?") == REPLY
     assert "Refund issued." in agent.prompt() and "Expected reward" in agent.prompt()
@@ -100,9 +100,8 @@ async def test_chroma_server_down_and_back(
     callback = agent.callback.status
     assert callback.episodes_recorded == 1 and callback.errors == 2
     assert isinstance(callback.last_error, StoreError)
-    assert agent.callback.flush(timeout=120)  # consolidation cannot read Chroma: reported
-    assert agent.callback.status.errors == 3 and agent.callback.status.consolidations_run == 0
-    assert isinstance(agent.callback.status.last_error, StoreError)
+    assert agent.callback.flush(timeout=120)  # the lost runs are no ratings: nothing to train
+    assert agent.callback.status.errors == 2 and agent.callback.status.consolidations_run == 0
 
     server.start()  # same port, same data directory
     assert agent.ask("I want a refund on my invoice") == REPLY
@@ -112,7 +111,7 @@ async def test_chroma_server_down_and_back(
     queries = [e.query for e in store.list_episodes()]
     assert len(queries) == store.count() == len(SEEDS) + 2  # the two lost runs left no trace
     assert "Another refund question" not in queries and "Will it snow?" not in queries
-    assert agent.callback.flush(timeout=120)
+    assert agent.callback.flush(timeout=120)  # the second stored rating trained the namespace
     assert agent.callback.status.consolidations_run == 1
 
 
@@ -142,15 +141,15 @@ def test_training_failure_is_reported_and_recovers(tmp_store: EpisodeStore, tmp_
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the model directory should be")
     memory.model_dir = str(blocker / "models")
-    agent = Agent(memory)
+    agent = Agent(memory, every_n_episodes=1)  # each rated run trains its namespace
     assert agent.ask("Can I get a refund?") == REPLY
     assert agent.callback.flush(timeout=120)
     status = agent.callback.status
     assert status.consolidations_run == 0 and status.errors == 1
     assert isinstance(status.last_error, CheckpointError)
     assert "writable directory" in str(status.last_error)
-    assert agent.ask("Refund please") == REPLY  # the agent is unaffected
     blocker.unlink()
+    assert agent.ask("Refund please") == REPLY  # the agent is unaffected
     assert agent.callback.flush(timeout=120)
     assert agent.callback.status.consolidations_run == 1
     assert agent.callback.status.last_report is not None

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,8 +31,10 @@ from langchain_kd_memory.config import StudentConfig, TeacherConfig
 from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.embeddings import LocalEmbeddings
 from langchain_kd_memory.episodes import Episode
+from langchain_kd_memory.errors import CheckpointError
 from langchain_kd_memory.memory import CHECKPOINT_NAME, DistilledEpisodicMemory
 from langchain_kd_memory.storage import EpisodeStore
+from langchain_kd_memory.value_models import checkpoint_prefix
 
 DIM = 384
 POINTS = ("training", "weights", "manifest", "current")
@@ -83,8 +86,8 @@ memory.consolidate()
 """
 
 
-def open_memory(root: Path, seed: int = 0, embeddings: LocalEmbeddings | None = None
-                ) -> DistilledEpisodicMemory:
+def open_memory(root: Path, seed: int = 0, embeddings: LocalEmbeddings | None = None,
+                **kwargs: Any) -> DistilledEpisodicMemory:
     """The memory of a directory (Chroma in root/chroma, checkpoints in root/models)."""
     embeddings = embeddings or LocalEmbeddings()
     model = ModelDistillation(
@@ -92,7 +95,8 @@ def open_memory(root: Path, seed: int = 0, embeddings: LocalEmbeddings | None = 
         teacher=TeacherConfig(hidden_sizes=(64,)), student=StudentConfig(hidden_sizes=(16,)),
     )
     store = EpisodeStore("crash", embeddings=embeddings, persist_directory=str(root / "chroma"))
-    return DistilledEpisodicMemory(store=store, distillation=model, model_dir=str(root / "models"))
+    return DistilledEpisodicMemory(store=store, distillation=model, model_dir=str(root / "models"),
+                                   **kwargs)
 
 
 def scores(memory: DistilledEpisodicMemory) -> tuple[bytes, float]:
@@ -168,3 +172,51 @@ def test_sigkill_during_consolidation_keeps_the_previous_checkpoint(
         assert scores(reloaded) == scores(memory) != before
         leftovers = sorted(p.name for p in prefix.parent.iterdir() if p.name.endswith(".tmp"))
         assert leftovers == [], f"{point}: stale temporary files {leftovers}"
+
+
+def damage(path: Path) -> None:
+    """Flip bytes in the middle of a file, as a failing disk would."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_checkpoint_has_one_behaviour_and_never_the_shared_models(
+    tmp_path: Path, embeddings: LocalEmbeddings
+) -> None:
+    memory = open_memory(tmp_path, embeddings=embeddings)
+    rng = np.random.default_rng(3)
+
+    def add(namespace: str, n: int) -> None:
+        vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+        memory.store.add([Episode(f"{namespace} question {i}", "answer", namespace=namespace,
+                                  reward=float(vectors[i, 0] > 0)) for i in range(n)],
+                         query_embeddings=vectors, response_embeddings=vectors)
+
+    add("user", 60)
+    memory.consolidate()  # the shared model
+    assert memory.consolidate("user").checkpoint_version == 1
+    version_1 = memory.score(QUERY, namespace="user").expected
+    add("user", 60)
+    assert memory.consolidate("user").checkpoint_version == 2
+    prefix = checkpoint_prefix(str(tmp_path / "models"), "user")
+
+    # The current version is damaged: every look answers with version 1, never the shared model.
+    damage(Path(f"{prefix}_student.v2.safetensors"))
+    fresh = open_memory(tmp_path, embeddings=embeddings)
+    for _ in range(3):
+        assert fresh.model_version("user") == 1
+        assert fresh.score(QUERY, namespace="user").expected == pytest.approx(version_1, abs=1e-6)
+
+    # No version loads: score, rank_responses and recall all refuse, every time.
+    damage(Path(f"{prefix}_student.v1.safetensors"))
+    broken = open_memory(tmp_path, embeddings=embeddings)
+    for _ in range(3):
+        with pytest.raises(CheckpointError):
+            broken.score(QUERY, namespace="user")
+        with pytest.raises(CheckpointError):
+            broken.rank_responses(QUERY, ["Refund issued.", "No idea."], namespace="user")
+        with pytest.raises(CheckpointError):
+            broken.invoke(QUERY, namespace="user")
+    assert broken.score(QUERY).expected == memory.score(QUERY).expected  # the shared model

@@ -14,9 +14,13 @@ from pathlib import Path
 
 from conftest import ChromaServer
 
+from langchain_kd_memory.callbacks import ConsolidationCallback
 from langchain_kd_memory.checkpoint import checkpoint_versions
+from langchain_kd_memory.embeddings import LocalEmbeddings
 from langchain_kd_memory.storage import EpisodeStore
+from langchain_kd_memory.trigger import RetrainTrigger
 from langchain_kd_memory.value_models import checkpoint_prefix
+from langchain_kd_memory.worker import ConsolidationWorker
 
 NAMESPACE = "team"
 PER_AGENT = 30
@@ -79,11 +83,10 @@ def test_two_agents_and_a_worker_share_one_server(
     try:
         for agent in agents:
             assert agent.stdout is not None and agent.stdout.readline().strip() == "written"
-        state = models / "worker_state.json"
+        trigger = RetrainTrigger(EVERY, lambda: str(models))  # reads what the worker noted
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:  # until no training is due any more
-            trained_at = json.loads(state.read_text()).get(NAMESPACE, 0) if state.exists() else 0
-            if 2 * PER_AGENT - trained_at < EVERY:
+            if 2 * PER_AGENT - trigger.trained_at(NAMESPACE) < EVERY:
                 break
             time.sleep(0.5)
         else:
@@ -115,7 +118,6 @@ def test_a_round_trains_what_is_due_and_a_restart_goes_on_where_it_stopped(
     from test_value_models import episodes, make_memory
 
     from langchain_kd_memory.embeddings import default_embeddings
-    from langchain_kd_memory.worker import ConsolidationWorker
 
     memory = make_memory(tmp_path, default_embeddings())
     memory.add_episodes(episodes("a", 0) + episodes("b", 1)[:6])
@@ -127,3 +129,26 @@ def test_a_round_trains_what_is_due_and_a_restart_goes_on_where_it_stopped(
                                     every_n_ratings=10, shared=True)
     assert [r.namespace for r in restarted.run_once()] == ["b", "c", None]
     assert memory.model_version("b") == memory.model_version("a") == 1
+
+
+def test_one_trigger_for_the_callback_and_the_worker(
+    tmp_path: Path, embeddings: LocalEmbeddings
+) -> None:
+    from test_value_models import episodes, make_memory
+
+    memory = make_memory(tmp_path, embeddings)
+    callback = ConsolidationCallback(memory, every_n_episodes=12)
+    memory.add_episodes(episodes("a", 0))  # 12 new ratings: the agent's callback trains "a"
+    assert callback.flush(timeout=120) and callback.status.consolidations_run == 1
+    worker = ConsolidationWorker(make_memory(tmp_path, embeddings), every_n_ratings=12,
+                                 shared=True)
+    other = worker.memory  # another process, as it were: no callback listens there
+    for episode in other.store.list_episodes("a"):  # new rewards for rated episodes are no
+        other.record_feedback(episode.id, 1.0 - float(episode.reward or 0.0))  # new ratings
+    # A namespace named "*" (the shared model's old key) is a namespace like any other.
+    other.add_episodes(episodes("*", 1))
+    assert [r.namespace for r in worker.run_once()] == ["*", None]  # not "a": trained already
+    other.add_episodes(episodes("*", 0))  # 12 more in "*" (36 in the store)
+    assert [r.namespace for r in worker.run_once()] == ["*", None]
+    assert worker.run_once() == []
+    assert other.model_version("*") == 2 and other.model_version("a") == 1
