@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
-
 from langchain_core.embeddings import Embeddings
+from scipy.stats import spearmanr
 
 from langchain_kd_memory.datasets import load_chitchat
 from langchain_kd_memory.embeddings import EmbedderIdentity, default_embeddings, embedder_identity

@@ -132,8 +132,10 @@ class BayesianLinear:
         return self.intercept + phi @ self.mean, variance.sqrt()
 
     def sample(self, features: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One Thompson draw: the rows' values under one intercept and weight vector drawn
-        from the posterior."""
+        """One Thompson draw of the rows' values.
+
+        One intercept and one weight vector are drawn from the posterior and shared by all rows.
+        """
         noise = torch.randn(self.dimension + 1, generator=generator, dtype=torch.float64)
         weights = self.mean + torch.linalg.solve_triangular(
             self.cholesky.T, noise[:-1, None], upper=True

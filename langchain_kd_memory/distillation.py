@@ -381,8 +381,11 @@ class ModelDistillation:
     def _estimates(
         self, state: _Trained, network: ValueNetwork, inputs: tuple[torch.Tensor, ...]
     ) -> list[RewardEstimate]:
-        """The network's estimates: its value head's mean (within the bins' range) and
-        uncertainty, its distribution head's distribution and spread."""
+        """The network's estimates.
+
+        The value head gives the mean (within the bins' range) and the uncertainty; the
+        distribution head gives the distribution and its spread.
+        """
         probs = F.softmax(predict_logits(network, inputs).double(), dim=1).cpu().numpy()
         with torch.no_grad():
             values, uncertainty = (t.cpu().numpy() for t in network.value(*inputs))
@@ -443,8 +446,9 @@ class ModelDistillation:
         self, query_embeddings: np.ndarray, response_embeddings: np.ndarray | None = None,
         *, model: str = "teacher", rng: np.random.Generator | None = None,
     ) -> np.ndarray:
-        """One Thompson draw of the value of every row: all rows share one draw of the value
-        head's weights from its posterior (what `rank_responses` explores with).
+        """One Thompson draw of the value of every row (what `rank_responses` explores with).
+
+        All rows share one draw of the value head's weights from its posterior.
 
         Args:
             query_embeddings: Array of shape (n, dim), or (dim,) for one query.

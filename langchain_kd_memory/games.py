@@ -109,8 +109,10 @@ def game_seeds(split: str, n: int) -> list[int]:
 
 
 def _made(path: Path) -> bool:
-    """Whether the game at `path` is whole: its story file and its metadata (a generation
-    killed halfway leaves one without the other)."""
+    """Whether the game at `path` is whole: its story file and its metadata.
+
+    A generation killed halfway leaves one without the other.
+    """
     return path.exists() and path.with_suffix(".json").exists()
 
 

@@ -606,7 +606,7 @@ class DistilledEpisodicMemory(BaseRetriever):
         estimates = self._answered(
             model.predict_embeddings(queries, vectors[1:], model="teacher"), namespace
         )
-        draws = (model.draw_values(queries, vectors[1:], rng=rng)
+        draws = (model.draw_values(queries, vectors[1:], rng=rng).tolist()
                  if explore > 0 and exploration == "thompson" else None)
         order = rank_estimates(estimates, explore=explore, exploration=exploration, draws=draws)
         return [RankedResponse(candidates[i], i, estimates[i], score) for i, score in order]

@@ -116,8 +116,10 @@ class ValueHead(nn.Module):
         )
 
     def fit(self, x: torch.Tensor, targets: torch.Tensor, groups: list[int]) -> None:
-        """Fit the posterior to `targets` (n,) given inputs `x` (n, input_dim) made of blocks
-        of the sizes `groups` (each with its own prior precision)."""
+        """Fit the posterior to `targets` (n,) given inputs `x` (n, input_dim).
+
+        `x` is made of blocks of the sizes `groups`, each with its own prior precision.
+        """
         for name, tensor in BayesianLinear.fit(x, targets, groups).tensors("posterior").items():
             getattr(self, name.replace(".", "_")).copy_(tensor)
 

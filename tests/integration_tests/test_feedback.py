@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from langchain_kd_memory.episodes import Episode
-from langchain_kd_memory.errors import EpisodeNotFoundError, InvalidEpisodeError, StoreError
+from langchain_kd_memory.errors import EpisodeNotFoundError, InvalidEpisodeError
 from langchain_kd_memory.memory import DistilledEpisodicMemory
 from langchain_kd_memory.storage import EpisodeStore
 from langchain_kd_memory.trajectories import TRAJECTORY_KEYS, trajectory_episodes
@@ -40,9 +40,6 @@ def test_trajectory_keys_are_reserved_on_every_write_path(tmp_store: EpisodeStor
     assert [e.reward for e in memory.store.get(victim)] == [0.25, 0.5, 1.0]
 
 
-@pytest.mark.xfail(raises=StoreError, strict=False,
-                   reason="needs EpisodeStore.update_rewards to write in chunks of Chroma's "
-                          "maximum batch (5,461 here): the storage modules' change")
 def test_a_trajectory_longer_than_chromas_largest_batch_is_rated(
     tmp_store: EpisodeStore,
 ) -> None:
