@@ -1,13 +1,13 @@
 """Agent benchmark: does remembering rewards make an agent better? TextWorld cooking games.
 
-    python benchmarks/bench_agent.py            # full: L1 and L2, 50 training games, 2 seeds
+    python benchmarks/bench_agent.py            # full: L1-L3, 5 seeds
     python benchmarks/bench_agent.py --quick    # L1, 20 training games, 1 seed, prints only
 
 Each strategy plays the same training games (TextWorld `tw-cooking`, train split) in the same
 order, learning as it goes, and is measured on the same held-out games (test split: foods and
-preparations never seen in training), greedily and without writing to its memory, after 0, 10,
-20 and 50 training games. The score is the share of the game's points reached within the
-level's step cap (1.0 = won). Every agent sees the same state text and candidate commands
+preparations never seen in training), greedily and without writing to its memory, at
+checkpoints that fall on consolidations. The score is the share of the game's points reached
+within the level's step cap (1.0 = won). Every agent sees the same state text and candidate commands
 (`langchain_kd_memory.games.CookingGame`); they differ only in how they choose:
 
 * random: a random candidate (the floor). walkthrough: the expert's move (the ceiling, 1.0).
@@ -18,10 +18,14 @@ level's step cap (1.0 = won). Every agent sees the same state text and candidate
 * memrl: among the recalled states, the command of the memory with the highest Q-value; after
   each game the Q-values of the memories used move toward the returns that followed
   (Q += 0.3 * (G - Q), MemRL's rule), new memories start at their own return.
-* value (this package): `rank_responses(state, candidates)` with UCB exploration while
-  training, greedy on held-out games; `consolidate()` every 10 training games. Its teacher
-  sees `TeacherConfig(interactions=True)` inputs ([q, r, q*r, |q-r|]); `--interactions 0`
-  measures the default [q, r].
+* ridge, knn (references, `references.py`): the simplest learners on the value agent's own
+  features ([q, r, q*r, |q-r|] of the same MiniLM embeddings) and targets (the stored
+  rewards), refitted at each consolidation: closed-form ridge regression (linear Q) and the
+  mean reward of the 10 nearest stored episodes; argmax over the candidates, epsilon 0.25
+  random while training.
+* value (this package, defaults only): `rank_responses(state, candidates, explore=1)`
+  (Thompson sampling from the value head's posterior) while training, greedy on held-out
+  games; `consolidate()` every 10 training games.
 
 The memory strategies record each training game with `add_trajectory`: every step is an
 episode (state, command) whose reward is the discounted return that followed (gamma 0.7; a
@@ -29,7 +33,9 @@ step's own reward is the points it gained / the game's maximum). Strategies othe
 explore with probability 0.1 while training. Then, for the value agent after training,
 escalation: `memory.as_router(default=agent, strong=expert, budget=f)` hands the steps whose
 state the student values lowest to the expert, against handing the same share of steps to the
-expert at random.
+expert at random. As RouteLLM reports routers: PGR (the share of the gap between the agent
+alone and the expert that a hand-off recovers), APGR (its area over the share of steps handed
+off, from 0 to 1) and CPT(x%) (the share of steps handed off to recover x% of the gap).
 """
 
 from __future__ import annotations
@@ -51,18 +57,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     CACHE_DIR,
     ROOT,
+    DiskCachedEmbeddings,
     Summary,
     machine_facts,
     markdown_table,
     time_per_call,
     update_section,
 )
+from references import KnnValues, RidgeValues  # noqa: E402
 
 from langchain_kd_memory import (  # noqa: E402
-    CachedEmbeddings,
     DistilledEpisodicMemory,
     ModelDistillation,
-    TeacherConfig,
     default_embeddings,
 )
 from langchain_kd_memory.decisions import discounted_returns  # noqa: E402
@@ -76,12 +82,15 @@ from langchain_kd_memory.games import (  # noqa: E402
 
 GAMMA = 0.7
 EPSILON = 0.1
-EXPLORE = 0.25
+REFERENCE_EPSILON = 0.25
+EXPLORE = 1.0
 RECALL_K = 10
 MEMRL_ALPHA = 0.3
 CONSOLIDATE_EVERY = 10
-BUDGETS = (0.1, 0.2, 0.3)
-STRATEGIES = ("random", "similarity", "hindsight", "memrl", "value")
+BUDGETS = (0.1, 0.2, 0.3, 0.5)
+STRATEGIES = ("random", "similarity", "hindsight", "memrl", "ridge", "knn", "value")
+REFERENCES = {"ridge": RidgeValues, "knn": KnnValues}
+TRAIN_GAMES = {"L1": 50, "L2": 200, "L3": 300}
 PLOT_DIR = ROOT / "docs" / "img"
 
 Policy = Callable[[Observation], str]
@@ -94,6 +103,9 @@ class Strategy:
         self.name, self.memory = name, memory
         self.rng = np.random.default_rng(seed)
         self.used: list[tuple[int, str]] = []  # memrl: (step, memory id) of this game
+        self.reference = REFERENCES[name]() if name in REFERENCES else None
+        self.fitted = False
+        self.consolidations: list[tuple[int, float]] = []  # value: (episodes, seconds)
 
     def random(self, obs: Observation) -> str:
         return str(obs.candidates[self.rng.integers(len(obs.candidates))])
@@ -111,6 +123,11 @@ class Strategy:
                 obs.state, obs.candidates, explore=EXPLORE if training else 0.0, rng=self.rng
             )
             return ranked[0].response
+        if self.reference is not None:
+            if not self.fitted or (training and self.rng.random() < REFERENCE_EPSILON):
+                return self.random(obs)
+            vectors = self.memory.store.embedder.texts([obs.state, *obs.candidates])
+            return obs.candidates[int(np.argmax(self.reference.values(vectors[0], vectors[1:])))]
         if training and self.rng.random() < EPSILON:
             return self.random(obs)
         weight = 0.5 if self.name == "hindsight" else 0.0
@@ -135,8 +152,16 @@ class Strategy:
                 q = self.memory.store.get([memory_id])[0].reward or 0.0
                 self.memory.record_feedback(memory_id, q + MEMRL_ALPHA * (got[step] - q))
             self.used.clear()
-        if self.name == "value" and (game + 1) % CONSOLIDATE_EVERY == 0:
+        if (game + 1) % CONSOLIDATE_EVERY:
+            return
+        if self.name == "value":
+            start = time.perf_counter()
             self.memory.consolidate()
+            self.consolidations.append((self.memory.store.count(),
+                                        time.perf_counter() - start))
+        elif self.reference is not None:
+            self.reference.fit(self.memory.store.training_arrays())
+            self.fitted = True
 
     def policy(self, training: bool) -> Policy:
         steps = iter(range(1 << 30))
@@ -149,24 +174,21 @@ def evaluate(strategy: Strategy, games: list[Path], level: str) -> float:
     return float(np.mean([play_game(g, policy, MAX_STEPS[level]).score for g in games]))
 
 
-def new_memory(
-    directory: Path, embeddings: Embeddings, seed: int, interactions: bool
-) -> DistilledEpisodicMemory:
+def new_memory(directory: Path, embeddings: Embeddings, seed: int) -> DistilledEpisodicMemory:
+    """A memory with the package's defaults (only the seed and reward range given)."""
     return DistilledEpisodicMemory(
         embeddings=embeddings, persist_directory=str(directory), reward_range=(0.0, 1.0),
-        distillation=ModelDistillation(
-            embeddings=embeddings, seed=seed, teacher=TeacherConfig(interactions=interactions)
-        ),
+        distillation=ModelDistillation(embeddings=embeddings, seed=seed),
     )
 
 
 def run_strategy(
     name: str, seed: int, level: str, train: list[Path], test: list[Path],
-    checkpoints: Sequence[int], embeddings: Embeddings, workdir: Path, interactions: bool,
+    checkpoints: Sequence[int], embeddings: Embeddings, workdir: Path,
 ) -> tuple[dict[int, float], Strategy, float]:
     """Train one strategy on `train` in seed order; its held-out score at each checkpoint."""
     memory = None if name in ("random", "walkthrough") else new_memory(
-        workdir / f"{level}-{name}-{seed}", embeddings, seed, interactions
+        workdir / f"{level}-{name}-{seed}", embeddings, seed
     )
     strategy = Strategy(name, seed, memory)
     order = np.random.default_rng(seed).permutation(len(train))
@@ -196,12 +218,12 @@ def escalation(
             strong=RunnableLambda(lambda x: x["obs"].expert or greedy(x["obs"])),
             budget=budget,
         )
+
         def routed_policy(obs: Observation, router: Any = router) -> str:
             return str(router.invoke({"input": obs.state, "obs": obs}))
 
         routed = np.mean([play_game(g, routed_policy, MAX_STEPS[level]).score for g in test])
-        status = router.status
-        share = status.strong / max(1, status.strong + status.default)
+        share = router.status.escalated_share
         coin = np.random.default_rng(seed)
 
         def blind_policy(obs: Observation, rng: Any = coin, share: float = share) -> str:
@@ -211,6 +233,32 @@ def escalation(
         rows.append({"budget": budget, "share": float(share), "router": float(routed),
                      "random": float(blind)})
     return rows
+
+
+def gap_recovered(rows: list[dict[str, float]], alone: float, expert: float,
+                  key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Shares handed off and the PGR at each, with the end points (0, 0) and (1, 1)."""
+    gap = max(expert - alone, 1e-9)
+    shares = np.array([0.0, *(r["share"] for r in rows), 1.0])
+    pgr = np.array([0.0, *((r[key] - alone) / gap for r in rows), 1.0])
+    order = np.argsort(shares, kind="stable")
+    return shares[order], pgr[order]
+
+
+def apgr(shares: np.ndarray, pgr: np.ndarray) -> float:
+    """Area under the PGR curve over the share handed off (trapezoids)."""
+    return float(np.sum((shares[1:] - shares[:-1]) * (pgr[1:] + pgr[:-1]) / 2))
+
+
+def cpt(shares: np.ndarray, pgr: np.ndarray, target: float) -> float:
+    """The smallest share handed off at which the interpolated PGR reaches `target`."""
+    for i in range(1, len(shares)):
+        if pgr[i] >= target:
+            if pgr[i] == pgr[i - 1]:
+                return float(shares[i])
+            t = (target - pgr[i - 1]) / (pgr[i] - pgr[i - 1])
+            return float(shares[i - 1] + max(t, 0.0) * (shares[i] - shares[i - 1]))
+    return 1.0
 
 
 def rank_speed(memory: DistilledEpisodicMemory, obs: Observation) -> dict[str, float]:
@@ -232,14 +280,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    levels = list(results["levels"])
+    levels = sorted(results["levels"])
     fig, axes = plt.subplots(1, len(levels) + 1, figsize=(5 * (len(levels) + 1), 4))
     for ax, level in zip(axes, levels, strict=False):
         data = results["levels"][level]
         for name in data["curves"]:
             xs = sorted(int(x) for x in data["curves"][name])
-            means = [np.mean(data["curves"][name][str(x)]) for x in xs]
-            ax.plot(xs, means, marker="o", label=name, lw=2.5 if name == "value" else 1.2)
+            means = np.array([np.mean(data["curves"][name][str(x)]) for x in xs])
+            stds = np.array([np.std(data["curves"][name][str(x)]) for x in xs])
+            line, = ax.plot(xs, means, marker="o", label=name, lw=2.5 if name == "value" else 1.2)
+            ax.fill_between(xs, means - stds, means + stds, color=line.get_color(), alpha=0.12)
         ax.axhline(1.0, color="grey", ls="--", lw=1, label="walkthrough")
         ax.set(title=f"{level}: held-out games", xlabel="training games played",
                ylabel="mean score (1 = won)", ylim=(0, 1.05))
@@ -260,122 +310,172 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def report(results: dict[str, Any], command: str) -> str:
-    """The BENCHMARKS.md section, prose included, from the numbers."""
-    lines = [f"`{command}` ({results['machine']}; {results['minutes']:.1f} min)", ""]
-    for level, data in results["levels"].items():
-        n_seeds = len(next(iter(data["curves"].values()))[str(data["checkpoints"][-1])])
-        lines += [f"### {level}: {data['train_games']} training games, {data['test_games']} "
-                  f"held-out games, {n_seeds} seed{'s' if n_seeds > 1 else ''} "
-                  "(mean ± std over seeds)", ""]
-        headers = ["strategy", *[f"after {c}" for c in data["checkpoints"]], "train time"]
-        ceiling = f"{data['walkthrough']:.2f}"
-        rows = [["walkthrough (ceiling)", *[ceiling] * len(data["checkpoints"]), "-"]]
-        for name in data["curves"]:
-            cells = [f"{Summary.of(data['curves'][name][str(c)]).mean:.2f} ± "
-                     f"{Summary.of(data['curves'][name][str(c)]).std:.2f}"
-                     for c in data["checkpoints"]]
-            rows.append([name, *cells, f"{np.mean(data['seconds'][name]):.0f} s"])
-        lines += [markdown_table(headers, rows), ""]
-        last = str(data["checkpoints"][-1])
-        final = {name: np.mean(curve[last]) for name, curve in data["curves"].items()}
-        peers = [n for n in final if n != "value"]
-        if "value" not in final or not peers:
-            continue
-        best_peer = max(peers, key=final.__getitem__)
-        lines += [
-            f"After {last} training games the value agent scores {final['value']:.2f} on held-out "
-            f"{level} games, against {final[best_peer]:.2f} for the best other strategy "
-            f"({best_peer}) and {final['random']:.2f} for random play.", "",
-            "Escalation (value agent after training; the router's share of steps vs the same "
-            "share handed to the expert at random):", "",
-        ]
-        esc = data["escalation"]
-        erows = []
-        for i, budget in enumerate(BUDGETS):
-            erows.append([
-                f"{budget:.1f}", f"{np.mean([r[i]['share'] for r in esc]):.2f}",
-                f"{np.mean([r[i]['router'] for r in esc]):.2f}",
-                f"{np.mean([r[i]['random'] for r in esc]):.2f}",
-            ])
-        lines += [markdown_table(["budget", "steps escalated", "router score",
-                                  "random hand-off score"], erows), ""]
-    speed = results["rank_speed"]
-    lines += [
-        f"`rank_responses` of {speed['candidates']} candidates with their embeddings cached: "
-        f"{speed['rank_cached_ms']:.2f} ms; embedding the state and candidates with MiniLM: "
-        f"{speed['embed_ms']:.1f} ms (what an uncached call adds).", "",
-        "![learning curves](docs/img/agent_learning.png)",
+def checkpoints_for(n_train: int) -> list[int]:
+    """Every consolidation up to 50 games, then every 50."""
+    points = set(range(0, min(n_train, 50) + 1, CONSOLIDATE_EVERY)) | set(range(0, n_train, 50))
+    return sorted(points | {n_train})
+
+
+def mean_std(values: Sequence[float]) -> str:
+    summary = Summary.of(list(values))
+    return f"{summary.mean:.2f} ± {summary.std:.2f}"
+
+
+def level_report(level: str, data: dict[str, Any]) -> list[str]:
+    """The BENCHMARKS.md lines of one level, prose included, from its numbers."""
+    n_seeds = len(data["seeds"])
+    lines = [f"### {level}: {data['train_games']} training games, {data['test_games']} held-out "
+             f"games, {n_seeds} seed{'s' if n_seeds > 1 else ''} (mean ± std over seeds)", "",
+             f"`{data['command']}` ({data['machine']}; {data['minutes']:.0f} min)", ""]
+    checkpoints = data["checkpoints"]
+    headers = ["strategy", *[f"after {c}" for c in checkpoints], "per seed, last", "time"]
+    ceiling = f"{data['walkthrough']:.2f}"
+    rows = [["walkthrough (ceiling)", *[ceiling] * len(checkpoints), "", "-"]]
+    for name, curve in data["curves"].items():
+        last = " / ".join(f"{v:.2f}" for v in curve[str(checkpoints[-1])])
+        rows.append([name, *[mean_std(curve[str(c)]) for c in checkpoints], last,
+                     f"{np.mean(data['seconds'][name]) / 60:.1f} min"])
+    lines += [markdown_table(headers, rows), ""]
+    last = str(checkpoints[-1])
+    final = {name: float(np.mean(curve[last])) for name, curve in data["curves"].items()}
+    if "value" in final:
+        others = ", ".join(f"{name} {score:.2f}" for name, score in final.items()
+                           if name != "value")
+        lines += [f"After {last} training games the value agent scores {final['value']:.2f} on "
+                  f"held-out {level} games ({others}).", ""]
+    if data["consolidations"]:
+        pairs = [p for run in data["consolidations"] for p in run]
+        largest = max(pairs)
+        lines += [f"One consolidation of the value agent: {np.median([t for _, t in pairs]):.1f} "
+                  f"s median, {largest[1]:.1f} s at {largest[0]} episodes (the largest).", ""]
+    if data["escalation"]:
+        lines += escalation_report(data)
+    return lines
+
+
+def escalation_report(data: dict[str, Any]) -> list[str]:
+    """Escalation table and RouteLLM's summary figures for one level."""
+    esc = data["escalation"]
+    rows = []
+    for i, budget in enumerate(BUDGETS):
+        rows.append([f"{budget:.1f}", mean_std([r[i]["share"] for r in esc]),
+                     mean_std([r[i]["router"] for r in esc]),
+                     mean_std([r[i]["random"] for r in esc])])
+    figures: dict[str, list[float]] = {}
+    for seed, rows_of_seed in enumerate(esc):
+        alone = data["curves"]["value"][str(data["checkpoints"][-1])][seed]
+        for key in ("router", "random"):
+            shares, pgr = gap_recovered(rows_of_seed, alone, data["walkthrough"], key)
+            figures.setdefault(f"{key} APGR", []).append(apgr(shares, pgr))
+            figures.setdefault(f"{key} CPT(50%)", []).append(cpt(shares, pgr, 0.5))
+            figures.setdefault(f"{key} CPT(80%)", []).append(cpt(shares, pgr, 0.8))
+    return [
+        "Escalation (the value agent after training; the router's share of steps vs the same "
+        "share handed to the expert at random):", "",
+        markdown_table(["budget", "steps escalated", "router score", "random hand-off score"],
+                       rows), "",
+        markdown_table(["hand-offs", "APGR", "CPT(50%)", "CPT(80%)"], [
+            [key, *[mean_std(figures[f"{key} {f}"]) for f in ("APGR", "CPT(50%)", "CPT(80%)")]]
+            for key in ("router", "random")
+        ]), "",
     ]
+
+
+def report(levels: dict[str, dict[str, Any]], speed: dict[str, float] | None) -> str:
+    """The BENCHMARKS.md section from every level's numbers."""
+    lines: list[str] = []
+    for level in sorted(levels):
+        lines += level_report(level, levels[level])
+    if speed:
+        lines += [
+            f"`rank_responses` of {speed['candidates']} candidates with their embeddings cached: "
+            f"{speed['rank_cached_ms']:.2f} ms; embedding the state and candidates with MiniLM: "
+            f"{speed['embed_ms']:.1f} ms (what an uncached call adds).", "",
+        ]
+    lines.append("![learning curves](docs/img/agent_learning.png)")
     return "\n".join(lines)
+
+
+def run_level(level: str, names: list[str], n_train: int, n_test: int, seeds: Sequence[int],
+              embeddings: Embeddings, workdir: Path) -> tuple[dict[str, Any], dict | None]:
+    """Every strategy and seed on one level."""
+    started = time.perf_counter()
+    train = ensure_games(level, "train", n_train)
+    test = ensure_games(level, "test", n_test)
+    checkpoints = checkpoints_for(n_train)
+    data: dict[str, Any] = {
+        "train_games": n_train, "test_games": n_test, "checkpoints": checkpoints,
+        "seeds": list(seeds), "walkthrough": evaluate(Strategy("walkthrough", 0, None), test,
+                                                      level),
+        "curves": {name: {str(c): [] for c in checkpoints} for name in names},
+        "seconds": {name: [] for name in names}, "escalation": [], "consolidations": [],
+    }
+    speed = None
+    for seed in seeds:
+        for name in names:
+            curve, strategy, seconds = run_strategy(
+                name, seed, level, train, test, checkpoints, embeddings, workdir
+            )
+            for c, score in curve.items():
+                data["curves"][name][str(c)].append(score)
+            data["seconds"][name].append(seconds)
+            print(f"{level} seed {seed} {name:<10} "
+                  + " ".join(f"{c}:{s:.2f}" for c, s in curve.items())
+                  + f"  ({seconds:.0f} s)", flush=True)
+            if name != "value":
+                continue
+            data["consolidations"].append(strategy.consolidations)
+            data["escalation"].append(escalation(strategy, test, level, seed))
+            print(f"  escalation {data['escalation'][-1]}", flush=True)
+            if speed is None:
+                with CookingGame.open(test[0], MAX_STEPS[level]) as game:
+                    assert strategy.memory is not None
+                    speed = rank_speed(strategy.memory, game.reset())
+    data["minutes"] = (time.perf_counter() - started) / 60
+    return data, speed
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="L1, 20 games, 1 seed; prints only")
     parser.add_argument("--levels", default=None, help="comma-separated, e.g. L1,L2")
-    parser.add_argument("--train-games", type=int, default=None)
+    parser.add_argument("--train-games", type=int, default=None,
+                        help=f"per level; default {TRAIN_GAMES}")
     parser.add_argument("--test-games", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated")
-    parser.add_argument("--interactions", type=int, default=1,
-                        help="1: the value agent's teacher sees [q, r, q*r, |q-r|]; 0: [q, r]")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args(argv)
-    levels = (args.levels or ("L1" if args.quick else "L1,L2")).split(",")
-    n_train = args.train_games or (20 if args.quick else 50)
+    levels = (args.levels or ("L1" if args.quick else ",".join(TRAIN_GAMES))).split(",")
+    if unknown := set(levels) - set(TRAIN_GAMES):
+        parser.error(f"unknown levels {sorted(unknown)}; choose from {list(TRAIN_GAMES)}")
     n_test = args.test_games or (5 if args.quick else 20)
-    n_seeds = args.seeds or (1 if args.quick else 2)
-    checkpoints = sorted({c for c in (0, 10, 20, 50, 100) if c < n_train} | {n_train})
+    seeds = range(args.seeds or (1 if args.quick else 5))
     names = args.strategies.split(",")
     if unknown := set(names) - set(STRATEGIES):
         parser.error(f"unknown strategies {sorted(unknown)}; choose from {STRATEGIES}")
-    started = time.perf_counter()
-    embeddings = CachedEmbeddings(default_embeddings())
-    results: dict[str, Any] = {"machine": machine_facts(), "levels": {}}
-    with tempfile.TemporaryDirectory(dir=CACHE_DIR if CACHE_DIR.exists() else None) as tmp:
-        for level in levels:
-            train = ensure_games(level, "train", n_train)
-            test = ensure_games(level, "test", n_test)
-            ceiling = Strategy("walkthrough", 0, None)
-            data: dict[str, Any] = {
-                "train_games": n_train, "test_games": n_test, "checkpoints": checkpoints,
-                "walkthrough": evaluate(ceiling, test, level), "curves": {}, "seconds": {},
-                "escalation": [],
-            }
-            for name in names:
-                data["curves"][name] = {str(c): [] for c in checkpoints}
-                data["seconds"][name] = []
-            for seed in range(n_seeds):
-                for name in names:
-                    curve, strategy, seconds = run_strategy(
-                        name, seed, level, train, test, checkpoints, embeddings, Path(tmp),
-                        bool(args.interactions),
-                    )
-                    for c, score in curve.items():
-                        data["curves"][name][str(c)].append(score)
-                    data["seconds"][name].append(seconds)
-                    print(f"{level} seed {seed} {name:<10} "
-                          + " ".join(f"{c}:{s:.2f}" for c, s in curve.items())
-                          + f"  ({seconds:.0f} s)", flush=True)
-                    if name == "value":
-                        data["escalation"].append(escalation(strategy, test, level, seed))
-                        print(f"  escalation {data['escalation'][-1]}", flush=True)
-                        if "rank_speed" not in results:
-                            with CookingGame.open(test[0], MAX_STEPS[level]) as game:
-                                assert strategy.memory is not None
-                                results["rank_speed"] = rank_speed(strategy.memory, game.reset())
-            results["levels"][level] = data
-    results["minutes"] = (time.perf_counter() - started) / 60
     command = " ".join(["python benchmarks/bench_agent.py", *(sys.argv[1:] if argv is None
                                                               else argv)])
-    text = report(results, command)
-    print(text)
+    embeddings = DiskCachedEmbeddings()
+    results_path = CACHE_DIR / "agent.json"
+    saved = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results: dict[str, Any] = {"levels": saved.get("levels", {}),
+                               "rank_speed": saved.get("rank_speed")}
+    with tempfile.TemporaryDirectory(dir=CACHE_DIR if CACHE_DIR.exists() else None) as tmp:
+        for level in levels:
+            n_train = args.train_games or (20 if args.quick else TRAIN_GAMES[level])
+            data, speed = run_level(level, names, n_train, n_test, seeds, embeddings, Path(tmp))
+            data.update(command=command, machine=machine_facts())
+            print("\n".join(level_report(level, data)), flush=True)
+            if args.quick or args.no_write:
+                continue
+            results["levels"][level] = data
+            results["rank_speed"] = speed or results["rank_speed"]
+            CACHE_DIR.mkdir(parents=True, exist_ok=True)
+            results_path.write_text(json.dumps(results, indent=1))
     if not args.quick and not args.no_write:
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        (CACHE_DIR / "agent.json").write_text(json.dumps(results, indent=1))
         plot(results, PLOT_DIR / "agent_learning.png")
-        update_section("Agent", text)
+        update_section("Agent", report(results["levels"], results["rank_speed"]))
     return 0
 
 

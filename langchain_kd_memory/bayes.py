@@ -24,13 +24,13 @@ At a new feature vector ``phi``, with ``d = phi - center``, the posterior gives
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 MAX_ITERATIONS = 30
-TOLERANCE = 1e-3
+TOLERANCE = 1e-2
 """The evidence iteration stops when the weights and the noise precision change by less than
 this, relatively (a group shrunk away keeps raising its precision towards the bound)."""
 PRECISION_BOUNDS = (1e-8, 1e10)
@@ -63,7 +63,8 @@ class BayesianLinear:
 
     @classmethod
     def fit(
-        cls, features: torch.Tensor, targets: torch.Tensor, groups: Sequence[int] | None = None
+        cls, features: torch.Tensor, targets: torch.Tensor, groups: Sequence[int] | None = None,
+        *, priors: BayesianLinear | None = None,
     ) -> BayesianLinear:
         """The posterior given `features` (n, d) and `targets` (n,).
 
@@ -72,6 +73,9 @@ class BayesianLinear:
             targets: Their targets.
             groups: Sizes of consecutive feature groups with a prior precision each (summing
                 to d); one group if None.
+            priors: A posterior whose prior precisions and noise precision are kept instead of
+                chosen by the evidence (one factorisation instead of an iteration: a refit on
+                more rows of the same data).
         """
         center = features.double().mean(dim=0)
         phi = features.double() - center
@@ -81,40 +85,16 @@ class BayesianLinear:
         sizes = list(groups) if groups is not None else [d]
         if sum(sizes) != d or min(sizes) < 1:
             raise ValueError(f"groups {sizes} do not split {d} features")
-        group_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-        gram, projected, yy = phi.T @ phi, phi.T @ y, float(y @ y)
-        variance = max(yy / max(n, 1), 1e-12)
-        max_beta = NOISE_FLOOR / variance  # noise std >= 1% of the targets' (n <= d interpolates)
-        # Start from the simple side: noise explains the targets and each group's prior a tenth
-        # of their variance. With fewer rows than features the evidence has a second optimum
-        # that interpolates the data; iterating up from a weak prior can end there.
-        energy = torch.zeros(len(sizes), dtype=torch.float64).index_add_(
-            0, group_of, torch.diagonal(gram)
-        )
-        alpha = (10 * len(sizes) * energy / (n * variance)).clamp(*PRECISION_BOUNDS)
-        beta = min(1.0 / variance, max_beta)
-        identity = torch.eye(d, dtype=torch.float64)
-        mean = torch.zeros(d, dtype=torch.float64)
-        for _ in range(MAX_ITERATIONS):
-            cholesky = torch.linalg.cholesky(torch.diag(alpha[group_of]) + beta * gram)
-            new_mean = beta * torch.cholesky_solve(projected[:, None], cholesky)[:, 0]
-            inverse = torch.linalg.solve_triangular(cholesky, identity, upper=False)
-            variances = (inverse * inverse).sum(dim=0)  # diag(A^-1)
-            gamma = torch.zeros_like(alpha).index_add_(
-                0, group_of, 1.0 - alpha[group_of] * variances
-            )
-            weight = torch.zeros_like(alpha).index_add_(0, group_of, new_mean * new_mean)
-            alpha = (gamma / weight.clamp(min=1e-30)).clamp(*PRECISION_BOUNDS)
-            residual = yy - 2 * float(new_mean @ projected) + float(new_mean @ (gram @ new_mean))
-            new_beta = min(max(n - float(gamma.sum()), 1e-6) / max(residual, 1e-30), max_beta)
-            moved = float((new_mean - mean).norm()) / max(float(new_mean.norm()), 1e-30)
-            converged = moved < TOLERANCE and abs(math.log(new_beta / beta)) < TOLERANCE
-            mean, beta = new_mean, new_beta
-            if converged:
-                break
-        cholesky = torch.linalg.cholesky(torch.diag(alpha[group_of]) + beta * gram)
-        mean = beta * torch.cholesky_solve(projected[:, None], cholesky)[:, 0]
-        return cls(mean, cholesky, center, alpha[group_of], intercept, n, beta)
+        if priors is None:
+            alpha, beta = _evidence_maximum(phi, y, sizes)
+            alphas = torch.repeat_interleave(alpha, torch.tensor(sizes))
+        elif priors.dimension != d:
+            raise ValueError(f"priors for {priors.dimension} features, not {d}")
+        else:
+            alphas, beta = priors.alphas, priors.beta
+        cholesky = torch.linalg.cholesky(torch.diag(alphas) + beta * (phi.T @ phi))
+        mean = beta * torch.cholesky_solve((phi.T @ y)[:, None], cholesky)[:, 0]
+        return cls(mean, cholesky, center, alphas, intercept, n, beta)
 
     @property
     def dimension(self) -> int:
@@ -173,3 +153,80 @@ class BayesianLinear:
             f"{prefix}.center": (dimension,), f"{prefix}.alphas": (dimension,),
             f"{prefix}.scalars": (3,),
         }
+
+
+Step = Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]]
+"""(group precisions, noise precision) -> (well-determined parameters per group, squared
+weight norm per group, residual sum of squares, fitted values): one evaluation of the
+posterior that MacKay's update needs."""
+
+
+def _evidence_maximum(phi: torch.Tensor, y: torch.Tensor,
+                      sizes: list[int]) -> tuple[torch.Tensor, float]:
+    """The per-group prior precisions and the noise precision at the evidence's maximum.
+
+    MacKay's fixed point, evaluated in the cheaper of two equal forms: over the d weights
+    (``d^3`` a step) or, with fewer rows than features, over the n rows (``n^3``).
+    """
+    n, d = phi.shape
+    yy = float(y @ y)
+    variance = max(yy / max(n, 1), 1e-12)
+    max_beta = NOISE_FLOOR / variance  # noise std >= 1% of the targets' (n <= d interpolates)
+    blocks = torch.split(phi, sizes, dim=1)
+    # Start from the simple side: noise explains the targets and each group's prior a tenth
+    # of their variance. With fewer rows than features the evidence has a second optimum
+    # that interpolates the data; iterating up from a weak prior can end there.
+    energy = torch.stack([(block * block).sum() for block in blocks])
+    alpha = (10 * len(sizes) * energy / (n * variance)).clamp(*PRECISION_BOUNDS)
+    beta = min(1.0 / variance, max_beta)
+    step = _dual_step(blocks, y) if n < d else _primal_step(phi, y, sizes)
+    fitted = torch.zeros_like(y)
+    for _ in range(MAX_ITERATIONS):
+        gamma, weight, residual, new_fitted = step(alpha, beta)
+        alpha = (gamma / weight.clamp(min=1e-30)).clamp(*PRECISION_BOUNDS)
+        new_beta = min(max(n - float(gamma.sum()), 1e-6) / max(residual, 1e-30), max_beta)
+        moved = float((new_fitted - fitted).norm()) / max(float(new_fitted.norm()), 1e-30)
+        converged = moved < TOLERANCE and abs(math.log(new_beta / beta)) < TOLERANCE
+        fitted, beta = new_fitted, new_beta
+        if converged:
+            break
+    return alpha, beta
+
+
+def _primal_step(phi: torch.Tensor, y: torch.Tensor, sizes: list[int]) -> Step:
+    """A `Step` through the posterior precision ``A = diag(alpha) + beta Phi^T Phi``."""
+    group_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    gram, projected = phi.T @ phi, phi.T @ y
+    identity = torch.eye(phi.shape[1], dtype=torch.float64)
+
+    def step(alpha: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, float,
+                                                        torch.Tensor]:
+        alphas = alpha[group_of]
+        cholesky = torch.linalg.cholesky(torch.diag(alphas) + beta * gram)
+        mean = beta * torch.cholesky_solve(projected[:, None], cholesky)[:, 0]
+        inverse = torch.linalg.solve_triangular(cholesky, identity, upper=False)
+        variances = (inverse * inverse).sum(dim=0)  # diag(A^-1)
+        gamma = torch.zeros_like(alpha).index_add_(0, group_of, 1.0 - alphas * variances)
+        weight = torch.zeros_like(alpha).index_add_(0, group_of, mean * mean)
+        fitted = phi @ mean
+        return gamma, weight, float(((y - fitted) ** 2).sum()), fitted
+
+    return step
+
+
+def _dual_step(blocks: Sequence[torch.Tensor], y: torch.Tensor) -> Step:
+    """A `Step` through ``K = I / beta + sum_k Phi_k Phi_k^T / alpha_k`` (n x n), by Woodbury:
+    ``mean_k = Phi_k^T K^-1 y / alpha_k``, fitted values ``y - K^-1 y / beta``."""
+    grams = torch.stack([block @ block.T for block in blocks])
+    identity = torch.eye(len(y), dtype=torch.float64)
+
+    def step(alpha: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, float,
+                                                        torch.Tensor]:
+        cholesky = torch.linalg.cholesky(identity / beta + (grams / alpha[:, None, None]).sum(0))
+        u = torch.cholesky_solve(y[:, None], cholesky)[:, 0]  # K^-1 y
+        inverse = torch.cholesky_inverse(cholesky)
+        gamma = (inverse[None] * grams).sum(dim=(1, 2)) / alpha
+        weight = torch.einsum("i,kij,j->k", u, grams, u) / alpha**2
+        return gamma, weight, float(u @ u) / beta**2, y - u / beta
+
+    return step

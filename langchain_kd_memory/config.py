@@ -18,7 +18,7 @@ DEVICES = ("auto", "cpu", "cuda")
 REMOVED = ("num_threads",)
 """Removed settings: `from_dict` drops them (old checkpoints), `ModelDistillation` warns."""
 MAX_HIDDEN_LAYERS = 32
-"""Most hidden layers a network may have (the defaults have 4 and 2)."""
+"""Most hidden layers a network may have (the defaults have 1)."""
 
 
 @dataclass
@@ -56,16 +56,19 @@ class NetworkConfig:
 
 @dataclass
 class TeacherConfig(NetworkConfig):
-    """Shape of the teacher: a wide MLP, as the seed intends (1024 -> 512 -> 256 -> 128).
+    """Shape of the teacher: an MLP over the whole episode (one hidden layer of 256 by default).
 
-    `interactions=True` (privileged teachers only) feeds it ``[q, r, q * r, |q - r|]`` instead
-    of ``[q, r]``: how the response relates to the query, which an agent choosing among
-    candidate actions needs (BENCHMARKS.md, Agent).
+    `interactions=True` (the default; privileged teachers only) feeds it
+    ``[q, r, q * r, |q - r|]`` instead of ``[q, r]``: how the response relates to the query,
+    without which a linear value head ranks a query's candidates the same for every query.
+    The hidden layers carry the reward distribution; the value head reads the inputs
+    themselves (`langchain_kd_memory.models`), so a wider body costs training time and buys
+    no value accuracy (BENCHMARKS.md, Agent).
     """
 
-    hidden_sizes: tuple[int, ...] = (1024, 512, 256, 128)
+    hidden_sizes: tuple[int, ...] = (256,)
     dropout: float = 0.2
-    interactions: bool = False
+    interactions: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -75,9 +78,9 @@ class TeacherConfig(NetworkConfig):
 
 @dataclass
 class StudentConfig(NetworkConfig):
-    """Shape of the student: a small MLP (256 -> 128) that sees the query alone."""
+    """Shape of the student: a small MLP (one hidden layer of 128) that sees the query alone."""
 
-    hidden_sizes: tuple[int, ...] = (256, 128)
+    hidden_sizes: tuple[int, ...] = (128,)
     dropout: float = 0.1
 
 

@@ -115,12 +115,16 @@ class ValueHead(nn.Module):
              for name in BayesianLinear.shapes("posterior", 1)}, "posterior",
         )
 
-    def fit(self, x: torch.Tensor, targets: torch.Tensor, groups: list[int]) -> None:
+    def fit(self, x: torch.Tensor, targets: torch.Tensor, groups: list[int], *,
+            keep_priors: bool = False) -> None:
         """Fit the posterior to `targets` (n,) given inputs `x` (n, input_dim).
 
-        `x` is made of blocks of the sizes `groups`, each with its own prior precision.
+        `x` is made of blocks of the sizes `groups`, each with its own prior precision, chosen
+        by the evidence; with `keep_priors`, the current fit's precisions are kept.
         """
-        for name, tensor in BayesianLinear.fit(x, targets, groups).tensors("posterior").items():
+        priors = self._posterior() if keep_priors else None
+        posterior = BayesianLinear.fit(x, targets, groups, priors=priors)
+        for name, tensor in posterior.tensors("posterior").items():
             getattr(self, name.replace(".", "_")).copy_(tensor)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,12 +168,12 @@ class ValueNetwork(nn.Module):
         """One Thompson draw of the value of every row, (batch,)."""
         return self.value_head.draw(self.encode(*inputs), generator)
 
-    def fit_value(self, inputs: tuple[torch.Tensor, ...], targets: torch.Tensor) -> None:
-        """Fit the value head's posterior to `targets` (n,) in closed form."""
+    def fit_value(self, inputs: tuple[torch.Tensor, ...], targets: torch.Tensor, *,
+                  keep_priors: bool = False) -> None:
+        """Fit the value head's posterior to `targets` (n,) in closed form (`ValueHead.fit`)."""
         with torch.no_grad():
-            self.value_head.fit(
-                self.encode(*inputs), targets, [self.embedding_dim] * self.blocks
-            )
+            self.value_head.fit(self.encode(*inputs), targets,
+                                [self.embedding_dim] * self.blocks, keep_priors=keep_priors)
 
 
 class TeacherNetwork(ValueNetwork):

@@ -517,11 +517,12 @@ def train(
         teacher.value(query[val_rows], response[val_rows])[0],
         student.value(query[val_rows])[0],
     )
-    if len(val_np):  # measured: now every rated episode informs the value heads
-        teacher.fit_value((query, response), rewards)
+    if len(val_np):  # measured: now every rated episode informs the value heads (same priors)
+        teacher.fit_value((query, response), rewards, keep_priors=True)
         if not folds:  # cross-fitted values stay out-of-fold (the validation rows' were)
             teacher_values = teacher.value(query, response)[0]
-        student.fit_value((query,), config.alpha * teacher_values + config.beta * rewards)
+        student.fit_value((query,), config.alpha * teacher_values + config.beta * rewards,
+                          keep_priors=True)
 
     teacher_params, student_params = count_parameters(teacher), count_parameters(student)
     results: dict[str, Any] = {

@@ -31,17 +31,18 @@ def test_networks_return_logits_not_probabilities():
 
 
 def test_default_parameter_counts_and_compression():
-    # Student at 384-dim input: 384*256+256 + 2*256 + 256*128+128 + 2*128 + 128*64+64.
-    assert count_parameters(StudentNetwork(384)) == 140_480
+    # Student at 384-dim input: 384*128+128 + 2*128 (LayerNorm) + 128*64+64; the value
+    # head's posterior is buffers, not parameters.
+    assert count_parameters(StudentNetwork(384)) == 57_792
     for dim in (384, 768):
         teacher = count_parameters(TeacherNetwork(dim, privileged=True))
         student = count_parameters(StudentNetwork(dim))
         assert student * 4 <= teacher
-    # The privileged teacher reads twice the input of the query-only one.
+    # The privileged teacher reads [q, r, q*r, |q-r|]: four times the query-only one's input.
     extra = count_parameters(TeacherNetwork(384)) - count_parameters(
         TeacherNetwork(384, privileged=False)
     )
-    assert extra == 384 * 1024
+    assert extra == 3 * 384 * 256
 
 
 def test_gradients_reach_every_parameter():
@@ -106,7 +107,7 @@ def test_a_generator_gives_reproducible_weights_and_dropout_without_torchs_globa
 def test_meta_networks_give_shapes_without_memory():
     teacher = TeacherNetwork(400_000, 64, TeacherConfig((1024,), 0.1), device="meta")
     assert teacher.mlp.body[0].weight.is_meta
-    assert teacher.mlp.body[0].weight.shape == (1024, 800_000)
+    assert teacher.mlp.body[0].weight.shape == (1024, 1_600_000)  # [q, r, q*r, |q-r|]
 
 
 def test_an_interactions_teacher_sees_how_the_response_relates_to_the_query():
