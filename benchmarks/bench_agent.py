@@ -445,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite BENCHMARKS.md and the plot from the saved levels; run none")
     args = parser.parse_args(argv)
     levels = (args.levels or ("L1" if args.quick else ",".join(TRAIN_GAMES))).split(",")
     if unknown := set(levels) - set(TRAIN_GAMES):
@@ -456,26 +458,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown strategies {sorted(unknown)}; choose from {STRATEGIES}")
     command = " ".join(["python benchmarks/bench_agent.py", *(sys.argv[1:] if argv is None
                                                               else argv)])
+    write = not (args.quick or args.no_write)
     embeddings = DiskCachedEmbeddings()
-    results_path = CACHE_DIR / "agent.json"
-    saved = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results: dict[str, Any] = {"levels": saved.get("levels", {}),
-                               "rank_speed": saved.get("rank_speed")}
     with tempfile.TemporaryDirectory(dir=CACHE_DIR if CACHE_DIR.exists() else None) as tmp:
-        for level in levels:
+        for level in [] if args.report_only else levels:
             n_train = args.train_games or (20 if args.quick else TRAIN_GAMES[level])
             data, speed = run_level(level, names, n_train, n_test, seeds, embeddings, Path(tmp))
-            data.update(command=command, machine=machine_facts())
+            data.update(command=command, machine=machine_facts(), rank_speed=speed)
             print("\n".join(level_report(level, data)), flush=True)
-            if args.quick or args.no_write:
-                continue
-            results["levels"][level] = data
-            results["rank_speed"] = speed or results["rank_speed"]
-            CACHE_DIR.mkdir(parents=True, exist_ok=True)
-            results_path.write_text(json.dumps(results, indent=1))
-    if not args.quick and not args.no_write:
-        plot(results, PLOT_DIR / "agent_learning.png")
-        update_section("Agent", report(results["levels"], results["rank_speed"]))
+            if write:  # one file per level: levels may run in separate processes
+                CACHE_DIR.mkdir(parents=True, exist_ok=True)
+                (CACHE_DIR / f"agent-{level}.json").write_text(json.dumps(data, indent=1))
+    if write:
+        saved = {path.stem.removeprefix("agent-"): json.loads(path.read_text())
+                 for path in sorted(CACHE_DIR.glob("agent-L*.json"))}
+        plot({"levels": saved}, PLOT_DIR / "agent_learning.png")
+        speed = next((d["rank_speed"] for d in saved.values() if d.get("rank_speed")), None)
+        update_section("Agent", report(saved, speed))
     return 0
 
 

@@ -5,10 +5,10 @@ What it shows, step by step:
 1. Games: TextWorld `tw-cooking` games (Microsoft's text-game engine, generated offline on first
    use and cached). Each state is a text (notes, room, inventory, last feedback) with a list of
    candidate commands; a game is won by finding the recipe's ingredient and preparing the meal.
-2. Acting: `memory.rank_responses(state, candidates, explore=0.25)` values every candidate
-   command with the teacher network (built with `TeacherConfig(interactions=True)`: it sees how
-   a command relates to the state) and returns them best first (random play until the first
-   consolidation). Exploration tries commands the model is unsure about while it learns.
+2. Acting: `memory.rank_responses(state, candidates, explore=1.0)` values every candidate
+   command with the teacher (it sees how a command relates to the state) and returns them best
+   first (random play until the first consolidation). While it learns, the ranking follows one
+   Thompson draw from the value head's posterior: commands the model is unsure about get tried.
 3. Remembering: after each game, `memory.add_trajectory(steps, gains, gamma=0.7)` stores every
    step as an episode whose reward is the discounted return that followed.
 4. Learning: every `--every` games, `memory.consolidate()` retrains the value model on the
@@ -37,7 +37,6 @@ from langchain_kd_memory import (
     CachedEmbeddings,
     DistilledEpisodicMemory,
     ModelDistillation,
-    TeacherConfig,
     default_embeddings,
 )
 from langchain_kd_memory.games import MAX_STEPS, Observation, ensure_games, play_game
@@ -73,10 +72,7 @@ def main() -> None:
     embeddings = CachedEmbeddings(default_embeddings())  # commands repeat: embed each once
     memory = DistilledEpisodicMemory(
         embeddings=embeddings, persist_directory=directory, reward_range=(0.0, 1.0),
-        # the teacher compares state and command ([q, r, q*r, |q-r|]): what ranking actions needs
-        distillation=ModelDistillation(
-            embeddings=embeddings, seed=args.seed, teacher=TeacherConfig(interactions=True)
-        ),
+        distillation=ModelDistillation(embeddings=embeddings, seed=args.seed),  # defaults
     )
 
     def held_out(act) -> float:  # noqa: ANN001
@@ -91,7 +87,7 @@ def main() -> None:
     print(f"{0:>6}  {0:>8}  {curve[0][1]:>14.2f}   random play, nothing learned yet")
     wins = 0
     for i, path in enumerate(train, start=1):
-        game = play_game(path, lambda obs: choose(memory, obs, 0.25, rng), MAX_STEPS[LEVEL])
+        game = play_game(path, lambda obs: choose(memory, obs, 1.0, rng), MAX_STEPS[LEVEL])
         # every step an episode; its reward the discounted share of the points that followed
         memory.add_trajectory(game.steps, game.gains, gamma=0.7, trajectory_id=f"game-{i}")
         wins += game.score == 1.0
@@ -109,7 +105,8 @@ def main() -> None:
     routed = held_out(lambda obs: router.invoke({"input": obs.state, "obs": obs}))
     status = router.status
     print(f"\nwith escalation (budget 0.2): held-out score {routed:.2f}, "
-          f"{status.strong} of {status.strong + status.default} steps handed to the expert")
+          f"{status.strong} of {status.strong + status.default} steps handed to the expert "
+          f"({status.escalated_share:.0%})")
     print(f"held-out score: {curve[0][1]:.2f} before learning, {curve[-1][1]:.2f} after "
           f"{len(train)} games")
 

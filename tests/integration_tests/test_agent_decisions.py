@@ -69,8 +69,10 @@ def test_exploration_is_reproducible_with_a_seeded_rng(trained: DistilledEpisodi
                 for _ in range(30)]
 
     assert firsts(7) == firsts(7)
-    ucb = trained.rank_responses("Can I get a refund?", candidates, explore=0.5)
-    assert all(r.score == pytest.approx(r.estimate.expected + 0.5 * r.estimate.std) for r in ucb)
+    ucb = trained.rank_responses("Can I get a refund?", candidates, explore=0.5,
+                                 exploration="ucb")
+    assert all(r.score == pytest.approx(r.estimate.expected + 0.5 * r.estimate.uncertainty)
+               for r in ucb)
 
 
 def test_rank_responses_refuses_what_it_cannot_answer(
