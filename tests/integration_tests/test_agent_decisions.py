@@ -43,6 +43,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, embeddings: LocalEmbedding
     return memory
 
 
+@pytest.mark.slow
 def test_rank_responses_puts_the_helpful_answer_first_with_one_embedder_call(
     trained: DistilledEpisodicMemory, counting_embeddings: LocalEmbeddings
 ) -> None:
@@ -59,6 +60,7 @@ def test_rank_responses_puts_the_helpful_answer_first_with_one_embedder_call(
     assert all(r.score == r.estimate.expected for r in ranked)  # greedy: score = expected
 
 
+@pytest.mark.slow
 def test_exploration_is_reproducible_with_a_seeded_rng(trained: DistilledEpisodicMemory) -> None:
     candidates = [BAD_REFUND, GOOD_REFUND]
 
@@ -75,6 +77,7 @@ def test_exploration_is_reproducible_with_a_seeded_rng(trained: DistilledEpisodi
                for r in ucb)
 
 
+@pytest.mark.slow
 def test_rank_responses_refuses_what_it_cannot_answer(
     trained: DistilledEpisodicMemory, tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:
@@ -100,6 +103,7 @@ def test_rank_responses_refuses_what_it_cannot_answer(
         blind.rank_responses("q1", ["a", "b"])
 
 
+@pytest.mark.slow
 def test_add_trajectory_credits_each_step_with_the_discounted_return(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:
@@ -126,6 +130,7 @@ def test_add_trajectory_credits_each_step_with_the_discounted_return(
         memory.record_feedback("game-3", 1.0)
 
 
+@pytest.mark.slow
 def test_add_trajectory_checks_its_input_and_the_reward_range(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:
@@ -153,6 +158,7 @@ def test_add_trajectory_checks_its_input_and_the_reward_range(
     assert [e.reward for e in memory.store.get(["t/0", "t/1"])] == [None, None]  # all or none
 
 
+@pytest.mark.slow
 def test_the_router_escalates_what_the_student_expects_to_go_badly(
     trained: DistilledEpisodicMemory,
 ) -> None:
@@ -176,6 +182,7 @@ def test_the_router_escalates_what_the_student_expects_to_go_badly(
         trained.as_router(default=cheap, strong=strong)
 
 
+@pytest.mark.slow
 def test_the_router_scores_the_users_question_not_the_rendered_prompt(
     trained: DistilledEpisodicMemory,
 ) -> None:
@@ -201,6 +208,7 @@ def test_the_router_scores_the_users_question_not_the_rendered_prompt(
     assert seen == [question]
 
 
+@pytest.mark.slow
 def test_a_budget_is_a_share_of_the_inputs_the_router_sees(
     trained: DistilledEpisodicMemory,
 ) -> None:

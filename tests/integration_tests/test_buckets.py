@@ -136,6 +136,7 @@ def episodes_of(namespace: str, count: int, start: int = 0) -> list[Episode]:
 SHARED = ["user/1", "user/10", "user_2f1", "user.1", "user", *[f"u{i}" for i in range(25)]]
 
 
+@pytest.mark.slow
 def test_namespaces_sharing_a_bucket_never_see_each_other(make_store: Any) -> None:
     store = make_store(buckets=1)
     for namespace in SHARED:
@@ -194,6 +195,7 @@ def test_namespaces_sharing_a_bucket_never_see_each_other(make_store: Any) -> No
         assert tags[meta["kd_gen"]] == meta["kd_ns"] == meta["owner"]
 
 
+@pytest.mark.slow
 def test_namespaces_go_to_the_bucket_a_hash_of_their_name_picks(make_store: Any) -> None:
     """(Replaces the open-bucket test: buckets no longer fill up one after another.)"""
     store = make_store(buckets=4)
@@ -261,6 +263,7 @@ def test_a_namespace_moves_at_the_threshold_and_keeps_everything(make_store: Any
     assert reopened.count(all_namespaces=True) == 33
 
 
+@pytest.mark.slow
 def test_a_namespace_whose_first_write_is_large_starts_in_its_own_collection(
     make_store: Any,
 ) -> None:
@@ -277,6 +280,7 @@ def _lease_names(store: EpisodeStore) -> list[str]:
     return sorted(c for c in raw_collections(store) if ".lease." in c)
 
 
+@pytest.mark.slow
 def test_a_promotion_left_half_done_by_a_killed_process_is_finished_by_the_next_writer(
     make_store: Any,
 ) -> None:
@@ -348,6 +352,7 @@ def test_a_promotion_published_but_not_recorded_is_read_there_and_finished(
     assert store.count("late") == 4 and store.get(["e0"], namespace="late")[0].reward == 0.5
 
 
+@pytest.mark.slow
 def test_a_lease_taken_over_fences_its_old_holder(
     make_store: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -436,6 +441,7 @@ def test_a_namespace_deleted_while_it_is_promoted_leaves_no_copy_behind(
     assert mover.namespaces() == [] and mover.count("gone") == 0
 
 
+@pytest.mark.slow
 def test_a_namespace_deleted_and_created_again_starts_empty_in_a_bucket_and_after_a_move(
     make_store: Any,
 ) -> None:
@@ -508,6 +514,7 @@ def write_format_1_store(client: ClientAPI, prefix: str) -> dict[str, list[Episo
     return stored
 
 
+@pytest.mark.slow
 def test_a_format_1_store_is_refused_until_migrated_then_reads_unchanged_and_takes_writes(
     chroma_client: ClientAPI, make_store: Any
 ) -> None:
@@ -622,6 +629,7 @@ def _gated_registry_writes(monkeypatch: pytest.MonkeyPatch, namespace: str, thre
     return reached
 
 
+@pytest.mark.slow
 def test_processes_creating_a_namespace_at_once_agree_whatever_add_does(
     make_store: Any, monkeypatch: pytest.MonkeyPatch, add_behaviour: str
 ) -> None:

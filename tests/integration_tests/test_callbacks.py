@@ -99,6 +99,7 @@ def run_chain(chain: Runnable, callback: ConsolidationCallback, n: int, offset: 
                      config={"callbacks": [callback]})
 
 
+@pytest.mark.slow
 def test_one_episode_per_top_level_run_with_run_id(
     memory: TrackedMemory, chain: Runnable
 ) -> None:
@@ -130,6 +131,7 @@ def test_failed_runs_are_not_episodes(memory: TrackedMemory) -> None:
     assert callback.status.last_error is None
 
 
+@pytest.mark.slow
 def test_consolidates_every_n_ratings_in_the_background(
     memory: TrackedMemory, chain: Runnable
 ) -> None:
@@ -165,6 +167,7 @@ def test_consolidates_every_n_ratings_in_the_background(
     assert memory.score("refund my order").expected < refund.expected - 0.2
 
 
+@pytest.mark.slow
 def test_triggers_during_training_are_coalesced(memory: TrackedMemory) -> None:
     callback = ConsolidationCallback(memory, every_n_episodes=1)
     memory.add_episodes([
@@ -215,6 +218,7 @@ def test_a_consolidation_with_too_little_data_is_skipped_and_logged_not_an_error
     assert status.episodes_recorded == 2
 
 
+@pytest.mark.slow
 def test_inline_consolidation_without_background(
     memory: TrackedMemory, chain: Runnable
 ) -> None:
@@ -227,6 +231,7 @@ def test_inline_consolidation_without_background(
     assert memory.track["threads"] == ["kd-memory-writer"]
 
 
+@pytest.mark.slow
 def test_inline_recording_and_consolidation_stay_in_the_agents_thread(
     memory: TrackedMemory, chain: Runnable
 ) -> None:
@@ -304,6 +309,7 @@ def test_invalid_arguments(memory: TrackedMemory) -> None:
         ConsolidationCallback("not a memory")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_flush_waits_for_a_due_consolidation_and_starts_none(
     memory: TrackedMemory, chain: Runnable
 ) -> None:
@@ -323,6 +329,7 @@ def test_flush_waits_for_a_due_consolidation_and_starts_none(
         "kd-memory-consolidation"]
 
 
+@pytest.mark.slow
 def test_memory_does_not_keep_dropped_callbacks_alive(memory: TrackedMemory) -> None:
     kept = ConsolidationCallback(memory, every_n_episodes=100)
     dropped = weakref.ref(ConsolidationCallback(memory, every_n_episodes=100))
@@ -349,6 +356,7 @@ def test_a_bad_reward_is_counted_and_the_run_recorded_unrated(
     assert memory.store.get([str(run_id)])[0].reward is None
 
 
+@pytest.mark.slow
 def test_texts_over_the_limit_are_cut_and_marked_not_dropped(memory: TrackedMemory) -> None:
     long_question = "Why? " * 30_000  # 150,000 characters
     long_answer = "Because. " * 15_000  # 135,000 characters
@@ -372,6 +380,7 @@ def test_texts_over_the_limit_are_cut_and_marked_not_dropped(memory: TrackedMemo
         memory.add_episode(long_question, "answer")
 
 
+@pytest.mark.slow
 def test_ratings_are_counted_and_consolidated_per_namespace(memory: TrackedMemory) -> None:
     callback = ConsolidationCallback(memory, every_n_episodes=12)
 

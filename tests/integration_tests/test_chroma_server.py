@@ -86,6 +86,7 @@ def test_a_failed_add_is_undone(
     assert store.count(all_namespaces=True) == 1
 
 
+@pytest.mark.slow
 def test_an_add_cut_off_by_a_server_crash_is_reported_and_safe_to_retry(
     restartable_server: ChromaServer, embeddings: LocalEmbeddings
 ) -> None:

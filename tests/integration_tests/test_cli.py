@@ -208,6 +208,7 @@ def test_huge_numbers_and_deep_nesting_are_line_errors(
     assert result["ingested"] == 1 and result["invalid_lines_skipped"] == [2, 3, 4, 5, 6, 7]
 
 
+@pytest.mark.slow
 def test_reingest_skips_identical_episodes_and_refuses_changed_ones(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -236,6 +237,7 @@ def test_reingest_skips_identical_episodes_and_refuses_changed_ones(
     assert stored["ep1"]["reward"] == rows[1]["reward"]  # --skip-existing keeps the stored one
 
 
+@pytest.mark.slow
 def test_export_then_ingest_round_trips(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     rows: list[dict[str, Any]] = [
         {"id": "a", "query": "How do I reset my password?", "response": "Use the link.",
@@ -396,6 +398,7 @@ def test_derived_ids_do_not_depend_on_the_path_or_blank_lines(
 # ----------------------------------------------------------------------------- the model
 
 
+@pytest.mark.slow
 def test_consolidate_reports_and_saves_a_checkpoint(trained: tuple[str, dict[str, Any]]) -> None:
     _, report = trained
     assert report["episodes_used"] == 60
@@ -406,6 +409,7 @@ def test_consolidate_reports_and_saves_a_checkpoint(trained: tuple[str, dict[str
     assert 1 <= report["student"]["best_epoch"] <= report["student"]["epochs_run"] <= 6
 
 
+@pytest.mark.slow
 def test_consolidate_min_episodes_flag(
     capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]]
 ) -> None:
@@ -420,6 +424,7 @@ def test_consolidate_min_episodes_flag(
     assert stats["model"]["checkpoint_version"] == 1  # nothing was trained
 
 
+@pytest.mark.slow
 def test_score_prints_estimate_quantiles_and_histogram(
     capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]]
 ) -> None:
@@ -442,6 +447,7 @@ def test_score_prints_estimate_quantiles_and_histogram(
     assert code == 2 and "query" in err
 
 
+@pytest.mark.slow
 def test_compare_shows_both_networks(
     capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]]
 ) -> None:
@@ -461,6 +467,7 @@ def test_compare_shows_both_networks(
     assert code == 0 and "compression ratio" in out and "teacher" in out
 
 
+@pytest.mark.slow
 def test_recall_ranks_by_score(
     capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]]
 ) -> None:
@@ -476,6 +483,7 @@ def test_recall_ranks_by_score(
     assert code == 0 and "->" in out and len([ln for ln in out.splitlines() if "->" in ln]) == 2
 
 
+@pytest.mark.slow
 def test_stats_describes_store_and_model(
     capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]]
 ) -> None:
@@ -495,6 +503,7 @@ def test_stats_describes_store_and_model(
     assert code == 0 and "checkpoint v1" in out and "all-MiniLM-L6-v2" in out
 
 
+@pytest.mark.slow
 def test_stats_refuses_an_edited_manifest(
     capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -510,6 +519,7 @@ def test_stats_refuses_an_edited_manifest(
     assert "SHA-256" in err
 
 
+@pytest.mark.slow
 def test_plot_writes_three_pngs(
     capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]], tmp_path: Path
 ) -> None:

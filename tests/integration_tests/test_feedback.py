@@ -40,6 +40,7 @@ def test_trajectory_keys_are_reserved_on_every_write_path(tmp_store: EpisodeStor
     assert [e.reward for e in memory.store.get(victim)] == [0.25, 0.5, 1.0]
 
 
+@pytest.mark.slow
 def test_a_trajectory_longer_than_chromas_largest_batch_is_rated(
     tmp_store: EpisodeStore,
 ) -> None:

@@ -23,6 +23,7 @@ def games(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return ensure_games("L1", "train", 2, cache=tmp_path_factory.mktemp("games"), progress=False)
 
 
+@pytest.mark.slow
 def test_games_are_made_once_and_reused(games: list[Path]) -> None:
     assert [p.name for p in games] == ["L1-train-1.z8", "L1-train-2.z8"]
     stamps = [p.stat().st_mtime_ns for p in games]
@@ -31,6 +32,7 @@ def test_games_are_made_once_and_reused(games: list[Path]) -> None:
     assert game_facts(games[0])["max_score"] == 3
 
 
+@pytest.mark.slow
 def test_the_walkthrough_wins_and_the_view_follows_the_game(games: list[Path]) -> None:
     with CookingGame.open(games[0], max_steps=20) as game:
         obs = game.reset()
@@ -46,6 +48,7 @@ def test_the_walkthrough_wins_and_the_view_follows_the_game(games: list[Path]) -
         assert obs.won and obs.done and obs.normalized_score == 1.0
 
 
+@pytest.mark.slow
 def test_play_game_records_each_step_and_its_share_of_the_points(games: list[Path]) -> None:
     won = play_game(games[0], lambda obs: obs.expert or obs.candidates[0], max_steps=20)
     assert won.score == 1.0
@@ -56,6 +59,7 @@ def test_play_game_records_each_step_and_its_share_of_the_points(games: list[Pat
     assert len(capped.steps) <= 3 and capped.score < 1.0
 
 
+@pytest.mark.slow
 def test_a_game_ends_after_its_steps(games: list[Path]) -> None:
     with CookingGame.open(games[1], max_steps=3) as game:
         obs = game.reset()
@@ -77,6 +81,7 @@ def test_bad_requests_say_what_to_do(tmp_path: Path) -> None:
         "--output x.z8")
 
 
+@pytest.mark.slow
 def test_a_game_left_half_made_is_made_again(tmp_path: Path) -> None:
     [path] = ensure_games("L1", "train", 1, cache=tmp_path, progress=False)
     path.unlink()  # what a generation killed between the metadata and the story file leaves

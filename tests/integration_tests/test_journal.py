@@ -179,6 +179,7 @@ def test_a_journal_append_that_fails_is_no_acknowledgement(
     assert [e.query for e in store.list_episodes()] == ["before the disk filled up"]
 
 
+@pytest.mark.slow
 def test_two_names_of_one_journal_are_one_journal(
     tmp_path: Path, gated: GatedEmbeddings
 ) -> None:
@@ -290,6 +291,7 @@ def test_the_journal_stays_as_large_as_what_is_pending(
     reopened.close()
 
 
+@pytest.mark.slow
 def test_a_kill_at_any_point_of_a_compaction_leaves_the_same_live_entries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -162,6 +162,7 @@ def test_score_before_training_explains_what_is_missing(memory: DistilledEpisodi
     assert not memory.is_trained
 
 
+@pytest.mark.slow
 def test_consolidation_learns_from_stored_vectors_and_reloads(
     tmp_path: Path, counting_embeddings: LocalEmbeddings
 ) -> None:
@@ -201,6 +202,7 @@ def test_consolidation_learns_from_stored_vectors_and_reloads(
     assert memory.consolidate(max_training_episodes=50).episodes_used == 50
 
 
+@pytest.mark.slow
 def test_scoring_keeps_working_during_consolidation(tmp_path: Path,
                                                     embeddings: LocalEmbeddings) -> None:
     memory = make_memory(tmp_path, embeddings, min_episodes=10)
@@ -262,6 +264,7 @@ async def test_async_twins(memory: DistilledEpisodicMemory) -> None:
     assert memory.store.count("default") == 0
 
 
+@pytest.mark.slow
 def test_a_value_model_that_learned_nothing_does_not_rerank(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:
@@ -320,6 +323,7 @@ ANSWERS = {  # question: (an answer that helped, one that did not)
 }
 
 
+@pytest.mark.slow
 def test_unrated_episodes_are_valued_by_the_teacher_from_their_answer(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:

@@ -128,6 +128,7 @@ def test_min_score_and_empty_memory_leave_the_prompt_alone(tmp_store: EpisodeSto
     assert tmp_store.count() == 1
 
 
+@pytest.mark.slow
 def test_run_is_recorded_as_an_episode(memory: DistilledEpisodicMemory):
     middleware = EpisodicMemoryMiddleware(
         memory, reward_fn=lambda run: 1.0 if "link" in run.outputs["messages"][-1].text else 0.0
@@ -152,6 +153,7 @@ def test_run_is_recorded_as_an_episode(memory: DistilledEpisodicMemory):
     assert GOOD not in _system_text(model)  # other namespaces are not recalled
 
 
+@pytest.mark.slow
 def test_namespace_from_runtime_context(memory: DistilledEpisodicMemory):
     memory.add_episode("favourite colour?", "Teal.", reward=1.0, namespace="alice")
     model = _model()
@@ -163,6 +165,7 @@ def test_namespace_from_runtime_context(memory: DistilledEpisodicMemory):
     assert memory.store.count("alice") == 2
 
 
+@pytest.mark.slow
 async def test_async_run_recalls_and_records(memory: DistilledEpisodicMemory):
     model = _model("Async answer.")
     middleware = EpisodicMemoryMiddleware(memory, k=1, reward_weight=0.3)
@@ -184,6 +187,7 @@ async def test_async_run_recalls_and_records(memory: DistilledEpisodicMemory):
     assert memory.store.get(["a1"], namespace="async-user")[0].response == "Async answer."
 
 
+@pytest.mark.slow
 def test_trained_value_model_adds_its_estimate(memory: DistilledEpisodicMemory):
     memory.add_episodes(
         [
@@ -265,6 +269,7 @@ def test_memory_must_be_a_distilled_episodic_memory():
         EpisodicMemoryMiddleware("memory")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_the_run_id_is_the_episode_id_and_feedback_finds_its_namespace(
     memory: DistilledEpisodicMemory,
 ):
@@ -279,6 +284,7 @@ def test_the_run_id_is_the_episode_id_and_feedback_finds_its_namespace(
     assert memory.store.get([str(run_id)], namespace="user-9")[0].reward == 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("give_run_id", [True, False])
 def test_middleware_and_callback_together_record_each_run_once(
     memory: DistilledEpisodicMemory, give_run_id: bool
@@ -311,6 +317,7 @@ def _tool_then_answer() -> RecordingModel:
                                      AIMessage("Your order 42 shipped yesterday.")], received=[])
 
 
+@pytest.mark.slow
 def test_a_run_with_tool_calls_is_recorded_as_a_credited_trajectory(
     memory: DistilledEpisodicMemory,
 ):
@@ -332,6 +339,7 @@ def test_a_run_with_tool_calls_is_recorded_as_a_credited_trajectory(
     assert [e.reward for e in memory.store.get(ids)] == [0.0, 0.0]
 
 
+@pytest.mark.slow
 def test_the_callback_records_an_agent_run_with_tool_calls_as_a_trajectory(
     memory: DistilledEpisodicMemory,
 ):
@@ -348,6 +356,7 @@ def test_the_callback_records_an_agent_run_with_tool_calls_as_a_trajectory(
     assert callback.status.episodes_recorded == 1
 
 
+@pytest.mark.slow
 def test_a_run_over_the_text_limit_is_cut_and_marked_not_dropped(
     memory: DistilledEpisodicMemory,
 ):

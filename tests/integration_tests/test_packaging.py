@@ -42,6 +42,7 @@ def _metadata(wheel: zipfile.ZipFile) -> Message:
     return Parser().parsestr(wheel.read(name).decode())
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_the_package_and_its_metadata_only(wheel: zipfile.ZipFile) -> None:
     names = wheel.namelist()
     dist_info = f"langchain_kd_memory-{langchain_kd_memory.__version__}.dist-info/"

@@ -117,6 +117,7 @@ async def test_chroma_server_down_and_back(
     assert agent.callback.status.consolidations_run == 1
 
 
+@pytest.mark.slow
 def test_embedder_down_and_back(tmp_store: EpisodeStore, tmp_path: Path) -> None:
     flaky = BreakableEmbeddings()
     store = EpisodeStore(tmp_store.collection_name, embeddings=flaky, client=tmp_store.client)
@@ -138,6 +139,7 @@ def test_embedder_down_and_back(tmp_store: EpisodeStore, tmp_path: Path) -> None
     assert store.count() == len(SEEDS) + 1 and agent.callback.status.episodes_recorded == 1
 
 
+@pytest.mark.slow
 def test_training_failure_is_reported_and_recovers(tmp_store: EpisodeStore, tmp_path: Path) -> None:
     memory = small_memory(tmp_store, tmp_path / "models")
     blocker = tmp_path / "not-a-directory"

@@ -82,6 +82,7 @@ def fast_directory(tmp_path: Path) -> Iterator[str]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_8_threads_x_250_episodes_during_background_consolidation(
     fast_directory: str, tmp_path: Path
 ) -> None:

@@ -183,6 +183,7 @@ def damage(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_has_one_behaviour_and_never_the_shared_models(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:

@@ -122,6 +122,7 @@ def assert_refused(memory: DistilledEpisodicMemory, server: ScriptedServer, writ
     return info.value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("script", "requests", "match"),
     [
@@ -140,6 +141,7 @@ def test_faults_raise_a_clear_error_and_store_nothing(
     assert isinstance(error, EmbeddingDimensionError) == (script == ["short"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("write", list(WRITES), ids=list(WRITES))
 def test_every_write_path_stores_nothing_when_the_server_fails(
     memory: DistilledEpisodicMemory, server: ScriptedServer, write: str
@@ -147,6 +149,7 @@ def test_every_write_path_stores_nothing_when_the_server_fails(
     assert_refused(memory, server, WRITES[write], ["500"] * 3, 3, "500")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("write", ["store.add", "LangGraph put"])
 def test_a_batch_whose_later_request_fails_stores_nothing(
     memory: DistilledEpisodicMemory, server: ScriptedServer, write: str
@@ -166,6 +169,7 @@ def test_a_rate_limit_that_clears_stores_the_episode_once(
     assert memory.store.count() == 2
 
 
+@pytest.mark.slow
 def test_feedback_and_recall_of_stored_vectors_need_no_embedder(
     memory: DistilledEpisodicMemory, server: ScriptedServer
 ) -> None:
@@ -237,6 +241,7 @@ def trickling() -> Iterator[TricklingServer]:
     server.close()
 
 
+@pytest.mark.slow
 def test_a_trickling_server_is_cut_at_the_deadline_and_stores_nothing(
     trickling: TricklingServer, chroma_client: ClientAPI
 ) -> None:

@@ -87,6 +87,7 @@ def fresh_load(prefix: Path, embeddings: LocalEmbeddings, version: int | None = 
 # ------------------------------------------------------------------ damaged checkpoints
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["manifest", "teacher", "student"])
 def test_every_bit_flip_or_truncation_is_refused_and_the_previous_version_loads(
     saved: tuple[Path, list[bytes]], embeddings: LocalEmbeddings, target: str
@@ -114,6 +115,7 @@ def test_every_bit_flip_or_truncation_is_refused_and_the_previous_version_loads(
     assert fresh_load(prefix, embeddings) == scores[1]
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_version_names_the_versions_still_on_disk(
     saved: tuple[Path, list[bytes]], embeddings: LocalEmbeddings, chroma_client: ClientAPI
 ) -> None:
@@ -142,6 +144,7 @@ def test_a_damaged_latest_version_names_the_versions_still_on_disk(
         model(embeddings).load_models(str(prefix), version=7)
 
 
+@pytest.mark.slow
 def test_only_complete_versions_are_kept_and_listed(
     saved: tuple[Path, list[bytes]], embeddings: LocalEmbeddings
 ) -> None:
@@ -214,6 +217,7 @@ def forge(prefix: Path, role: str, name: str) -> None:
     rewrite(prefix, lambda m, d: m["files"].update({role: {"file": name, "sha256": sha256}}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "where",
     ["pickle beside the manifest", "pickle named .safetensors", "pickle outside the directory",
@@ -300,6 +304,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("forgery", list(FORGERIES))
 def test_forged_manifests_are_refused_before_anything_is_built(
     saved: tuple[Path, list[bytes]], embeddings: LocalEmbeddings, forgery: str
@@ -335,6 +340,7 @@ def load_in_thread(kd: ModelDistillation, prefix: Path, fifo: Path) -> BaseExcep
     return outcome[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["manifest", "teacher", "student"])
 def test_a_fifo_in_place_of_a_checkpoint_file_is_refused_without_blocking(
     saved: tuple[Path, list[bytes]], embeddings: LocalEmbeddings, target: str
@@ -353,6 +359,7 @@ def test_a_fifo_in_place_of_a_checkpoint_file_is_refused_without_blocking(
 # ------------------------------------------------------------------ settings of a loaded model
 
 
+@pytest.mark.slow
 def test_a_memory_keeps_its_models_training_settings_over_a_checkpoint(
     saved: tuple[Path, list[bytes]], embeddings: LocalEmbeddings, chroma_client: ClientAPI
 ) -> None:

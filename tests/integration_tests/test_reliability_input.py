@@ -268,6 +268,7 @@ BAD_INPUTS: list[tuple[str, Call, type[KDMemoryError], str]] = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [pytest.param(call, error, match, id=label) for label, call, error, match in BAD_INPUTS],
@@ -281,6 +282,7 @@ def test_bad_input_raises_a_specific_error_and_changes_nothing(
     assert snapshot(memory) == before
 
 
+@pytest.mark.slow
 def test_a_different_embedder_than_the_collections_changes_nothing(
     memory: DistilledEpisodicMemory, embeddings: LocalEmbeddings
 ) -> None:
@@ -315,6 +317,7 @@ class WrongDimensionEmbeddings(LocalEmbeddings):
         return [vector[:100] for vector in super().embed_documents(texts)]
 
 
+@pytest.mark.slow
 def test_an_embedder_returning_the_wrong_dimension_changes_nothing(
     memory: DistilledEpisodicMemory,
 ) -> None:
@@ -329,6 +332,7 @@ def test_an_embedder_returning_the_wrong_dimension_changes_nothing(
     assert snapshot(memory) == before
 
 
+@pytest.mark.slow
 def test_reward_range_is_stored_with_the_namespace_and_enforced_on_reopen(
     memory: DistilledEpisodicMemory, embeddings: LocalEmbeddings
 ) -> None:
@@ -361,6 +365,7 @@ def test_invalid_reward_ranges_are_refused(
                      reward_range=reward_range)
 
 
+@pytest.mark.slow
 def test_memory_and_model_must_agree_with_the_stores_range(
     memory: DistilledEpisodicMemory, embeddings: LocalEmbeddings
 ) -> None:
@@ -387,6 +392,7 @@ def test_an_untrained_memory_says_how_to_train(
     assert fresh.store.namespaces() == []  # reading created nothing
 
 
+@pytest.mark.slow
 def test_rewards_beyond_the_trainable_limit_are_refused_on_every_write(
     chroma_client: ClientAPI, embeddings: LocalEmbeddings, tmp_path: Path
 ) -> None:

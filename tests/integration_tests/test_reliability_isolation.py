@@ -89,6 +89,7 @@ def memory(tmp_store: EpisodeStore, request: pytest.FixtureRequest) -> Distilled
     return memory
 
 
+@pytest.mark.slow
 def test_recall_stays_in_its_namespace(memory: DistilledEpisodicMemory) -> None:
     for ns in NAMESPACES:
         for kwargs in ({}, {"filter": {"owner": ns}}, {"reward_weight": 0.0}):
@@ -101,6 +102,7 @@ def test_recall_stays_in_its_namespace(memory: DistilledEpisodicMemory) -> None:
     assert memory.invoke(QUESTION, namespace="user/1", filter={"owner": "user/10"}) == []
 
 
+@pytest.mark.slow
 def test_scoring_and_feedback_use_the_namespaces_own_records(
     memory: DistilledEpisodicMemory,
 ) -> None:
@@ -124,6 +126,7 @@ def test_scoring_and_feedback_use_the_namespaces_own_records(
         memory.store.get(["same-id"], all_namespaces=True)  # ambiguous: refused, not guessed
 
 
+@pytest.mark.slow
 def test_training_reads_only_its_namespace(memory: DistilledEpisodicMemory) -> None:
     vectors = np.vstack([memory.store.vectors([f"{ns}#0"], namespace=ns)[0]
                          for ns in NAMESPACES])
@@ -145,6 +148,7 @@ def test_training_reads_only_its_namespace(memory: DistilledEpisodicMemory) -> N
     assert sorted(ids) == sorted([f"user/1#{i}" for i in range(6)])
 
 
+@pytest.mark.slow
 def test_langgraph_store_namespaces_do_not_leak(memory: DistilledEpisodicMemory) -> None:
     store = memory.as_store()
     for labels in [("user", "1"), ("user", "10"), ("user", "1", "sub"), ("user_2f1",)]:
@@ -162,6 +166,7 @@ def test_langgraph_store_namespaces_do_not_leak(memory: DistilledEpisodicMemory)
     assert store.get(("user", "10"), "note") is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", NAMESPACES)
 def test_deleting_a_namespace_removes_only_its_episodes(
     memory: DistilledEpisodicMemory, victim: str
@@ -181,6 +186,7 @@ def test_deleting_a_namespace_removes_only_its_episodes(
     assert [e.query for e in memory.store.list_episodes(victim)] == ["fresh start"]
 
 
+@pytest.mark.slow
 def test_clear_removes_only_the_memorys_namespace(memory: DistilledEpisodicMemory) -> None:
     scoped = DistilledEpisodicMemory(store=memory.store, distillation=model(memory.store),
                                      namespace="user/1")

@@ -129,6 +129,7 @@ def filled(
 # ---------------------------------------------------------------- round trip and layout
 
 
+@pytest.mark.slow
 def test_round_trip_is_exact(tmp_store: EpisodeStore) -> None:
     episode = Episode(
         "Which plan should I pick?",
@@ -198,6 +199,7 @@ def test_a_namespace_of_its_own_has_the_format_1_layout(
     assert own.get()["ids"] == ["e1"]
 
 
+@pytest.mark.slow
 @given(st.text(min_size=1, max_size=40))
 def test_namespace_encoding_is_reversible_and_in_chroma_alphabet(namespace: str) -> None:
     encoded = encode_namespace(namespace)
@@ -256,6 +258,7 @@ def test_odd_namespaces_are_isolated(
         store.get(["same"], all_namespaces=True)  # ambiguous without a namespace
 
 
+@pytest.mark.slow
 def test_delete_namespace(filled: tuple[EpisodeStore, list[Episode]]) -> None:
     store, _ = filled
     store.add([Episode("other", namespace="keep")])
@@ -282,6 +285,7 @@ def test_stores_with_other_names_share_a_database_without_mixing(
 # ---------------------------------------------------------------- search
 
 
+@pytest.mark.slow
 def test_search_ranks_by_cosine_similarity(
     filled: tuple[EpisodeStore, list[Episode]], embeddings: LocalEmbeddings
 ) -> None:
@@ -296,6 +300,7 @@ def test_search_ranks_by_cosine_similarity(
     assert hits[0][0] == episodes[0]
 
 
+@pytest.mark.slow
 def test_search_k_filters_and_missing_namespace(filled: tuple[EpisodeStore, list[Episode]]) -> None:
     store, _ = filled
     assert len(store.search("anything", k=10)) == 3
@@ -307,6 +312,7 @@ def test_search_k_filters_and_missing_namespace(filled: tuple[EpisodeStore, list
     assert store.search("password", namespace="nobody") == []
 
 
+@pytest.mark.slow
 def test_search_by_vector_matches_search(
     filled: tuple[EpisodeStore, list[Episode]], embeddings: LocalEmbeddings
 ) -> None:
@@ -333,6 +339,7 @@ def _stored_query_vector(store: EpisodeStore, episode_id: str) -> bytes:
     raise AssertionError(episode_id)
 
 
+@pytest.mark.slow
 def test_update_reward_changes_metadata_only(
     filled: tuple[EpisodeStore, list[Episode]], counting_embeddings: LocalEmbeddings
 ) -> None:
@@ -424,6 +431,7 @@ def test_precomputed_embeddings_are_stored_exactly(
     assert counting_embeddings.calls == 0
 
 
+@pytest.mark.slow
 def test_batches_larger_than_chromas_limit_are_chunked(tmp_store: EpisodeStore) -> None:
     n = tmp_store.client.get_max_batch_size() + 3
     episodes = [Episode(f"q{i}", reward=1.0) for i in range(n)]
@@ -432,6 +440,7 @@ def test_batches_larger_than_chromas_limit_are_chunked(tmp_store: EpisodeStore) 
     assert len(tmp_store.training_arrays()) == n
 
 
+@pytest.mark.slow
 def test_rewards_of_more_episodes_than_chromas_batch_limit_are_updated_and_read(
     tmp_store: EpisodeStore,
 ) -> None:
@@ -449,6 +458,7 @@ def test_rewards_of_more_episodes_than_chromas_batch_limit_are_updated_and_read(
     assert tmp_store.count() == 10
 
 
+@pytest.mark.slow
 def test_concurrent_adds_lose_nothing(tmp_store: EpisodeStore) -> None:
     duplicates: list[DuplicateEpisodeError] = []
 
@@ -483,6 +493,7 @@ def test_concurrent_adds_lose_nothing(tmp_store: EpisodeStore) -> None:
 # ---------------------------------------------------------------- bad input changes nothing
 
 
+@pytest.mark.slow
 def test_delete_is_all_or_nothing(filled: tuple[EpisodeStore, list[Episode]]) -> None:
     store, _ = filled
     before = snapshot(store)
@@ -493,6 +504,7 @@ def test_delete_is_all_or_nothing(filled: tuple[EpisodeStore, list[Episode]]) ->
     assert store.count() == 1 and [e.id for e, _ in store.search("password")] == ["locked"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
@@ -580,6 +592,7 @@ def test_constructor_rejects_bad_arguments(tmp_path: Path, embeddings: LocalEmbe
         EpisodeStore(embeddings=embeddings, persist_directory=str(tmp_path), client=client)
 
 
+@pytest.mark.slow
 def test_another_embedder_is_refused(
     filled: tuple[EpisodeStore, list[Episode]], embeddings: LocalEmbeddings
 ) -> None:
@@ -615,6 +628,7 @@ def test_a_foreign_collection_with_our_name_is_refused(tmp_store: EpisodeStore) 
     assert store.client.get_collection(name, embedding_function=None).count() == 0
 
 
+@pytest.mark.slow
 def test_training_arrays_with_a_limit_reads_about_limit_records(
     chroma_client: chromadb.api.ClientAPI, embeddings: LocalEmbeddings,
     monkeypatch: pytest.MonkeyPatch,

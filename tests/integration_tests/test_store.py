@@ -207,6 +207,7 @@ def test_index_false_is_stored_but_not_semantically_searched(store: EpisodeBaseS
     assert {r.key for r in store.search(("ns",))} == {"hidden", "shown"}
 
 
+@pytest.mark.slow
 def test_list_namespaces(store: EpisodeBaseStore):
     for ns in [
         ("a", "b", "c"),
@@ -402,6 +403,7 @@ def test_create_agent_tool_uses_the_memory_as_store(tmp_store: EpisodeStore):
     assert doc.metadata["id"] == "p1"
 
 
+@pytest.mark.slow
 def test_concurrent_puts_of_one_key_keep_one_item(store: EpisodeBaseStore, tmp_store: EpisodeStore):
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda i: store.put(("ns",), "same", {"query": f"v{i}", "i": i}), range(8)))
@@ -424,6 +426,7 @@ def test_an_overwrite_that_cannot_be_embedded_keeps_the_old_item(tmp_store: Epis
     assert [h.key for h in store.search(("ns",), query="the old value")] == ["k"]
 
 
+@pytest.mark.slow
 def test_readers_see_the_old_or_the_new_value_never_nothing(memory_store: Any):
     memory = memory_store
     writers = [memory.as_store(), memory.as_store()]  # adapters over one memory share one lock

@@ -52,6 +52,7 @@ def refund_minus_weather(memory: DistilledEpisodicMemory, namespace: str) -> flo
     return refund.expected - weather.expected
 
 
+@pytest.mark.slow
 def test_each_namespace_learns_its_own_model_with_the_shared_one_as_fallback(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:
@@ -83,6 +84,7 @@ def test_each_namespace_learns_its_own_model_with_the_shared_one_as_fallback(
             refund_minus_weather(memory, namespace), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_bounded_cache_reloads_evicted_models_from_disk(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:
@@ -98,6 +100,7 @@ def test_a_bounded_cache_reloads_evicted_models_from_disk(
     assert len(small._models._entries) == 2  # the shared model and one namespace model
 
 
+@pytest.mark.slow
 def test_a_new_checkpoint_version_is_picked_up_without_a_restart(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:
@@ -118,6 +121,7 @@ def test_a_new_checkpoint_version_is_picked_up_without_a_restart(
     assert refund_minus_weather(agent, "user") < -0.3
 
 
+@pytest.mark.slow
 def test_a_damaged_new_version_keeps_the_model_in_use(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:

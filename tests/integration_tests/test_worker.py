@@ -114,6 +114,7 @@ def test_two_agents_and_a_worker_share_one_server(
     assert worker.returncode == 0
 
 
+@pytest.mark.slow
 def test_a_round_trains_what_is_due_and_a_restart_goes_on_where_it_stopped(
     tmp_path: Path,
 ) -> None:
@@ -133,6 +134,7 @@ def test_a_round_trains_what_is_due_and_a_restart_goes_on_where_it_stopped(
     assert memory.model_version("b") == memory.model_version("a") == 1
 
 
+@pytest.mark.slow
 def test_one_trigger_for_the_callback_and_the_worker(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:

@@ -126,6 +126,7 @@ def test_the_agent_returns_before_its_run_is_written(
     assert memory.store.get([str(run_id)])[0].query == "Where is my parcel?"
 
 
+@pytest.mark.slow
 def test_runs_queued_during_a_write_are_written_in_one_batch(
     memory: DistilledEpisodicMemory, gated: GatedEmbeddings
 ) -> None:
@@ -152,6 +153,7 @@ def test_runs_queued_during_a_write_are_written_in_one_batch(
     assert (status.dropped, status.failed, status.errors) == (0, 0, 0)
 
 
+@pytest.mark.slow
 def test_one_writer_per_memory_shared_by_callback_and_middleware(
     memory: DistilledEpisodicMemory, tmp_path: Path, gated: GatedEmbeddings
 ) -> None:
@@ -171,6 +173,7 @@ def test_one_writer_per_memory_shared_by_callback_and_middleware(
     assert callback.writer is not None and callback.writer.status.written == 1
 
 
+@pytest.mark.slow
 def test_the_memorys_writer_lives_as_long_as_the_memory_and_no_longer(
     tmp_path: Path, gated: GatedEmbeddings
 ) -> None:
@@ -191,6 +194,7 @@ def test_the_memorys_writer_lives_as_long_as_the_memory_and_no_longer(
     assert alive() is None  # an idle writer does not keep its memory (and Chroma) alive
 
 
+@pytest.mark.slow
 def test_a_full_queue_blocks_then_drops_with_a_warning(
     memory: DistilledEpisodicMemory, gated: GatedEmbeddings, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -215,6 +219,7 @@ def test_a_full_queue_blocks_then_drops_with_a_warning(
     assert writer.status.dropped == 2 and writer.status.written == 3
 
 
+@pytest.mark.slow
 def test_a_failed_write_is_retried_then_counted_never_raised(
     memory: DistilledEpisodicMemory, gated: GatedEmbeddings
 ) -> None:
@@ -236,6 +241,7 @@ def test_a_failed_write_is_retried_then_counted_never_raised(
     assert memory.store.count() == 1 and writer.status.failed == 1
 
 
+@pytest.mark.slow
 def test_a_bad_run_does_not_sink_the_runs_batched_with_it(
     memory: DistilledEpisodicMemory, gated: GatedEmbeddings
 ) -> None:
@@ -257,6 +263,7 @@ def test_a_bad_run_does_not_sink_the_runs_batched_with_it(
         "first", "second", "third", "taken"]
 
 
+@pytest.mark.slow
 def test_feedback_for_queued_and_in_flight_runs_lands_with_them(
     memory: DistilledEpisodicMemory, gated: GatedEmbeddings
 ) -> None:
@@ -285,6 +292,7 @@ def test_feedback_for_queued_and_in_flight_runs_lands_with_them(
     assert callback.status.ratings_since_consolidation == 4
 
 
+@pytest.mark.slow
 def test_record_inline_writes_before_the_agent_returns(
     memory: DistilledEpisodicMemory,
 ) -> None:

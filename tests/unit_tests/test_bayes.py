@@ -58,6 +58,7 @@ def test_a_group_without_signal_is_shrunk_away() -> None:
         BayesianLinear.fit(x, y, groups=[3, 3])
 
 
+@pytest.mark.slow
 def test_thompson_draws_follow_the_posterior_and_a_seed_repeats_them() -> None:
     fit = BayesianLinear.fit(*data(50))
     rows = torch.randn(3, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)

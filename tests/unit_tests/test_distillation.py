@@ -209,6 +209,7 @@ def test_same_seed_same_model_other_seed_other_model():
     )
 
 
+@pytest.mark.slow
 def test_training_does_not_change_the_callers_random_state():
     torch.manual_seed(3)
     before = torch.rand(1)
@@ -256,6 +257,7 @@ def test_training_is_bit_identical_while_other_threads_train_and_use_torchs_rng(
     assert torch.equal(torch.cat(draws), expected_draws[: len(draws)])
 
 
+@pytest.mark.slow
 def test_training_leaves_torchs_thread_count_alone():
     """Neither the threads that exist nor those started during or after a training see
     another thread count (a background consolidation must not cap the agent's threads)."""
@@ -271,6 +273,7 @@ def test_training_leaves_torchs_thread_count_alone():
     assert set(seen) == {before}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n, batch_size", [(11, 1), (76, 64)])  # every batch / the last one of 1
 def test_batches_of_one_train_and_predict(n, batch_size):
     kd = model(validation_fraction=0.15, min_episodes=2)

@@ -191,6 +191,7 @@ bins = st.integers(min_value=2, max_value=128)
 widths = st.floats(min_value=0.25, max_value=8.0)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(rewards, bins, widths)
 def test_binning_any_finite_rewards(values: list[float], num_bins: int, width: float) -> None:
