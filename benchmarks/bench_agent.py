@@ -397,20 +397,21 @@ def report(levels: dict[str, dict[str, Any]], speed: dict[str, float] | None) ->
 
 
 def run_level(level: str, names: list[str], n_train: int, n_test: int, seeds: Sequence[int],
-              embeddings: Embeddings, workdir: Path) -> tuple[dict[str, Any], dict | None]:
-    """Every strategy and seed on one level."""
+              embeddings: Embeddings, workdir: Path,
+              save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Every strategy and seed on one level; `save` gets the figures after each seed."""
     started = time.perf_counter()
     train = ensure_games(level, "train", n_train)
     test = ensure_games(level, "test", n_test)
     checkpoints = checkpoints_for(n_train)
     data: dict[str, Any] = {
         "train_games": n_train, "test_games": n_test, "checkpoints": checkpoints,
-        "seeds": list(seeds), "walkthrough": evaluate(Strategy("walkthrough", 0, None), test,
+        "seeds": [], "walkthrough": evaluate(Strategy("walkthrough", 0, None), test,
                                                       level),
         "curves": {name: {str(c): [] for c in checkpoints} for name in names},
         "seconds": {name: [] for name in names}, "escalation": [], "consolidations": [],
+        "rank_speed": None,
     }
-    speed = None
     for seed in seeds:
         for name in names:
             curve, strategy, seconds = run_strategy(
@@ -427,12 +428,14 @@ def run_level(level: str, names: list[str], n_train: int, n_test: int, seeds: Se
             data["consolidations"].append(strategy.consolidations)
             data["escalation"].append(escalation(strategy, test, level, seed))
             print(f"  escalation {data['escalation'][-1]}", flush=True)
-            if speed is None:
+            if data["rank_speed"] is None:
                 with CookingGame.open(test[0], MAX_STEPS[level]) as game:
                     assert strategy.memory is not None
-                    speed = rank_speed(strategy.memory, game.reset())
-    data["minutes"] = (time.perf_counter() - started) / 60
-    return data, speed
+                    data["rank_speed"] = rank_speed(strategy.memory, game.reset())
+        data["seeds"].append(seed)
+        data["minutes"] = (time.perf_counter() - started) / 60
+        save(data)  # a run stopped later keeps the seeds it finished
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -463,12 +466,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=CACHE_DIR if CACHE_DIR.exists() else None) as tmp:
         for level in [] if args.report_only else levels:
             n_train = args.train_games or (20 if args.quick else TRAIN_GAMES[level])
-            data, speed = run_level(level, names, n_train, n_test, seeds, embeddings, Path(tmp))
-            data.update(command=command, machine=machine_facts(), rank_speed=speed)
+            def save(data: dict[str, Any], level: str = level) -> None:
+                data.update(command=command, machine=machine_facts())
+                if write:  # one file per level: levels may run in separate processes
+                    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+                    (CACHE_DIR / f"agent-{level}.json").write_text(json.dumps(data, indent=1))
+
+            data = run_level(level, names, n_train, n_test, seeds, embeddings, Path(tmp), save)
             print("\n".join(level_report(level, data)), flush=True)
-            if write:  # one file per level: levels may run in separate processes
-                CACHE_DIR.mkdir(parents=True, exist_ok=True)
-                (CACHE_DIR / f"agent-{level}.json").write_text(json.dumps(data, indent=1))
     if write:
         saved = {path.stem.removeprefix("agent-"): json.loads(path.read_text())
                  for path in sorted(CACHE_DIR.glob("agent-L*.json"))}
