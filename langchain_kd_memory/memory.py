@@ -28,9 +28,9 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable
 from langchain_core.runnables.config import run_in_executor
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
-from langchain_kd_memory._validate import check_int, check_number
+from langchain_kd_memory._validate import check_int, check_known, check_number
 from langchain_kd_memory.classic import history, input_text, output_text
 from langchain_kd_memory.consolidation import ConsolidationReport, consolidate
 from langchain_kd_memory.decisions import (
@@ -186,6 +186,8 @@ class DistilledEpisodicMemory(BaseRetriever):
     return_messages: bool = False
     """Classic memory: return recalled episodes as messages instead of one string."""
 
+    model_config = ConfigDict(extra="forbid")
+
     _consolidation_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _listeners: Listeners = PrivateAttr(default_factory=Listeners)
     _models: ValueModels = PrivateAttr()
@@ -199,8 +201,10 @@ class DistilledEpisodicMemory(BaseRetriever):
             CheckpointError: If the checkpoint in `model_dir` is corrupted or unsafe.
             ConfigError: If `reward_range` disagrees with the store's or the model's, or the
                 checkpoint in `model_dir` holds other networks, or another declared reward
-                range, than the model asks for.
+                range, than the model asks for; or an argument is not one of the class
+                attributes (the message suggests the closest name).
         """
+        check_known(type(self).__name__, data, type(self).model_fields)
         reward_range = validate_reward_range(data.get("reward_range"))
         if data.get("store") is None:
             directory = data.get("persist_directory") or DEFAULT_PERSIST_DIRECTORY

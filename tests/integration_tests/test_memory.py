@@ -17,6 +17,7 @@ from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.embeddings import LocalEmbeddings, OpenAIEmbedder
 from langchain_kd_memory.episodes import Episode, RewardEstimate
 from langchain_kd_memory.errors import (
+    ConfigError,
     EmbedderMismatchError,
     EpisodeNotFoundError,
     InsufficientDataError,
@@ -136,6 +137,18 @@ def test_invalid_arguments(memory: DistilledEpisodicMemory) -> None:
         memory.record_feedback("no-such-id", 1.0)
     with pytest.raises(ValueError):
         DistilledEpisodicMemory(store=memory.store, distillation=memory.distillation, k=0)
+
+
+def test_a_misspelled_argument_is_refused_before_anything_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"'persist_dir' .*'persist_directory'") as caught:
+        DistilledEpisodicMemory(persist_dir="./e4", rewardrange=(0, 1))
+    assert "'rewardrange' (did you mean 'reward_range'?)" in str(caught.value)
+    with pytest.raises(ConfigError, match="'colour'$"):
+        DistilledEpisodicMemory(colour="blue")
+    assert list(tmp_path.iterdir()) == []  # no store was built in ./.kd_memory
 
 
 def test_embedder_mismatch_is_refused(memory: DistilledEpisodicMemory) -> None:
