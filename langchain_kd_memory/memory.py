@@ -793,13 +793,39 @@ class DistilledEpisodicMemory(BaseRetriever):
 
     # ------------------------------------------------------------------ async twins
 
-    async def aadd_episode(self, query: str, response: str = "", **kwargs: Any) -> str:
+    async def aadd_episode(
+        self,
+        query: str,
+        response: str = "",
+        reward: float | None = None,
+        metadata: Mapping[str, str | int | float | bool] | None = None,
+        namespace: str | None = None,
+        episode_id: str | UUID | None = None,
+    ) -> str:
         """Async `add_episode` (runs it in an executor)."""
-        return await run_in_executor(None, self.add_episode, query, response, **kwargs)
+        return await run_in_executor(
+            None, self.add_episode, query, response, reward, metadata, namespace, episode_id
+        )
 
     async def aadd_episodes(self, episodes: Sequence[Episode | Mapping[str, Any]]) -> list[str]:
         """Async `add_episodes`."""
         return await run_in_executor(None, self.add_episodes, episodes)
+
+    async def aadd_trajectory(
+        self,
+        steps: Sequence[tuple[str, str] | Mapping[str, str]],
+        rewards: float | Sequence[float] | None = None,
+        *,
+        gamma: float = 0.9,
+        trajectory_id: str | UUID | None = None,
+        namespace: str | None = None,
+        metadata: Mapping[str, str | int | float | bool] | None = None,
+    ) -> list[str]:
+        """Async `add_trajectory`."""
+        return await run_in_executor(
+            None, self.add_trajectory, steps, rewards, gamma=gamma, trajectory_id=trajectory_id,
+            namespace=namespace, metadata=metadata,
+        )
 
     async def arecord_feedback(
         self, episode_id: str | UUID, reward: float, namespace: str | None = None
@@ -807,19 +833,46 @@ class DistilledEpisodicMemory(BaseRetriever):
         """Async `record_feedback`."""
         return await run_in_executor(None, self.record_feedback, episode_id, reward, namespace)
 
-    async def ascore(self, query: str) -> RewardEstimate:
+    async def ascore(self, query: str, *, namespace: str | None = None) -> RewardEstimate:
         """Async `score`."""
-        return await run_in_executor(None, self.score, query)
+        return await run_in_executor(None, self.score, query, namespace=namespace)
 
-    async def ascore_batch(self, queries: Sequence[str]) -> list[RewardEstimate]:
+    async def ascore_batch(
+        self, queries: Sequence[str], *, namespace: str | None = None
+    ) -> list[RewardEstimate]:
         """Async `score_batch`."""
-        return await run_in_executor(None, self.score_batch, queries)
+        return await run_in_executor(None, self.score_batch, queries, namespace=namespace)
+
+    async def arank_responses(
+        self,
+        query: str,
+        candidates: Sequence[str],
+        *,
+        explore: float = 0.0,
+        exploration: Exploration = "thompson",
+        namespace: str | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> list[RankedResponse]:
+        """Async `rank_responses`."""
+        return await run_in_executor(
+            None, self.rank_responses, query, candidates, explore=explore,
+            exploration=exploration, namespace=namespace, rng=rng,
+        )
 
     async def aconsolidate(
-        self, namespace: str | None = None, **kwargs: Any
+        self,
+        namespace: str | None = None,
+        *,
+        max_training_episodes: int | None = None,
+        num_epochs: int | None = None,
+        batch_size: int | None = None,
+        quiet: bool = True,
     ) -> ConsolidationReport:
         """Async `consolidate` (trains in an executor thread)."""
-        return await run_in_executor(None, self.consolidate, namespace, **kwargs)
+        return await run_in_executor(
+            None, self.consolidate, namespace, max_training_episodes=max_training_episodes,
+            num_epochs=num_epochs, batch_size=batch_size, quiet=quiet,
+        )
 
     async def aload_memory_variables(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Async `load_memory_variables`."""

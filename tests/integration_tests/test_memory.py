@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 import threading
 from dataclasses import replace
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.retrievers import BaseRetriever
 
 from langchain_kd_memory.config import StudentConfig, TeacherConfig
 from langchain_kd_memory.distillation import ModelDistillation
@@ -273,6 +275,38 @@ async def test_async_twins(memory: DistilledEpisodicMemory) -> None:
         await memory.ascore("trains")
     await memory.aclear()
     assert memory.store.count("default") == 0
+
+
+# Cheap helpers that do no I/O worth a thread: no async twin.
+WITHOUT_TWIN = {"value_model", "model_version", "resolve_namespace", "add_rating_listener",
+                "remove_rating_listener", "add_pending_source", "as_router", "as_store"}
+
+
+def test_every_public_method_has_an_async_twin_with_the_same_signature() -> None:
+    own = {name: value for name, value in vars(DistilledEpisodicMemory).items()
+           if inspect.isfunction(value) and not name.startswith("_")
+           and not hasattr(BaseRetriever, name)}  # pydantic's hooks, LangChain's own twins
+    twins = {name for name in own if name.startswith("a") and name[1:] in own}
+    for name in sorted(set(own) - twins - WITHOUT_TWIN):
+        twin = own.get(f"a{name}")
+        assert twin is not None and inspect.iscoroutinefunction(twin), f"no a{name}"
+        assert inspect.signature(twin) == inspect.signature(own[name]), f"a{name}"
+
+
+async def test_async_twins_take_a_namespace_and_trajectories(
+    memory: DistilledEpisodicMemory,
+) -> None:
+    with pytest.raises(NotTrainedError, match="'user-7'"):
+        await memory.ascore("trains", namespace="user-7")
+    with pytest.raises(NotTrainedError, match="'user-7'"):
+        await memory.ascore_batch(["trains"], namespace="user-7")
+    with pytest.raises(NotTrainedError, match="'user-7'"):
+        await memory.arank_responses("trains", ["late", "early"], namespace="user-7")
+    ids = await memory.aadd_trajectory([("board", "wait"), ("ride", "arrive")], 1.0,
+                                       trajectory_id="trip", namespace="user-7")
+    assert ids == ["trip/0", "trip/1"]
+    assert [e.reward for e in memory.store.get(ids, namespace="user-7")] == [
+        pytest.approx(0.9), 1.0]
 
 
 def test_a_value_model_that_learned_nothing_does_not_rerank(
