@@ -474,6 +474,59 @@ class DistilledEpisodicMemory(BaseRetriever):
         newly = len(rewards) if first.reward is None else 0
         return self._set_rewards(rewards, first.namespace, newly_rated=newly)[-1]
 
+    def delete(self, ids: Sequence[str | UUID], *, namespace: str | None = None) -> None:
+        """Forget episodes: stored ones are deleted, pending ones dropped before they are stored.
+
+        A run the background writer still holds (queued, or waiting in its journal) is dropped
+        whole when its run id or any of its episode ids is named, and marked done in the
+        journal so that no replay brings it back; a run being written is waited for, then
+        deleted from the store.
+
+        Args:
+            ids: Episode ids (for a run the writer still holds, its run id too).
+            namespace: Where the episodes are; the memory's namespace if None.
+
+        Raises:
+            InvalidArgumentError: `ids` is not a list.
+            EpisodeNotFoundError: An id is neither pending nor stored in the namespace (then
+                no stored episode is deleted; the pending runs named are dropped).
+        """
+        if isinstance(ids, str) or not isinstance(ids, Sequence):
+            raise InvalidArgumentError("ids must be a list of episode ids")
+        ns = self.resolve_namespace(namespace)
+        wanted = [str(i) for i in ids]
+        dropped = self._listeners.forget_pending(wanted, ns)
+        stored = [i for i in wanted if i not in dropped]
+        if stored:
+            self.store.delete(stored, ns)
+
+    def delete_namespace(self, namespace: str) -> int:
+        """Forget a namespace: its episodes, its pending runs and its own value model.
+
+        In this order: the background writer drops the namespace's pending runs (marked done in
+        its journal, so no replay brings them back; a run being written is waited for), the
+        store deletes the namespace's episodes, and the namespace's own model is unloaded and
+        its checkpoint files (every version) deleted. A consolidation of this memory that is
+        running is waited for first.
+
+        What it leaves behind: the shared model (trained on every namespace by
+        `consolidate()`) keeps what it learned from these episodes until it is trained again;
+        a worker process that is training this namespace's model right now may save it after
+        the deletion (delete again once it is done); runs in a journal that no writer of this
+        process has open (a killed process's) are written when a writer opens it, so open the
+        writer on that journal first.
+
+        Returns:
+            How many stored episodes were deleted.
+        """
+        ns = validate_namespace(namespace)
+        with self._consolidation_lock:
+            self._listeners.forget_pending_namespace(ns)
+            count = self.store.delete_namespace(ns)
+            self._models.forget(ns)
+        logger.info("forgot namespace %r: %d episodes and its own value model", ns, count)
+        return count
+
     def _set_rewards(
         self, rewards: Mapping[str, float | None], namespace: str, *, newly_rated: int
     ) -> list[Episode]:
@@ -826,6 +879,14 @@ class DistilledEpisodicMemory(BaseRetriever):
             None, self.add_trajectory, steps, rewards, gamma=gamma, trajectory_id=trajectory_id,
             namespace=namespace, metadata=metadata,
         )
+
+    async def adelete(self, ids: Sequence[str | UUID], *, namespace: str | None = None) -> None:
+        """Async `delete`."""
+        await run_in_executor(None, self.delete, ids, namespace=namespace)
+
+    async def adelete_namespace(self, namespace: str) -> int:
+        """Async `delete_namespace`."""
+        return await run_in_executor(None, self.delete_namespace, namespace)
 
     async def arecord_feedback(
         self, episode_id: str | UUID, reward: float, namespace: str | None = None

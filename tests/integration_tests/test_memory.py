@@ -13,6 +13,7 @@ import pytest
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.retrievers import BaseRetriever
+from test_writer import GatedEmbeddings
 
 from langchain_kd_memory.config import StudentConfig, TeacherConfig
 from langchain_kd_memory.distillation import ModelDistillation
@@ -29,6 +30,8 @@ from langchain_kd_memory.errors import (
 )
 from langchain_kd_memory.memory import ConsolidationReport, DistilledEpisodicMemory
 from langchain_kd_memory.storage import EpisodeStore
+from langchain_kd_memory.value_models import checkpoint_prefix
+from langchain_kd_memory.writer import BackgroundWriter
 
 GOOD_TOPICS = ["refund for my order", "invoice for my subscription", "billing charge on my card"]
 BAD_TOPICS = ["weather forecast for the weekend", "rain tomorrow in the city",
@@ -61,6 +64,11 @@ def make_memory(tmp_path: Path, embeddings: LocalEmbeddings, min_episodes: int =
     return DistilledEpisodicMemory(
         store=store, distillation=model, model_dir=str(tmp_path / "models"), **kwargs
     )
+
+
+@pytest.fixture
+def gated() -> GatedEmbeddings:
+    return GatedEmbeddings()
 
 
 @pytest.fixture
@@ -277,6 +285,72 @@ async def test_async_twins(memory: DistilledEpisodicMemory) -> None:
     assert memory.store.count("default") == 0
 
 
+def test_delete_forgets_stored_and_pending_episodes_and_a_replay_brings_none_back(
+    tmp_path: Path, gated: GatedEmbeddings
+) -> None:
+    memory = make_memory(tmp_path, gated)
+    writer = BackgroundWriter(memory, journal=tmp_path / "runs.journal")
+    stored = memory.add_episode("my card number is 4111", "Noted.")
+    kept = memory.add_episode("what is the weather", "Sunny.")
+    twin = memory.add_episode("my card number is 4111", "Noted.", namespace="user-7",
+                              episode_id=stored)  # the same id in another namespace
+    gated.close()
+    writer.submit([Episode("a run being written", namespace="other")])
+    assert gated.entered.wait(timeout=60)  # the writer is busy: the next runs stay queued
+    writer.submit([Episode("my PIN is 1234", id="pin")])
+    writer.submit([Episode("my PIN is 1234", id="pin", namespace="user-7")])
+
+    memory.delete([stored, "pin"])
+
+    with pytest.raises(EpisodeNotFoundError, match="no-such-id"):
+        memory.delete(["no-such-id"])
+    gated.gate.set()
+    assert writer.flush(timeout=120)
+    writer.close()
+    for again in (memory, make_memory(tmp_path, gated)):
+        if again is not memory:  # a fresh process: its writer replays the journal
+            replaying = BackgroundWriter(again, journal=tmp_path / "runs.journal")
+            assert replaying.flush(timeout=120)
+            replaying.close()
+        assert [e.id for e in again.store.list_episodes()] == [kept]
+        assert {e.id for e in again.store.list_episodes("user-7")} == {twin, "pin"}
+
+
+def test_delete_namespace_forgets_its_episodes_model_and_pending_runs(
+    tmp_path: Path, gated: GatedEmbeddings
+) -> None:
+    memory = make_memory(tmp_path, gated, min_episodes=10)
+    memory.add_episodes([replace(e, namespace="user-7") for e in topic_episodes(20)])
+    kept = memory.add_episode("a question of someone else", "An answer.")
+    memory.consolidate("user-7")
+    assert memory.score("refund please", namespace="user-7").model_namespace == "user-7"
+    model_files = Path(checkpoint_prefix(str(tmp_path / "models"), "user-7")).parent
+    assert any(model_files.iterdir())
+    writer = BackgroundWriter(memory, journal=tmp_path / "runs.journal")
+    gated.close()
+    writer.submit([Episode("a run being written", namespace="other")])
+    assert gated.entered.wait(timeout=60)
+    writer.submit([Episode("my address is 1 Main St", id="queued", namespace="user-7")])
+
+    assert memory.delete_namespace("user-7") == 20
+
+    assert not model_files.exists()
+    gated.gate.set()
+    assert writer.flush(timeout=120)
+    writer.close()
+    fresh = make_memory(tmp_path, gated, min_episodes=10)
+    replaying = BackgroundWriter(fresh, journal=tmp_path / "runs.journal")
+    assert replaying.flush(timeout=120)
+    replaying.close()
+    for again in (memory, fresh):
+        assert again.store.count("user-7") == 0
+        assert again.model_version("user-7") is None
+        with pytest.raises(NotTrainedError):  # its own model is gone, also from the cache
+            again.score("refund please", namespace="user-7")
+        assert [e.id for e in again.store.list_episodes()] == [kept]
+    assert not model_files.exists()
+
+
 # Cheap helpers that do no I/O worth a thread: no async twin.
 WITHOUT_TWIN = {"value_model", "model_version", "resolve_namespace", "add_rating_listener",
                 "remove_rating_listener", "add_pending_source", "as_router", "as_store"}
@@ -307,6 +381,8 @@ async def test_async_twins_take_a_namespace_and_trajectories(
     assert ids == ["trip/0", "trip/1"]
     assert [e.reward for e in memory.store.get(ids, namespace="user-7")] == [
         pytest.approx(0.9), 1.0]
+    assert await memory.adelete(["trip/0"], namespace="user-7") is None
+    assert await memory.adelete_namespace("user-7") == 1
 
 
 def test_a_value_model_that_learned_nothing_does_not_rerank(
