@@ -105,7 +105,8 @@ class DistilledEpisodicMemory(BaseRetriever):
     consolidation, with the range of the candidates' observed rewards. `w = 0` is pure
     similarity search. Each `Document` carries the episode in `page_content` and `id`, `query`,
     `response`, `reward`, `similarity`, `value`, `value_source` ("observed", "predicted" or
-    "neutral"), `score`, `namespace`, `created_at` and the user's metadata in `metadata`.
+    "neutral"), `score`, `namespace`, `created_at`, `model_namespace` and `model_version` (the
+    value model that answered, as in `RewardEstimate`) and the user's metadata in `metadata`.
 
     **Scoring** (`score(query)`): the student's `RewardEstimate`. Before the first
     consolidation (or checkpoint load) it raises `NotTrainedError`, saying how many rated
@@ -272,11 +273,18 @@ class DistilledEpisodicMemory(BaseRetriever):
         """
         return self._model_for(self.resolve_namespace(namespace))
 
+    def model_namespace(self, namespace: str | None = None) -> str | None:
+        """Whose model answers for `namespace` (the memory's if None).
+
+        The namespace itself once it has a trained model of its own, else None: the shared
+        model (trained on every namespace by `consolidate()`) answers.
+        """
+        ns = self.resolve_namespace(namespace)
+        return ns if self._models.own(ns).is_trained else None
+
     def model_version(self, namespace: str | None = None) -> int | None:
         """The checkpoint version of the model answering for `namespace` (None if unsaved)."""
-        ns = self.resolve_namespace(namespace)
-        own = self._models.own(ns)
-        return self._models.version(ns if own.is_trained else None)
+        return self._models.version(self.model_namespace(namespace))
 
     def resolve_namespace(self, namespace: str | None) -> str:
         """`namespace` validated, or the memory's own namespace when None."""
@@ -603,11 +611,10 @@ class DistilledEpisodicMemory(BaseRetriever):
         self, estimates: list[RewardEstimate], namespace: str | None
     ) -> list[RewardEstimate]:
         """`estimates` marked with the model that answered for `namespace`."""
-        ns = self.resolve_namespace(namespace)
-        own = self._models.own(ns).is_trained
-        version = self.model_version(ns)
-        return [dataclasses.replace(e, model_namespace=ns if own else None,
-                                    model_version=version) for e in estimates]
+        answering = self.model_namespace(namespace)
+        version = self._models.version(answering)
+        return [dataclasses.replace(e, model_namespace=answering, model_version=version)
+                for e in estimates]
 
     def rank_responses(
         self,
@@ -755,7 +762,10 @@ class DistilledEpisodicMemory(BaseRetriever):
             (model.binner.low, model.binner.high) if model.is_trained
             else observed_range([episode for episode, _ in hits])
         )
-        return [to_document(c) for c in rank(hits, predicted, reward_range, weight)[:k]]
+        answering = self.model_namespace(ns)
+        version = self._models.version(answering)
+        return [to_document(c, model_namespace=answering, model_version=version)
+                for c in rank(hits, predicted, reward_range, weight)[:k]]
 
     async def _aget_relevant_documents(
         self,

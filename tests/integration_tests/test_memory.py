@@ -352,8 +352,9 @@ def test_delete_namespace_forgets_its_episodes_model_and_pending_runs(
 
 
 # Cheap helpers that do no I/O worth a thread: no async twin.
-WITHOUT_TWIN = {"value_model", "model_version", "resolve_namespace", "add_rating_listener",
-                "remove_rating_listener", "add_pending_source", "as_router", "as_store"}
+WITHOUT_TWIN = {"value_model", "model_namespace", "model_version", "resolve_namespace",
+                "add_rating_listener", "remove_rating_listener", "add_pending_source",
+                "as_router", "as_store"}
 
 
 def test_every_public_method_has_an_async_twin_with_the_same_signature() -> None:
