@@ -132,17 +132,28 @@ def _open_memory(args: argparse.Namespace) -> DistilledEpisodicMemory:
     )
 
 
-def _checkpoint_manifest(memory: DistilledEpisodicMemory) -> dict[str, Any] | None:
-    """The current checkpoint's manifest, verified as loading verifies it, with its path."""
+def _checkpoint_manifest(
+    memory: DistilledEpisodicMemory, model_namespace: str | None
+) -> dict[str, Any] | None:
+    """The current manifest of a namespace's own model (None: the shared one), with its path.
+
+    Verified as loading verifies it.
+    """
     from langchain_kd_memory.checkpoint import load_checkpoint, manifest_path
     from langchain_kd_memory.value_models import checkpoint_prefix
 
     assert memory.model_dir is not None
-    prefix = checkpoint_prefix(memory.model_dir, None)
+    prefix = checkpoint_prefix(memory.model_dir, model_namespace)
     checkpoint = load_checkpoint(prefix, embedder=memory.store.identity)
     if checkpoint is None:
         return None
     return {**checkpoint.manifest, "path": str(manifest_path(prefix))}
+
+
+def _model_name(model_namespace: str | None) -> str:
+    """How the text output names the model that answers."""
+    return "the shared model" if model_namespace is None else (
+        f"namespace {model_namespace!r}'s own model")
 
 
 def _require_trained(memory: DistilledEpisodicMemory) -> None:
@@ -339,6 +350,8 @@ def _cmd_score(args: argparse.Namespace, console: _Console) -> int:
         f"  expected reward  {estimate.expected:.3f} ± {estimate.std:.3f} (std)   most likely "
         f"{estimate.mode:.3f}",
         f"  quantiles        10%: {q10:.3f}   50%: {q50:.3f}   90%: {q90:.3f}",
+        f"  model            {_model_name(estimate.model_namespace)}, checkpoint "
+        f"v{estimate.model_version}",
         f"  distribution over {len(estimate.distribution)} bins, summed in "
         f"{min(HISTOGRAM_ROWS, len(estimate.distribution))} rows (reward range, probability):",
         *_histogram(estimate),
@@ -431,8 +444,10 @@ def _cmd_stats(args: argparse.Namespace, console: _Console) -> int:
              "reward": _reward_summary(store, ns)}
         for ns in namespaces
     }
-    manifest = _checkpoint_manifest(memory) if memory.is_trained else None
-    model: dict[str, Any] = {"trained": memory.is_trained, "model_dir": memory.model_dir}
+    answering = memory.model_namespace()  # the namespace asked for, or the default one
+    manifest = _checkpoint_manifest(memory, answering) if memory.is_trained else None
+    model: dict[str, Any] = {"trained": memory.is_trained, "model_dir": memory.model_dir,
+                             "answers_for": memory.namespace, "namespace": answering}
     if manifest is not None:
         metrics = manifest.get("metrics", {})
         model.update(
@@ -469,8 +484,9 @@ def _cmd_stats(args: argparse.Namespace, console: _Console) -> int:
     if manifest is not None:
         mae = model["validation_mae"] or {}
         lines += [
-            f"model      trained on {model['trained_on']} episodes: checkpoint "
-            f"v{model['checkpoint_version']} of {str(model['created_at'])[:19]} UTC",
+            f"model      for namespace {memory.namespace!r}: {_model_name(answering)}, trained "
+            f"on {model['trained_on']} episodes: checkpoint v{model['checkpoint_version']} of "
+            f"{str(model['created_at'])[:19]} UTC",
             f"           validation MAE teacher {_fmt(mae.get('teacher_mae'))}, student "
             f"{_fmt(mae.get('student_mae'))}, predict-the-mean {_fmt(mae.get('mean_mae'))}",
             f"           {model['checkpoint_path']}",
@@ -637,8 +653,12 @@ examples:
     ),
     "stats": (
         "show episodes per namespace, rewards and the model's state",
-        """examples:
+        """The model shown is the one that answers for --namespace (default 'default'): the
+namespace's own model if it has one, else the shared model.
+
+examples:
   kd-memory stats
+  kd-memory --namespace user42 stats
   kd-memory --json stats""",
     ),
     "export": (

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -140,6 +141,14 @@ class ValueModels:
                 entry.manifest_mtime = self._mtime(namespace)
                 entry.checked = time.monotonic()
                 entry.error = None
+
+    def forget(self, namespace: str) -> None:
+        """Unload `namespace`'s own model and delete its checkpoint files (every version)."""
+        with self._lock:
+            self._entries.pop(namespace, None)
+            prefix = self.prefix(namespace)
+            if prefix is not None and Path(prefix).parent.exists():
+                shutil.rmtree(Path(prefix).parent)
 
     def _evict(self) -> None:
         namespaced = [key for key in self._entries if key is not None]

@@ -493,6 +493,38 @@ def test_stats_describes_store_and_model(
     assert code == 0 and "checkpoint v1" in out and "all-MiniLM-L6-v2" in out
 
 
+def test_stats_and_score_show_the_model_that_answers_for_the_namespace(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    persist = ["--persist-dir", str(tmp_path / "db")]
+    source = write_jsonl(tmp_path / "eps.jsonl", synthetic_rows(24))
+    train = ["consolidate", "--epochs", "2", "--seed", "0"]
+    assert run(capsys, *persist, "ingest", str(source))[0] == 0
+    assert run(capsys, *persist, "--namespace", "default", *train)[0] == 0  # its own model only
+    model = run_json(capsys, *persist, "stats")["model"]
+    assert (model["trained"], model["namespace"], model["checkpoint_version"]) == (
+        True, "default", 1)
+    assert "namespaces" in Path(model["checkpoint_path"]).parts
+    code, out, _ = run(capsys, *persist, "stats")
+    assert code == 0 and "namespace 'default''s own model" in out and "checkpoint v1" in out
+
+    assert run(capsys, *persist, "--namespace", "user-42", "ingest", str(source))[0] == 0
+    for _ in range(2):
+        assert run(capsys, *persist, "--namespace", "user-42", *train)[0] == 0
+    assert run(capsys, *persist, *train)[0] == 0  # the shared model, v1
+    model = run_json(capsys, *persist, "--namespace", "user-42", "stats")["model"]
+    assert (model["namespace"], model["checkpoint_version"]) == ("user-42", 2)
+    estimate = run_json(capsys, *persist, "--namespace", "user-42", "score", "reset password?")
+    assert (estimate["model_namespace"], estimate["model_version"]) == ("user-42", 2)
+    code, out, _ = run(capsys, *persist, "--namespace", "user-42", "score", "reset password?")
+    assert code == 0 and "namespace 'user-42''s own model, checkpoint v2" in out
+    model = run_json(capsys, *persist, "--namespace", "someone-else", "stats")["model"]
+    assert (model["namespace"], model["checkpoint_version"]) == (None, 1)
+    assert "namespaces" not in Path(model["checkpoint_path"]).parts
+    code, out, _ = run(capsys, *persist, "--namespace", "someone-else", "stats")
+    assert code == 0 and "the shared model" in out
+
+
 def test_stats_refuses_an_edited_manifest(
     capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]], tmp_path: Path
 ) -> None:

@@ -83,6 +83,27 @@ def test_each_namespace_learns_its_own_model_with_the_shared_one_as_fallback(
             refund_minus_weather(memory, namespace), abs=1e-6)
 
 
+def test_every_answer_says_which_model_gave_it(
+    tmp_path: Path, embeddings: LocalEmbeddings
+) -> None:
+    memory = make_memory(tmp_path, embeddings)
+    memory.add_episodes(episodes("likes-refunds", 0) + episodes("third", 1))
+    memory.consolidate("likes-refunds")
+    memory.consolidate("likes-refunds")  # its own model, v2
+    memory.consolidate()  # the shared model, v1
+    query, answers = "Can you help with the refund for my order?", ["Sure.", "No."]
+    for namespace, expected in (("likes-refunds", ("likes-refunds", 2)), ("third", (None, 1))):
+        assert (memory.model_namespace(namespace), memory.model_version(namespace)) == expected
+        estimates = [memory.score(query, namespace=namespace),
+                     *memory.score_batch([query, "weather?"], namespace=namespace),
+                     *(r.estimate for r in memory.rank_responses(query, answers,
+                                                                 namespace=namespace))]
+        assert {(e.model_namespace, e.model_version) for e in estimates} == {expected}
+        documents = memory.invoke(query, namespace=namespace)
+        assert documents and {(d.metadata["model_namespace"], d.metadata["model_version"])
+                              for d in documents} == {expected}
+
+
 def test_a_bounded_cache_reloads_evicted_models_from_disk(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:
