@@ -8,14 +8,15 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export ANONYMIZED_TELEMETRY := False
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test test-fast bench lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=25.1"
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e . --group test --group bench
+	$(PY) -m pip install -q -e . --group test --group bench --group docs
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,13 +27,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict
+
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 lint: $(STAMP)
 	$(PY) -m pip install -q --group lint --group typing
-	$(PY) -m ruff check langchain_kd_memory tests benchmarks examples
+	$(PY) -m ruff check langchain_kd_memory tests benchmarks examples docs
 	$(PY) -m mypy langchain_kd_memory
+	$(PY) -m mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) demo_data bench_data .pytest_cache
+	rm -rf $(VENV) demo_data bench_data site .pytest_cache

@@ -10,21 +10,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from langchain_kd_memory.binning import RewardBinner
-    from langchain_kd_memory.callbacks import ConsolidationCallback, ConsolidationStatus
+    from langchain_kd_memory.callbacks import ConsolidationCallback
     from langchain_kd_memory.config import DistillationConfig, StudentConfig, TeacherConfig
     from langchain_kd_memory.consolidation import ConsolidationReport
     from langchain_kd_memory.decisions import RankedResponse
     from langchain_kd_memory.distillation import ModelDistillation
     from langchain_kd_memory.embeddings import (
         CachedEmbeddings,
-        EmbedderIdentity,
         LocalEmbeddings,
         OpenAIEmbedder,
         default_embeddings,
-        embedder_identity,
     )
-    from langchain_kd_memory.episodes import Episode, RewardEstimate, TrainingArrays
+    from langchain_kd_memory.episodes import Episode, RewardEstimate
     from langchain_kd_memory.errors import (
         CheckpointError,
         ConfigError,
@@ -43,27 +40,27 @@ if TYPE_CHECKING:
         StoreError,
     )
     from langchain_kd_memory.memory import DistilledEpisodicMemory
-    from langchain_kd_memory.middleware import EpisodicMemoryMiddleware, MemoryMiddlewareStatus
-    from langchain_kd_memory.router import RouterStatus, ValueRouter
+    from langchain_kd_memory.middleware import EpisodicMemoryMiddleware
+    from langchain_kd_memory.router import ValueRouter
     from langchain_kd_memory.runs import FinishedRun
-    from langchain_kd_memory.storage import EpisodeStore
+    from langchain_kd_memory.storage import EpisodeStore, http_client
     from langchain_kd_memory.store import EpisodeBaseStore
-    from langchain_kd_memory.writer import BackgroundWriter, RecordingStatus, WriterStatus
+    from langchain_kd_memory.worker import ConsolidationWorker
+
+__version__ = "0.1.0"
+"""The package's version; the wheel's metadata reads it from here."""
 
 _MODULES: dict[str, str] = {
-    "BackgroundWriter": "writer",
     "CachedEmbeddings": "embeddings",
     "CheckpointError": "errors",
     "ConfigError": "errors",
     "ConsolidationCallback": "callbacks",
     "ConsolidationReport": "consolidation",
-    "ConsolidationStatus": "callbacks",
+    "ConsolidationWorker": "worker",
     "default_embeddings": "embeddings",
     "DistillationConfig": "config",
     "DistilledEpisodicMemory": "memory",
     "DuplicateEpisodeError": "errors",
-    "embedder_identity": "embeddings",
-    "EmbedderIdentity": "embeddings",
     "EmbedderMismatchError": "errors",
     "EmbeddingDimensionError": "errors",
     "EmbeddingError": "errors",
@@ -73,6 +70,7 @@ _MODULES: dict[str, str] = {
     "EpisodeStore": "storage",
     "EpisodicMemoryMiddleware": "middleware",
     "FinishedRun": "runs",
+    "http_client": "storage",
     "InsufficientDataError": "errors",
     "InvalidArgumentError": "errors",
     "InvalidEpisodeError": "errors",
@@ -80,36 +78,29 @@ _MODULES: dict[str, str] = {
     "InvalidRewardError": "errors",
     "KDMemoryError": "errors",
     "LocalEmbeddings": "embeddings",
-    "MemoryMiddlewareStatus": "middleware",
     "ModelDistillation": "distillation",
     "NotTrainedError": "errors",
     "OpenAIEmbedder": "embeddings",
     "RankedResponse": "decisions",
-    "RewardBinner": "binning",
-    "RecordingStatus": "writer",
     "RewardEstimate": "episodes",
-    "RouterStatus": "router",
     "StoreError": "errors",
     "StudentConfig": "config",
     "TeacherConfig": "config",
-    "TrainingArrays": "episodes",
     "ValueRouter": "router",
-    "WriterStatus": "writer",
 }
 """The module of `langchain_kd_memory` that defines each public name."""
 
 __all__ = [
-    "BackgroundWriter",
+    "__version__",
     "CachedEmbeddings",
     "CheckpointError",
     "ConfigError",
     "ConsolidationCallback",
     "ConsolidationReport",
-    "ConsolidationStatus",
+    "ConsolidationWorker",
     "DistillationConfig",
     "DistilledEpisodicMemory",
     "DuplicateEpisodeError",
-    "EmbedderIdentity",
     "EmbedderMismatchError",
     "EmbeddingDimensionError",
     "EmbeddingError",
@@ -126,23 +117,17 @@ __all__ = [
     "InvalidRewardError",
     "KDMemoryError",
     "LocalEmbeddings",
-    "MemoryMiddlewareStatus",
     "ModelDistillation",
     "NotTrainedError",
     "OpenAIEmbedder",
     "RankedResponse",
-    "RewardBinner",
-    "RecordingStatus",
     "RewardEstimate",
-    "RouterStatus",
     "StoreError",
     "StudentConfig",
     "TeacherConfig",
-    "TrainingArrays",
     "ValueRouter",
-    "WriterStatus",
     "default_embeddings",
-    "embedder_identity",
+    "http_client",
 ]
 
 

@@ -1,8 +1,9 @@
 """Real episodes with human rewards, for demos, tests and benchmarks.
 
 `load_chitchat` turns the Chit Chat Challenge conversations (the `chitchat-dataset` package,
-about 6,000 rated human conversations) into episodes: the opening of a conversation is the
-query, the rest is the response, and the mean of the three human ratings is the reward.
+the ``chitchat`` extra: about 6,000 rated human conversations) into episodes: the opening of a
+conversation is the query, the rest is the response, and the mean of the three human ratings
+is the reward.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def load_chitchat(
         import chitchat_dataset
     except ImportError as exc:
         raise ImportError(
-            "load_chitchat needs the chitchat-dataset package: pip install chitchat-dataset"
+            "load_chitchat needs the chitchat-dataset package: "
+            "pip install 'langchain-kd-memory[chitchat]'"
         ) from exc
     data = chitchat_dataset.Dataset()
     ids = sorted(data)

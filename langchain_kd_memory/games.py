@@ -3,8 +3,9 @@
 A cache makes the games; `CookingGame` shows one game as a state text, candidate commands
 (with loop avoidance) and the expert's move.
 
-Needs the `textworld` package (``pip install textworld==1.7.0``; it is in this project's test
-and bench groups): its wheel bundles Inform7, so games are generated offline. Games come from
+Needs the `textworld` package, the ``games`` extra (``pip install 'langchain-kd-memory[games]'``;
+this project's test and bench groups have it): its wheel bundles Inform7, so games are generated
+offline. Nothing else in the package imports this module. Games come from
 TextWorld's `tw-cooking` challenge ("First TextWorld Problems") and its `train`/`test` splits:
 test games use foods never seen in training. They are generated on first use into a cache
 directory (``$KD_MEMORY_GAMES``, else ``~/.cache/langchain-kd-memory/games``), in parallel, and
@@ -72,6 +73,18 @@ def default_cache() -> Path:
     """Where games are kept: ``$KD_MEMORY_GAMES``, else ``~/.cache/langchain-kd-memory/games``."""
     configured = os.environ.get("KD_MEMORY_GAMES")
     return Path(configured) if configured else Path.home() / ".cache/langchain-kd-memory/games"
+
+
+def _textworld() -> Any:
+    """The `textworld` module; GameError saying how to install it if it is missing."""
+    try:
+        import textworld
+    except ImportError as exc:
+        raise GameError(
+            "TextWorld games need the textworld package: "
+            "pip install 'langchain-kd-memory[games]' (pins textworld==1.7.0)"
+        ) from exc
+    return textworld
 
 
 def _check_level_split(level: str, split: str) -> None:
@@ -159,13 +172,7 @@ def ensure_games(
     _check_level_split(level, split)
     check_int("n", n, low=1)
     check_int("workers", workers, low=1)
-    try:
-        import textworld  # noqa: F401
-    except ImportError as exc:
-        raise GameError(
-            "TextWorld games need the textworld package: pip install textworld==1.7.0 (in this "
-            "project: make test or make bench installs it)"
-        ) from exc
+    _textworld()
     cache = cache or default_cache()
     jobs = [(level, split, seed, str(cache)) for seed in game_seeds(split, n)]
     missing = [job for job in jobs if not _made(game_path(*job[:3], cache))]
@@ -232,9 +239,12 @@ class CookingGame:
     """
 
     def __init__(self, path: Path | str, max_steps: int = 50) -> None:
-        """Start the game at `path` (a `.z8` file made by `ensure_games` or `tw-make`)."""
-        import textworld
+        """Start the game at `path` (a `.z8` file made by `ensure_games` or `tw-make`).
 
+        Raises:
+            GameError: TextWorld is not installed, or there is no game file at `path`.
+        """
+        textworld = _textworld()
         if not Path(path).exists():
             raise GameError(f"no game file at {path}: make it with ensure_games(...)")
         self.path = Path(path)

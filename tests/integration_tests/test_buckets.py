@@ -738,6 +738,7 @@ print(json.dumps(store.layout.moves), flush=True)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.server
 @pytest.mark.parametrize("buckets", [1, 64], ids=["one-bucket", "spread"])
 def test_processes_creating_and_moving_the_same_namespaces_agree(

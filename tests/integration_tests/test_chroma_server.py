@@ -17,7 +17,7 @@ from langchain_kd_memory.episodes import Episode
 from langchain_kd_memory.errors import DuplicateEpisodeError, EmbedderMismatchError, StoreError
 from langchain_kd_memory.storage import EpisodeStore
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 def http_store(server: tuple[str, int], name: str, embeddings: LocalEmbeddings) -> EpisodeStore:

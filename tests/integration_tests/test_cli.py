@@ -331,6 +331,7 @@ def stored_count(capsys: pytest.CaptureFixture[str], persist: Path) -> int:
     return sum(row["episodes"] for row in namespaces.values())
 
 
+@pytest.mark.slow
 def test_sigterm_mid_ingest_stores_nothing(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -345,6 +346,7 @@ def test_sigterm_mid_ingest_stores_nothing(
     assert stored_count(capsys, persist) == 0
 
 
+@pytest.mark.slow
 def test_rerun_after_sigkill_stores_every_episode_once(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -566,6 +568,7 @@ def test_plot_writes_three_pngs(
 # ----------------------------------------------------------------------------- installed script
 
 
+@pytest.mark.slow
 def test_console_script_runs(trained: tuple[str, dict[str, Any]]) -> None:
     script = Path(sys.executable).parent / "kd-memory"
     if not script.exists():
@@ -584,6 +587,7 @@ def test_console_script_runs(trained: tuple[str, dict[str, Any]]) -> None:
 # ----------------------------------------------------------------------------- Chroma server
 
 
+@pytest.mark.slow
 @pytest.mark.server
 def test_server_mode_keeps_checkpoints_in_model_dir(
     capsys: pytest.CaptureFixture[str], chroma_server: tuple[str, int], tmp_path: Path

@@ -99,6 +99,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
                 process.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_help_describes_the_example(runs: dict[str, Run], name: str) -> None:
     output = runs[f"{name} --help"].check()
@@ -106,6 +107,7 @@ def test_help_describes_the_example(runs: dict[str, Run], name: str) -> None:
     assert "--persist-directory" in output
 
 
+@pytest.mark.slow
 def test_demo_stores_trains_and_recalls_with_rewards(runs: dict[str, Run]) -> None:
     output = runs["chitchat_demo"].check()
     assert re.search(r"trained on \d+ episodes", output)
@@ -114,6 +116,7 @@ def test_demo_stores_trains_and_recalls_with_rewards(runs: dict[str, Run]) -> No
     assert all(1.0 <= float(reward) <= 10.0 for _, reward in recalled)
 
 
+@pytest.mark.slow
 def test_textworld_agent_plays_learns_and_escalates(runs: dict[str, Run]) -> None:
     output = runs["textworld_agent"].check()
     assert "10 training games, 2 held-out games (L1)" in output
@@ -128,6 +131,7 @@ def test_textworld_agent_plays_learns_and_escalates(runs: dict[str, Run]) -> Non
                      output)
 
 
+@pytest.mark.slow
 def test_chatbot_learns_from_feedback_during_the_session(runs: dict[str, Run]) -> None:
     output = runs["chatbot"].check()
     assert "seeded 60 past conversations (36 rated)" in output
@@ -151,6 +155,7 @@ def test_chatbot_learns_from_feedback_during_the_session(runs: dict[str, Run]) -
     )
 
 
+@pytest.mark.slow
 def test_agent_loop_reports_held_out_quality_after_each_consolidation(
     runs: dict[str, Run],
 ) -> None:
@@ -169,6 +174,7 @@ def test_agent_loop_reports_held_out_quality_after_each_consolidation(
     assert re.search(r"40 episodes recorded, \d+ consolidations .*, 0 errors", output)
 
 
+@pytest.mark.slow
 def test_langgraph_agent_uses_middleware_and_store(runs: dict[str, Run]) -> None:
     output = runs["langgraph_agent"].check()
     assert re.search(r"reward: 1 \| score: \d\.\d\d", output)

@@ -139,6 +139,7 @@ def replay(root: Path, embeddings: LocalEmbeddings, name: str) -> EpisodeStore:
     return store
 
 
+@pytest.mark.slow
 def test_a_kill_brings_back_no_deleted_or_dropped_run_and_keeps_a_rating_given_mid_write(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:
@@ -164,6 +165,7 @@ def test_a_kill_brings_back_no_deleted_or_dropped_run_and_keeps_a_rating_given_m
     assert (tmp_path / "runs.journal").stat().st_size == 0  # caught up: nothing pending
 
 
+@pytest.mark.slow
 def test_a_journal_append_that_fails_is_no_acknowledgement(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:
@@ -323,6 +325,7 @@ def test_a_kill_at_any_point_of_a_compaction_leaves_the_same_live_entries(
         assert len(live) <= 4  # and at most the one appended just before the kill
 
 
+@pytest.mark.slow
 def test_kill_loop_loses_resurrects_and_duplicates_nothing(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:

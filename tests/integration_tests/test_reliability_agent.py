@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import ChromaServer
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage
@@ -77,6 +78,7 @@ class Agent:
         return str(self.model.received[-1][0].text)
 
 
+@pytest.mark.slow
 async def test_chroma_server_down_and_back(
     restartable_server: ChromaServer, embeddings: LocalEmbeddings, tmp_path: Path
 ) -> None:

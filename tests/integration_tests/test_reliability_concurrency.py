@@ -186,6 +186,7 @@ print(json.dumps(ids), flush=True)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.server
 def test_two_processes_write_to_one_chroma_server(
     chroma_server: tuple[str, int], tmp_path: Path

@@ -121,6 +121,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, embeddings: LocalEmbedding
     return root, scores(memory)
 
 
+@pytest.mark.slow
 def test_sigkill_during_consolidation_keeps_the_previous_checkpoint(
     trained: tuple[Path, tuple[bytes, float]], embeddings: LocalEmbeddings, tmp_path: Path
 ) -> None:

@@ -206,6 +206,7 @@ def test_namespace_encoding_is_reversible_and_in_chroma_alphabet(namespace: str)
     assert raw.decode("utf-8") == namespace
 
 
+@pytest.mark.slow
 def test_persists_across_processes(tmp_path: Path, embeddings: LocalEmbeddings) -> None:
     path = str(tmp_path / "db")
     store = EpisodeStore("test", embeddings=embeddings, persist_directory=path)

@@ -458,6 +458,7 @@ def test_readers_see_the_old_or_the_new_value_never_nothing(memory_store: Any):
     assert memory.store.count("ns") == 1
 
 
+@pytest.mark.slow
 def test_a_put_killed_midway_leaves_the_old_or_the_new_item(tmp_path: Any):
     """SIGKILL a process that overwrites one key in a loop: the key is never missing."""
     script = tmp_path / "put_loop.py"

@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from conftest import ChromaServer
 
 from langchain_kd_memory.callbacks import ConsolidationCallback
@@ -63,6 +64,7 @@ AGENT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_agents_and_a_worker_share_one_server(
     restartable_server: ChromaServer, tmp_path: Path
 ) -> None:

@@ -403,6 +403,7 @@ def expected_rewards(run: dict[str, Any]) -> list[float | None]:
     return [0.9, 1.0] if run["rated"] else [None, None]
 
 
+@pytest.mark.slow
 def test_interpreter_exit_writes_what_is_queued(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:
@@ -411,6 +412,7 @@ def test_interpreter_exit_writes_what_is_queued(
     assert stored_runs(store) == {run["id"]: expected_rewards(run) for run in acknowledged}
 
 
+@pytest.mark.slow
 def test_sigkill_with_a_journal_loses_no_acknowledged_run(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:
@@ -441,6 +443,7 @@ def test_sigkill_with_a_journal_loses_no_acknowledged_run(
     again.close()
 
 
+@pytest.mark.slow
 def test_sigkill_without_a_journal_loses_the_queue_and_only_whole_runs(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:
