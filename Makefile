@@ -24,8 +24,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/textworld_agent.py
 
+# Two workers (pytest-xdist), one file each at a time: module fixtures (a trained model, the
+# examples' runs) are made once; `chroma run` servers take free ports and games their own caches.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+# The edit loop: everything but the tests marked slow (processes, servers, long training).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 docs: $(STAMP)
 	$(PY) -m mkdocs build --strict

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import chromadb
 import pytest
+import torch
 from chromadb.api import ClientAPI
 from chromadb.config import Settings
 from hypothesis import settings as hypothesis_settings
@@ -30,6 +31,17 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 hypothesis_settings.register_profile("ci", derandomize=True, database=None)
 hypothesis_settings.register_profile("explore", derandomize=False, max_examples=1000)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test`), each worker's torch gets its share of the cores.
+
+    Workers that each run a thread per core fight over the cores: on a busy 2-core machine one
+    thread trained several times faster than two (BENCHMARKS.md).
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 class CountingEmbeddings(LocalEmbeddings):

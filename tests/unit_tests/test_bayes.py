@@ -27,6 +27,7 @@ def test_the_mean_is_the_ridge_solution_of_the_fitted_precisions() -> None:
     assert 1 / fit.beta == pytest.approx(0.3**2, rel=0.3)  # the noise it was given
 
 
+@pytest.mark.slow
 def test_one_group_matches_scikit_learns_evidence_maximisation() -> None:
     sklearn = pytest.importorskip("sklearn.linear_model")
     x, y = data(150, d=20, noise=1.0)

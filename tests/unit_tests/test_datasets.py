@@ -17,6 +17,7 @@ def rated() -> list[Episode]:
     return load_chitchat()
 
 
+@pytest.mark.slow
 def test_episodes_follow_the_conversations(rated: list[Episode]) -> None:
     raw = chitchat_dataset.Dataset()
     assert len(rated) > 3000
@@ -41,10 +42,12 @@ def test_episodes_follow_the_conversations(rated: list[Episode]) -> None:
         assert episode.created_at.isoformat().startswith(conversation["start"][:19])
 
 
+@pytest.mark.slow
 def test_limit_takes_a_prefix_of_one_deterministic_order(rated: list[Episode]) -> None:
     assert load_chitchat(20) == rated[:20]
 
 
+@pytest.mark.slow
 def test_unseeded_order_and_longer_queries(rated: list[Episode]) -> None:
     episodes = load_chitchat(20, seed=None, query_messages=4)
     ids = [e.id for e in episodes]
@@ -52,6 +55,7 @@ def test_unseeded_order_and_longer_queries(rated: list[Episode]) -> None:
     assert all(len(e.query.splitlines()) >= 4 and e.response for e in episodes)
 
 
+@pytest.mark.slow
 def test_unrated_conversations_on_request(rated: list[Episode]) -> None:
     episodes = load_chitchat(400, rated_only=False)
     unrated = [e for e in episodes if e.reward is None]

@@ -107,6 +107,7 @@ def test_num_threads_is_gone_old_configs_still_load():
 # ----------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_training_beats_predicting_the_mean_on_held_out_data(trained):
     kd, results = trained
     held_out = clusters(200, seed=1)
@@ -117,6 +118,7 @@ def test_training_beats_predicting_the_mean_on_held_out_data(trained):
     assert results["validation"]["student_mae"] < results["validation"]["mean_mae"]
 
 
+@pytest.mark.slow
 def test_results_describe_the_training(trained):
     kd, results = trained
     assert results["num_train"] + results["num_val"] == 240 and results["num_val"] == 36
@@ -133,6 +135,7 @@ def test_results_describe_the_training(trained):
     assert kd.is_trained and kd.metrics["num_train"] == results["num_train"]
 
 
+@pytest.mark.slow
 def test_results_log_each_loss_component_per_epoch_on_both_splits(trained):
     _, results = trained
     terms = {"teacher": {"loss", "label", "regression"},
@@ -163,6 +166,7 @@ def test_results_log_each_loss_component_per_epoch_on_both_splits(trained):
     assert kd_term[results["student"]["best_epoch"] - 1] < kd_term[0]
 
 
+@pytest.mark.slow
 def test_beating_the_mean_is_judged_per_network(trained):
     kd, results = trained
     validation = results["validation"]
@@ -190,6 +194,7 @@ def test_beating_the_mean_is_judged_per_network(trained):
         model().teacher_beats_mean  # noqa: B018
 
 
+@pytest.mark.slow
 def test_same_seed_same_model_other_seed_other_model():
     data = clusters(60)
     runs = [model(seed=s).distill_from_memories(data, num_epochs=2) for s in (7, 7, 8)]
@@ -227,6 +232,7 @@ def in_thread(target) -> threading.Thread:
     return thread
 
 
+@pytest.mark.slow
 def test_training_is_bit_identical_while_other_threads_train_and_use_torchs_rng():
     data, other_data = clusters(120, seed=1), clusters(120, seed=2)
     reference = model(seed=5)
@@ -275,6 +281,7 @@ def test_batches_of_one_train_and_predict(n, batch_size):
     assert len(one) == 1 and np.isfinite(one[0].expected)
 
 
+@pytest.mark.slow
 def test_all_equal_rewards_predict_that_reward():
     kd = model()
     kd.distill_from_memories(clusters(40, constant=5.0), num_epochs=3)
@@ -283,6 +290,7 @@ def test_all_equal_rewards_predict_that_reward():
         assert np.isfinite(estimate.std) and estimate.distribution.sum() == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_declared_reward_range_defines_the_bins():
     kd = model(reward_low=-5.0, reward_high=15.0, num_bins=20)
     kd.distill_from_memories(clusters(40), num_epochs=1)
@@ -291,6 +299,7 @@ def test_declared_reward_range_defines_the_bins():
         model(reward_low=2.0, reward_high=3.0).distill_from_memories(clusters(40))
 
 
+@pytest.mark.slow
 def test_without_validation_every_row_trains():
     results = model().distill_from_memories(clusters(30), num_epochs=2, validation_fraction=0.0)
     assert results["num_val"] == 0 and results["num_train"] == 30
@@ -299,6 +308,7 @@ def test_without_validation_every_row_trains():
     assert components["val"] == components["train"]  # early stopping read the training loss
 
 
+@pytest.mark.slow
 def test_cross_fitting_and_regression_term_train():
     kd = model(cross_fit_folds=3, regression_weight=1.0)
     results = kd.distill_from_memories(clusters(120), num_epochs=6)
@@ -306,6 +316,7 @@ def test_cross_fitting_and_regression_term_train():
     assert results["validation"]["student_mae"] < results["validation"]["mean_mae"]
 
 
+@pytest.mark.slow
 def test_warm_start_continues_from_the_previous_weights():
     kd = model(warm_start=True, reward_low=-5.0, reward_high=15.0)
     first = kd.distill_from_memories(clusters(120), num_epochs=6)
@@ -314,6 +325,7 @@ def test_warm_start_continues_from_the_previous_weights():
     assert second["student"]["train_losses"][0] < first["student"]["train_losses"][0]
 
 
+@pytest.mark.slow
 def test_warm_start_needs_the_same_bins():
     kd = model(warm_start=True)  # the range comes from the data
     kd.distill_from_memories(clusters(30, constant=5.0), num_epochs=1)
@@ -325,6 +337,7 @@ def test_warm_start_needs_the_same_bins():
     assert not kd.distill_from_memories(clusters(30, constant=9.0), num_epochs=1)["warm_started"]
 
 
+@pytest.mark.slow
 def test_query_only_teacher_ignores_the_response():
     kd = model(privileged=False)
     kd.distill_from_memories(clusters(40), num_epochs=2)
@@ -410,6 +423,7 @@ def test_untrained_model_says_how_to_train():
             call()
 
 
+@pytest.mark.slow
 def test_prediction_inputs_are_checked(trained):
     kd, _ = trained
     with pytest.raises(EmbeddingDimensionError, match=r"shape \(n, 384\).*dimension 385"):
@@ -427,6 +441,7 @@ def test_prediction_inputs_are_checked(trained):
 # ----------------------------------------------------------------------------- checkpoints
 
 
+@pytest.mark.slow
 def test_save_and_load_give_identical_predictions(trained, tmp_path):
     kd, _ = trained
     paths = kd.save_models(str(tmp_path / "kd"))
@@ -459,6 +474,7 @@ def checkpoint_32_bins(tmp_path_factory) -> str:
     return prefix
 
 
+@pytest.mark.slow
 def test_loading_restores_the_networks_and_keeps_the_callers_training_settings(
     checkpoint_32_bins,
 ):
@@ -481,6 +497,7 @@ def test_loading_restores_the_networks_and_keeps_the_callers_training_settings(
     assert kd.config == config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "setting, named",
     [
@@ -501,6 +518,7 @@ def test_a_network_setting_that_contradicts_the_checkpoint_is_a_config_error(
     assert not kd.is_trained and kd.config == before
 
 
+@pytest.mark.slow
 def test_a_declared_range_is_kept_over_a_checkpoint_without_one(trained, tmp_path):
     trained[0].save_models(str(tmp_path / "kd"))  # bins from the data, no declared range
     kd = ModelDistillation(reward_low=-5.0, reward_high=20.0)
@@ -515,6 +533,7 @@ def test_load_missing_checkpoint_returns_false(tmp_path):
     assert not kd.is_trained
 
 
+@pytest.mark.slow
 def test_checkpoint_from_another_embedder_is_refused(trained, tmp_path):
     kd, _ = trained
     kd.save_models(str(tmp_path / "kd"))
@@ -527,6 +546,7 @@ def test_checkpoint_from_another_embedder_is_refused(trained, tmp_path):
 # ----------------------------------------------------------------------------- text input
 
 
+@pytest.mark.slow
 def test_seed_style_dicts_with_the_real_embedder(embeddings):
     good = ["How do I reset my password?", "Reset my account password please",
             "I forgot my password, how to change it", "password reset link not working"]

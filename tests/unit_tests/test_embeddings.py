@@ -111,6 +111,7 @@ def _embedder(server: HTTPServer, **kwargs: Any) -> OpenAIEmbedder:
     )
 
 
+@pytest.mark.slow
 def test_openai_embedder_batches_and_uses_key_and_base_url(httpserver: HTTPServer) -> None:
     seen: list[dict] = []
     httpserver.expect_request("/v1/embeddings", method="POST").respond_with_handler(

@@ -124,6 +124,7 @@ def test_created_at_must_be_datetime() -> None:
         Episode("q", created_at="2024-01-01")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 @given(episodes)
 def test_dict_round_trip_is_exact(episode: Episode) -> None:
     again = Episode.from_dict(episode.to_dict())

@@ -124,6 +124,7 @@ namespaces = st.one_of(texts, not_text, st.just("n" * MAX_NAMESPACE_LENGTH),
 # ------------------------------------------------------------------ Episode
 
 
+@pytest.mark.slow
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     query=st.one_of(texts, not_text), response=st.one_of(texts, not_text), reward=numbers,
