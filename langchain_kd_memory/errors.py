@@ -85,8 +85,9 @@ class CheckpointError(KDMemoryError, RuntimeError):
 
 
 class OutdatedCheckpointError(CheckpointError):
-    """A checkpoint written in an older format: the memory treats it as untrained, and the
-    next `consolidate()` trains a new version.
+    """A checkpoint written in an older format.
+
+    The memory treats it as untrained, and the next `consolidate()` trains a new version.
     """
 
 
