@@ -564,13 +564,17 @@ class DistilledEpisodicMemory(BaseRetriever):
     def _trained_model(self, namespace: str) -> ModelDistillation:
         model = self._model_for(namespace)
         if not model.is_trained:
-            rated = self.store.count_rated(namespace)
+            rated, needed = self.store.count_rated(namespace), model.config.min_episodes
+            missing = (
+                f"{rated} rated episodes, enough to train (min_episodes={needed}), but no "
+                "model was trained: call consolidate()" if rated >= needed
+                else f"{rated} rated episodes and training needs at least {needed} "
+                "(min_episodes); record rewards (add_episode(..., reward=...) or "
+                "record_feedback) and call consolidate()"
+            )
             raise NotTrainedError(
-                f"the value model is not trained yet: namespace {namespace!r} has {rated} rated "
-                f"episodes and training needs at least {model.config.min_episodes} "
-                "(min_episodes); record "
-                "rewards (add_episode(..., reward=...) or record_feedback) and call "
-                "consolidate(), or attach a ConsolidationCallback"
+                f"the value model is not trained yet: namespace {namespace!r} has {missing}, "
+                "or attach a ConsolidationCallback"
             )
         return model
 
