@@ -402,14 +402,18 @@ class DistilledEpisodicMemory(BaseRetriever):
             rewards: None (rate the run later with `record_feedback(trajectory_id, reward)`),
                 one number (the final reward, after the last step), or one number per step.
             gamma: Discount in [0, 1] (1 = every step gets the whole return).
-            trajectory_id: The run's id (e.g. a run id); a new UUID if None. Step i is stored
-                as the episode ``f"{trajectory_id}/{i}"``.
+            trajectory_id: The run's id (e.g. a run id), what `record_feedback` takes to rate
+                the whole run; a new UUID if None. Step i is stored as the episode
+                ``f"{trajectory_id}/{i}"``.
             namespace: The steps' namespace; the memory's if None.
             metadata: Scalar metadata for every step; the memory adds `trajectory_id`,
                 `trajectory_step`, `trajectory_steps` and `trajectory_gamma`.
 
         Returns:
-            The ids of the steps' episodes, in order.
+            The ids of the steps' episodes, in order: ``f"{trajectory_id}/{i}"``. Rate a step
+            alone with `record_feedback(ids[i], r)`, the whole run with
+            `record_feedback(trajectory_id, r)`; when the id was generated, it is
+            ``ids[0].rsplit("/", 1)[0]`` (also each step's `trajectory_id` metadata).
 
         Raises:
             InvalidEpisodeError: No steps, a malformed step or reward list, or metadata using
