@@ -7,7 +7,8 @@ checkpoint stays on this machine). Results go to stdout (`--json` for machine-re
 progress and messages to stderr.
 
 Exit codes: 0 success, 2 bad usage or bad input (nothing was changed), 1 any other error,
-130 and 143 when stopped by Ctrl-C or SIGTERM.
+130 and 143 when stopped by Ctrl-C or SIGTERM, 141 (silently) when the reader of the output
+closed it early (`kd-memory export | head`).
 """
 
 from __future__ import annotations
@@ -513,7 +514,8 @@ def _cmd_export(args: argparse.Namespace, console: _Console) -> int:
     count = 0
     handle: IO[str]
     try:
-        handle = sys.stdout if args.out is None else open(args.out, "w", encoding="utf-8")
+        handle = (sys.stdout if args.out in (None, "-")
+                  else open(args.out, "w", encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
     try:
@@ -526,7 +528,7 @@ def _cmd_export(args: argparse.Namespace, console: _Console) -> int:
         if handle is not sys.stdout:
             handle.close()
     console.info(f"exported {count} episodes from {len(namespaces)} namespace(s) to "
-                 f"{args.out or '<stdout>'}")
+                 f"{'<stdout>' if handle is sys.stdout else args.out}")
     return 0
 
 
@@ -737,7 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
   kd-memory --chroma-host localhost stats  # a Chroma server instead of a local directory
 
 exit codes: 0 success, 2 bad usage or input (nothing changed), 1 other errors,
-130/143 stopped by Ctrl-C/SIGTERM (an ingest stores nothing then).""",
+130/143 stopped by Ctrl-C/SIGTERM (an ingest stores nothing then), 141 output closed early.""",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -818,7 +820,7 @@ exit codes: 0 success, 2 bad usage or input (nothing changed), 1 other errors,
 
     export = _subparser(commands, "export", _cmd_export)
     export.add_argument("--out", default=None, metavar="FILE",
-                        help="output file (default: stdout)")
+                        help="output file (default, or -: stdout)")
 
     worker = _subparser(commands, "worker", _cmd_worker)
     worker.add_argument("--every", type=_positive_int, default=50, metavar="N",
@@ -873,7 +875,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        return int(args.handler(args, console))
+        code = int(args.handler(args, console))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # the reader stopped early (`kd-memory export | head`): no error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # what is left to flush at exit goes nowhere
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT

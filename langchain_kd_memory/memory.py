@@ -402,14 +402,18 @@ class DistilledEpisodicMemory(BaseRetriever):
             rewards: None (rate the run later with `record_feedback(trajectory_id, reward)`),
                 one number (the final reward, after the last step), or one number per step.
             gamma: Discount in [0, 1] (1 = every step gets the whole return).
-            trajectory_id: The run's id (e.g. a run id); a new UUID if None. Step i is stored
-                as the episode ``f"{trajectory_id}/{i}"``.
+            trajectory_id: The run's id (e.g. a run id), what `record_feedback` takes to rate
+                the whole run; a new UUID if None. Step i is stored as the episode
+                ``f"{trajectory_id}/{i}"``.
             namespace: The steps' namespace; the memory's if None.
             metadata: Scalar metadata for every step; the memory adds `trajectory_id`,
                 `trajectory_step`, `trajectory_steps` and `trajectory_gamma`.
 
         Returns:
-            The ids of the steps' episodes, in order.
+            The ids of the steps' episodes, in order: ``f"{trajectory_id}/{i}"``. Rate a step
+            alone with `record_feedback(ids[i], r)`, the whole run with
+            `record_feedback(trajectory_id, r)`; when the id was generated, it is
+            ``ids[0].rsplit("/", 1)[0]`` (also each step's `trajectory_id` metadata).
 
         Raises:
             InvalidEpisodeError: No steps, a malformed step or reward list, or metadata using
@@ -564,13 +568,17 @@ class DistilledEpisodicMemory(BaseRetriever):
     def _trained_model(self, namespace: str) -> ModelDistillation:
         model = self._model_for(namespace)
         if not model.is_trained:
-            rated = self.store.count_rated(namespace)
+            rated, needed = self.store.count_rated(namespace), model.config.min_episodes
+            missing = (
+                f"{rated} rated episodes, enough to train (min_episodes={needed}), but no "
+                "model was trained: call consolidate()" if rated >= needed
+                else f"{rated} rated episodes and training needs at least {needed} "
+                "(min_episodes); record rewards (add_episode(..., reward=...) or "
+                "record_feedback) and call consolidate()"
+            )
             raise NotTrainedError(
-                f"the value model is not trained yet: namespace {namespace!r} has {rated} rated "
-                f"episodes and training needs at least {model.config.min_episodes} "
-                "(min_episodes); record "
-                "rewards (add_episode(..., reward=...) or record_feedback) and call "
-                "consolidate(), or attach a ConsolidationCallback"
+                f"the value model is not trained yet: namespace {namespace!r} has {missing}, "
+                "or attach a ConsolidationCallback"
             )
         return model
 

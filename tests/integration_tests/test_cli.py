@@ -116,6 +116,16 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     assert not (tmp_path / "db").exists()  # a file of bad lines creates no database
 
 
+def test_a_bad_json_line_reports_the_column_of_the_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    line = '{"query": "How do I reset my password?", "reward": 1.0'  # no closing brace
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(line + "\n")
+    code, _, err = run(capsys, "--persist-dir", str(tmp_path / "db"), "ingest", str(bad))
+    assert code == 2 and f"{bad}:1: invalid JSON: Expecting ',' delimiter (column 55)" in err
+
+
 def test_errors_are_one_line_without_traceback_unless_verbose(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -525,6 +535,32 @@ def test_stats_and_score_show_the_model_that_answers_for_the_namespace(
     assert "namespaces" not in Path(model["checkpoint_path"]).parts
     code, out, _ = run(capsys, *persist, "--namespace", "someone-else", "stats")
     assert code == 0 and "the shared model" in out
+
+
+def test_export_to_dash_writes_stdout(
+    capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "--persist-dir", trained[0], "export", "--out", "-")
+    assert code == 0 and len(out.splitlines()) == 60
+    assert not (tmp_path / "-").exists()
+
+
+def test_a_reader_that_stops_early_gets_no_broken_pipe_error(
+    capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`kd-memory score ... | head -1`: the pipe closes before the output is flushed."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    closed_pipe = open(write_end, "w")  # noqa: SIM115 - closed below
+    monkeypatch.setattr(sys, "stdout", closed_pipe)
+    code = main(["--persist-dir", trained[0], "score", "How do I reset my password?"])
+    closed_pipe.flush()  # what interpreter exit does: nothing is left to fail
+    closed_pipe.close()
+    assert code == 128 + signal.SIGPIPE
+    assert "Broken pipe" not in capsys.readouterr().err
 
 
 def test_stats_refuses_an_edited_manifest(

@@ -185,6 +185,16 @@ def test_score_before_training_explains_what_is_missing(memory: DistilledEpisodi
     assert not memory.is_trained
 
 
+def test_score_with_enough_ratings_but_no_consolidation_says_to_consolidate(
+    memory: DistilledEpisodicMemory,
+) -> None:
+    memory.add_episodes(topic_episodes(12))
+    with pytest.raises(NotTrainedError, match=r"12 rated episodes, enough .* call consolidate\(\)"
+                       ) as caught:
+        memory.score("billing question")
+    assert "at least" not in str(caught.value)
+
+
 def test_consolidation_learns_from_stored_vectors_and_reloads(
     tmp_path: Path, counting_embeddings: LocalEmbeddings
 ) -> None:
