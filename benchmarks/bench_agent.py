@@ -297,6 +297,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax = axes[-1]
     for level in levels:
         rows = results["levels"][level]["escalation"]
+        if not rows:
+            continue
         shares = [np.mean([r[i]["share"] for r in rows]) for i in range(len(BUDGETS))]
         ax.plot(shares, [np.mean([r[i]["router"] for r in rows]) for i in range(len(BUDGETS))],
                 marker="o", label=f"{level}: student escalates")
@@ -364,21 +366,26 @@ def escalation_report(data: dict[str, Any]) -> list[str]:
     figures: dict[str, list[float]] = {}
     for seed, rows_of_seed in enumerate(esc):
         alone = data["curves"]["value"][str(data["checkpoints"][-1])][seed]
+        if data["walkthrough"] - alone < 0.05:
+            continue  # no gap to recover: the agent alone is at the expert's score
         for key in ("router", "random"):
             shares, pgr = gap_recovered(rows_of_seed, alone, data["walkthrough"], key)
             figures.setdefault(f"{key} APGR", []).append(apgr(shares, pgr))
             figures.setdefault(f"{key} CPT(50%)", []).append(cpt(shares, pgr, 0.5))
             figures.setdefault(f"{key} CPT(80%)", []).append(cpt(shares, pgr, 0.8))
-    return [
+    lines = [
         "Escalation (the value agent after training; the router's share of steps vs the same "
         "share handed to the expert at random):", "",
         markdown_table(["budget", "steps escalated", "router score", "random hand-off score"],
                        rows), "",
-        markdown_table(["hand-offs", "APGR", "CPT(50%)", "CPT(80%)"], [
-            [key, *[mean_std(figures[f"{key} {f}"]) for f in ("APGR", "CPT(50%)", "CPT(80%)")]]
-            for key in ("router", "random")
-        ]), "",
     ]
+    if not figures:
+        return [*lines, "APGR and CPT: not measurable (the agent alone is within 0.05 of the "
+                "expert's score in every seed).", ""]
+    return [*lines, markdown_table(["hand-offs", "APGR", "CPT(50%)", "CPT(80%)"], [
+        [key, *[mean_std(figures[f"{key} {f}"]) for f in ("APGR", "CPT(50%)", "CPT(80%)")]]
+        for key in ("router", "random")
+    ]), f"(over the {len(figures['router APGR'])} seeds with a gap to recover)", ""]
 
 
 def report(levels: dict[str, dict[str, Any]], speed: dict[str, float] | None) -> str:
