@@ -297,6 +297,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax = axes[-1]
     for level in levels:
         rows = results["levels"][level]["escalation"]
+        if not rows:
+            continue
         shares = [np.mean([r[i]["share"] for r in rows]) for i in range(len(BUDGETS))]
         ax.plot(shares, [np.mean([r[i]["router"] for r in rows]) for i in range(len(BUDGETS))],
                 marker="o", label=f"{level}: student escalates")
@@ -364,21 +366,26 @@ def escalation_report(data: dict[str, Any]) -> list[str]:
     figures: dict[str, list[float]] = {}
     for seed, rows_of_seed in enumerate(esc):
         alone = data["curves"]["value"][str(data["checkpoints"][-1])][seed]
+        if data["walkthrough"] - alone < 0.05:
+            continue  # no gap to recover: the agent alone is at the expert's score
         for key in ("router", "random"):
             shares, pgr = gap_recovered(rows_of_seed, alone, data["walkthrough"], key)
             figures.setdefault(f"{key} APGR", []).append(apgr(shares, pgr))
             figures.setdefault(f"{key} CPT(50%)", []).append(cpt(shares, pgr, 0.5))
             figures.setdefault(f"{key} CPT(80%)", []).append(cpt(shares, pgr, 0.8))
-    return [
+    lines = [
         "Escalation (the value agent after training; the router's share of steps vs the same "
         "share handed to the expert at random):", "",
         markdown_table(["budget", "steps escalated", "router score", "random hand-off score"],
                        rows), "",
-        markdown_table(["hand-offs", "APGR", "CPT(50%)", "CPT(80%)"], [
-            [key, *[mean_std(figures[f"{key} {f}"]) for f in ("APGR", "CPT(50%)", "CPT(80%)")]]
-            for key in ("router", "random")
-        ]), "",
     ]
+    if not figures:
+        return [*lines, "APGR and CPT: not measurable (the agent alone is within 0.05 of the "
+                "expert's score in every seed).", ""]
+    return [*lines, markdown_table(["hand-offs", "APGR", "CPT(50%)", "CPT(80%)"], [
+        [key, *[mean_std(figures[f"{key} {f}"]) for f in ("APGR", "CPT(50%)", "CPT(80%)")]]
+        for key in ("router", "random")
+    ]), f"(over the {len(figures['router APGR'])} seeds with a gap to recover)", ""]
 
 
 def report(levels: dict[str, dict[str, Any]], speed: dict[str, float] | None) -> str:
@@ -397,20 +404,21 @@ def report(levels: dict[str, dict[str, Any]], speed: dict[str, float] | None) ->
 
 
 def run_level(level: str, names: list[str], n_train: int, n_test: int, seeds: Sequence[int],
-              embeddings: Embeddings, workdir: Path) -> tuple[dict[str, Any], dict | None]:
-    """Every strategy and seed on one level."""
+              embeddings: Embeddings, workdir: Path,
+              save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Every strategy and seed on one level; `save` gets the figures after each seed."""
     started = time.perf_counter()
     train = ensure_games(level, "train", n_train)
     test = ensure_games(level, "test", n_test)
     checkpoints = checkpoints_for(n_train)
     data: dict[str, Any] = {
         "train_games": n_train, "test_games": n_test, "checkpoints": checkpoints,
-        "seeds": list(seeds), "walkthrough": evaluate(Strategy("walkthrough", 0, None), test,
+        "seeds": [], "walkthrough": evaluate(Strategy("walkthrough", 0, None), test,
                                                       level),
         "curves": {name: {str(c): [] for c in checkpoints} for name in names},
         "seconds": {name: [] for name in names}, "escalation": [], "consolidations": [],
+        "rank_speed": None,
     }
-    speed = None
     for seed in seeds:
         for name in names:
             curve, strategy, seconds = run_strategy(
@@ -427,12 +435,14 @@ def run_level(level: str, names: list[str], n_train: int, n_test: int, seeds: Se
             data["consolidations"].append(strategy.consolidations)
             data["escalation"].append(escalation(strategy, test, level, seed))
             print(f"  escalation {data['escalation'][-1]}", flush=True)
-            if speed is None:
+            if data["rank_speed"] is None:
                 with CookingGame.open(test[0], MAX_STEPS[level]) as game:
                     assert strategy.memory is not None
-                    speed = rank_speed(strategy.memory, game.reset())
-    data["minutes"] = (time.perf_counter() - started) / 60
-    return data, speed
+                    data["rank_speed"] = rank_speed(strategy.memory, game.reset())
+        data["seeds"].append(seed)
+        data["minutes"] = (time.perf_counter() - started) / 60
+        save(data)  # a run stopped later keeps the seeds it finished
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -463,12 +473,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=CACHE_DIR if CACHE_DIR.exists() else None) as tmp:
         for level in [] if args.report_only else levels:
             n_train = args.train_games or (20 if args.quick else TRAIN_GAMES[level])
-            data, speed = run_level(level, names, n_train, n_test, seeds, embeddings, Path(tmp))
-            data.update(command=command, machine=machine_facts(), rank_speed=speed)
+            def save(data: dict[str, Any], level: str = level) -> None:
+                data.update(command=command, machine=machine_facts())
+                if write:  # one file per level: levels may run in separate processes
+                    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+                    (CACHE_DIR / f"agent-{level}.json").write_text(json.dumps(data, indent=1))
+
+            data = run_level(level, names, n_train, n_test, seeds, embeddings, Path(tmp), save)
             print("\n".join(level_report(level, data)), flush=True)
-            if write:  # one file per level: levels may run in separate processes
-                CACHE_DIR.mkdir(parents=True, exist_ok=True)
-                (CACHE_DIR / f"agent-{level}.json").write_text(json.dumps(data, indent=1))
     if write:
         saved = {path.stem.removeprefix("agent-"): json.loads(path.read_text())
                  for path in sorted(CACHE_DIR.glob("agent-L*.json"))}

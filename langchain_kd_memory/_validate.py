@@ -6,12 +6,13 @@ e.g. `ConfigError` for settings). Booleans are never accepted as numbers.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from langchain_kd_memory.errors import InvalidArgumentError, KDMemoryError
+from langchain_kd_memory.errors import ConfigError, InvalidArgumentError, KDMemoryError
 
 _T = TypeVar("_T")
 
@@ -86,3 +87,16 @@ def check_callable(
 def optional(check: Callable[..., _T], name: str, value: object, **kwargs: Any) -> _T | None:
     """`check(name, value, **kwargs)`, or None when `value` is None."""
     return None if value is None else check(name, value, **kwargs)
+
+
+def check_known(owner: str, given: Iterable[str], known: Iterable[str]) -> None:
+    """Refuse (`ConfigError`) argument names `owner` does not take, suggesting the closest."""
+    names = list(known)
+    unknown = [name for name in given if name not in names]
+    if not unknown:
+        return
+    described = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, names, n=1)
+        described.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ConfigError(f"{owner} got unknown argument(s): {', '.join(described)}")

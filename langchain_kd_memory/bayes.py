@@ -215,8 +215,10 @@ def _primal_step(phi: torch.Tensor, y: torch.Tensor, sizes: list[int]) -> Step:
 
 
 def _dual_step(blocks: Sequence[torch.Tensor], y: torch.Tensor) -> Step:
-    """A `Step` through ``K = I / beta + sum_k Phi_k Phi_k^T / alpha_k`` (n x n), by Woodbury:
-    ``mean_k = Phi_k^T K^-1 y / alpha_k``, fitted values ``y - K^-1 y / beta``."""
+    """A `Step` through ``K = I / beta + sum_k Phi_k Phi_k^T / alpha_k`` (n x n).
+
+    By Woodbury: ``mean_k = Phi_k^T K^-1 y / alpha_k``, fitted values ``y - K^-1 y / beta``.
+    """
     grams = torch.stack([block @ block.T for block in blocks])
     identity = torch.eye(len(y), dtype=torch.float64)
 

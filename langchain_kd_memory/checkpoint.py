@@ -49,7 +49,12 @@ from safetensors.torch import save as save_safetensors
 
 from langchain_kd_memory._validate import check_int
 from langchain_kd_memory.embeddings import EmbedderIdentity
-from langchain_kd_memory.errors import CheckpointError, EmbedderMismatchError, InvalidArgumentError
+from langchain_kd_memory.errors import (
+    CheckpointError,
+    EmbedderMismatchError,
+    InvalidArgumentError,
+    OutdatedCheckpointError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -358,7 +363,13 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint manifest {path} is unreadable: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a langchain-kd-memory checkpoint manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        raise OutdatedCheckpointError(
+            f"{path} has format version {version}, older than this library's "
+            f"{FORMAT_VERSION}: retrain with consolidate()"
+        )
+    if version != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has format version {manifest.get('format_version')!r}; this library reads "
             f"version {FORMAT_VERSION}: upgrade langchain-kd-memory or retrain"

@@ -7,7 +7,8 @@ checkpoint stays on this machine). Results go to stdout (`--json` for machine-re
 progress and messages to stderr.
 
 Exit codes: 0 success, 2 bad usage or bad input (nothing was changed), 1 any other error,
-130 and 143 when stopped by Ctrl-C or SIGTERM.
+130 and 143 when stopped by Ctrl-C or SIGTERM, 141 (silently) when the reader of the output
+closed it early (`kd-memory export | head`).
 """
 
 from __future__ import annotations
@@ -132,17 +133,28 @@ def _open_memory(args: argparse.Namespace) -> DistilledEpisodicMemory:
     )
 
 
-def _checkpoint_manifest(memory: DistilledEpisodicMemory) -> dict[str, Any] | None:
-    """The current checkpoint's manifest, verified as loading verifies it, with its path."""
+def _checkpoint_manifest(
+    memory: DistilledEpisodicMemory, model_namespace: str | None
+) -> dict[str, Any] | None:
+    """The current manifest of a namespace's own model (None: the shared one), with its path.
+
+    Verified as loading verifies it.
+    """
     from langchain_kd_memory.checkpoint import load_checkpoint, manifest_path
     from langchain_kd_memory.value_models import checkpoint_prefix
 
     assert memory.model_dir is not None
-    prefix = checkpoint_prefix(memory.model_dir, None)
+    prefix = checkpoint_prefix(memory.model_dir, model_namespace)
     checkpoint = load_checkpoint(prefix, embedder=memory.store.identity)
     if checkpoint is None:
         return None
     return {**checkpoint.manifest, "path": str(manifest_path(prefix))}
+
+
+def _model_name(model_namespace: str | None) -> str:
+    """How the text output names the model that answers."""
+    return "the shared model" if model_namespace is None else (
+        f"namespace {model_namespace!r}'s own model")
 
 
 def _require_trained(memory: DistilledEpisodicMemory) -> None:
@@ -339,6 +351,8 @@ def _cmd_score(args: argparse.Namespace, console: _Console) -> int:
         f"  expected reward  {estimate.expected:.3f} ± {estimate.std:.3f} (std)   most likely "
         f"{estimate.mode:.3f}",
         f"  quantiles        10%: {q10:.3f}   50%: {q50:.3f}   90%: {q90:.3f}",
+        f"  model            {_model_name(estimate.model_namespace)}, checkpoint "
+        f"v{estimate.model_version}",
         f"  distribution over {len(estimate.distribution)} bins, summed in "
         f"{min(HISTOGRAM_ROWS, len(estimate.distribution))} rows (reward range, probability):",
         *_histogram(estimate),
@@ -431,8 +445,10 @@ def _cmd_stats(args: argparse.Namespace, console: _Console) -> int:
              "reward": _reward_summary(store, ns)}
         for ns in namespaces
     }
-    manifest = _checkpoint_manifest(memory) if memory.is_trained else None
-    model: dict[str, Any] = {"trained": memory.is_trained, "model_dir": memory.model_dir}
+    answering = memory.model_namespace()  # the namespace asked for, or the default one
+    manifest = _checkpoint_manifest(memory, answering) if memory.is_trained else None
+    model: dict[str, Any] = {"trained": memory.is_trained, "model_dir": memory.model_dir,
+                             "answers_for": memory.namespace, "namespace": answering}
     if manifest is not None:
         metrics = manifest.get("metrics", {})
         model.update(
@@ -469,8 +485,9 @@ def _cmd_stats(args: argparse.Namespace, console: _Console) -> int:
     if manifest is not None:
         mae = model["validation_mae"] or {}
         lines += [
-            f"model      trained on {model['trained_on']} episodes: checkpoint "
-            f"v{model['checkpoint_version']} of {str(model['created_at'])[:19]} UTC",
+            f"model      for namespace {memory.namespace!r}: {_model_name(answering)}, trained "
+            f"on {model['trained_on']} episodes: checkpoint v{model['checkpoint_version']} of "
+            f"{str(model['created_at'])[:19]} UTC",
             f"           validation MAE teacher {_fmt(mae.get('teacher_mae'))}, student "
             f"{_fmt(mae.get('student_mae'))}, predict-the-mean {_fmt(mae.get('mean_mae'))}",
             f"           {model['checkpoint_path']}",
@@ -497,7 +514,8 @@ def _cmd_export(args: argparse.Namespace, console: _Console) -> int:
     count = 0
     handle: IO[str]
     try:
-        handle = sys.stdout if args.out is None else open(args.out, "w", encoding="utf-8")
+        handle = (sys.stdout if args.out in (None, "-")
+                  else open(args.out, "w", encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
     try:
@@ -510,7 +528,7 @@ def _cmd_export(args: argparse.Namespace, console: _Console) -> int:
         if handle is not sys.stdout:
             handle.close()
     console.info(f"exported {count} episodes from {len(namespaces)} namespace(s) to "
-                 f"{args.out or '<stdout>'}")
+                 f"{'<stdout>' if handle is sys.stdout else args.out}")
     return 0
 
 
@@ -637,8 +655,12 @@ examples:
     ),
     "stats": (
         "show episodes per namespace, rewards and the model's state",
-        """examples:
+        """The model shown is the one that answers for --namespace (default 'default'): the
+namespace's own model if it has one, else the shared model.
+
+examples:
   kd-memory stats
+  kd-memory --namespace user42 stats
   kd-memory --json stats""",
     ),
     "export": (
@@ -717,7 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
   kd-memory --chroma-host localhost stats  # a Chroma server instead of a local directory
 
 exit codes: 0 success, 2 bad usage or input (nothing changed), 1 other errors,
-130/143 stopped by Ctrl-C/SIGTERM (an ingest stores nothing then).""",
+130/143 stopped by Ctrl-C/SIGTERM (an ingest stores nothing then), 141 output closed early.""",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -798,7 +820,7 @@ exit codes: 0 success, 2 bad usage or input (nothing changed), 1 other errors,
 
     export = _subparser(commands, "export", _cmd_export)
     export.add_argument("--out", default=None, metavar="FILE",
-                        help="output file (default: stdout)")
+                        help="output file (default, or -: stdout)")
 
     worker = _subparser(commands, "worker", _cmd_worker)
     worker.add_argument("--every", type=_positive_int, default=50, metavar="N",
@@ -853,7 +875,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        return int(args.handler(args, console))
+        code = int(args.handler(args, console))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # the reader stopped early (`kd-memory export | head`): no error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # what is left to flush at exit goes nowhere
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT

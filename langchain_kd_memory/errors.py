@@ -84,5 +84,12 @@ class CheckpointError(KDMemoryError, RuntimeError):
     """A checkpoint is missing, corrupted, tampered with or unsafe to load."""
 
 
+class OutdatedCheckpointError(CheckpointError):
+    """A checkpoint written in an older format.
+
+    The memory treats it as untrained, and the next `consolidate()` trains a new version.
+    """
+
+
 class GameError(KDMemoryError, RuntimeError):
     """A TextWorld game could not be made or started (see `games.py`)."""

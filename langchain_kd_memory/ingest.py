@@ -99,7 +99,7 @@ def parse_line(text: str | None, namespace: str, seen: dict[str, int]) -> tuple[
     if text is None:
         raise ValueError("not valid UTF-8")
     try:
-        data = json.loads(text)
+        data = json.loads(text.rstrip("\r\n"))  # an error at the end is then on this line
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON: {exc.msg} (column {exc.colno})") from exc
     except ValueError as exc:  # an integer of more than 4,300 digits

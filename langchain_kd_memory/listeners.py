@@ -36,8 +36,12 @@ class PendingEpisodes(Protocol):
             `episode_id` is not pending here (in `namespace`, if given).
         """
 
-    def forget(self, ids: Iterable[str]) -> int:
-        """Drop the pending runs with these ids; how many were dropped."""
+    def forget(self, ids: Iterable[str], namespace: str) -> set[str]:
+        """Drop the pending runs of `namespace` named by these ids.
+
+        Returns:
+            The run and episode ids of the runs dropped.
+        """
 
     def forget_namespace(self, namespace: str) -> int:
         """Drop the pending runs of `namespace`; how many were dropped."""
@@ -99,15 +103,15 @@ class Listeners:
                 return pending
         return None
 
-    def forget_pending(self, ids: Iterable[str]) -> int:
-        """Drop the pending runs with these ids everywhere (call it before deleting them).
+    def forget_pending(self, ids: Iterable[str], namespace: str) -> set[str]:
+        """Drop the pending runs of `namespace` with these ids everywhere (before deleting them).
 
         Returns:
-            How many runs were dropped. The others (and any run that was being written) are
-            in the store or nowhere: delete them there.
+            The run and episode ids of the runs dropped. The others (and any run that was
+            being written) are in the store or nowhere: delete them there.
         """
         wanted = list(ids)
-        return sum(source.forget(wanted) for source in self._sources())
+        return {key for source in self._sources() for key in source.forget(wanted, namespace)}
 
     def forget_pending_namespace(self, namespace: str) -> int:
         """Drop the pending runs of `namespace` everywhere (call it before deleting it)."""

@@ -28,9 +28,9 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable
 from langchain_core.runnables.config import run_in_executor
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
-from langchain_kd_memory._validate import check_int, check_number
+from langchain_kd_memory._validate import check_int, check_known, check_number
 from langchain_kd_memory.classic import history, input_text, output_text
 from langchain_kd_memory.consolidation import ConsolidationReport, consolidate
 from langchain_kd_memory.decisions import (
@@ -105,7 +105,8 @@ class DistilledEpisodicMemory(BaseRetriever):
     consolidation, with the range of the candidates' observed rewards. `w = 0` is pure
     similarity search. Each `Document` carries the episode in `page_content` and `id`, `query`,
     `response`, `reward`, `similarity`, `value`, `value_source` ("observed", "predicted" or
-    "neutral"), `score`, `namespace`, `created_at` and the user's metadata in `metadata`.
+    "neutral"), `score`, `namespace`, `created_at`, `model_namespace` and `model_version` (the
+    value model that answered, as in `RewardEstimate`) and the user's metadata in `metadata`.
 
     **Scoring** (`score(query)`): the student's `RewardEstimate`. Before the first
     consolidation (or checkpoint load) it raises `NotTrainedError`, saying how many rated
@@ -186,6 +187,8 @@ class DistilledEpisodicMemory(BaseRetriever):
     return_messages: bool = False
     """Classic memory: return recalled episodes as messages instead of one string."""
 
+    model_config = ConfigDict(extra="forbid")
+
     _consolidation_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _listeners: Listeners = PrivateAttr(default_factory=Listeners)
     _models: ValueModels = PrivateAttr()
@@ -199,8 +202,10 @@ class DistilledEpisodicMemory(BaseRetriever):
             CheckpointError: If the checkpoint in `model_dir` is corrupted or unsafe.
             ConfigError: If `reward_range` disagrees with the store's or the model's, or the
                 checkpoint in `model_dir` holds other networks, or another declared reward
-                range, than the model asks for.
+                range, than the model asks for; or an argument is not one of the class
+                attributes (the message suggests the closest name).
         """
+        check_known(type(self).__name__, data, type(self).model_fields)
         reward_range = validate_reward_range(data.get("reward_range"))
         if data.get("store") is None:
             directory = data.get("persist_directory") or DEFAULT_PERSIST_DIRECTORY
@@ -268,11 +273,18 @@ class DistilledEpisodicMemory(BaseRetriever):
         """
         return self._model_for(self.resolve_namespace(namespace))
 
+    def model_namespace(self, namespace: str | None = None) -> str | None:
+        """Whose model answers for `namespace` (the memory's if None).
+
+        The namespace itself once it has a trained model of its own, else None: the shared
+        model (trained on every namespace by `consolidate()`) answers.
+        """
+        ns = self.resolve_namespace(namespace)
+        return ns if self._models.own(ns).is_trained else None
+
     def model_version(self, namespace: str | None = None) -> int | None:
         """The checkpoint version of the model answering for `namespace` (None if unsaved)."""
-        ns = self.resolve_namespace(namespace)
-        own = self._models.own(ns)
-        return self._models.version(ns if own.is_trained else None)
+        return self._models.version(self.model_namespace(namespace))
 
     def resolve_namespace(self, namespace: str | None) -> str:
         """`namespace` validated, or the memory's own namespace when None."""
@@ -390,14 +402,18 @@ class DistilledEpisodicMemory(BaseRetriever):
             rewards: None (rate the run later with `record_feedback(trajectory_id, reward)`),
                 one number (the final reward, after the last step), or one number per step.
             gamma: Discount in [0, 1] (1 = every step gets the whole return).
-            trajectory_id: The run's id (e.g. a run id); a new UUID if None. Step i is stored
-                as the episode ``f"{trajectory_id}/{i}"``.
+            trajectory_id: The run's id (e.g. a run id), what `record_feedback` takes to rate
+                the whole run; a new UUID if None. Step i is stored as the episode
+                ``f"{trajectory_id}/{i}"``.
             namespace: The steps' namespace; the memory's if None.
             metadata: Scalar metadata for every step; the memory adds `trajectory_id`,
                 `trajectory_step`, `trajectory_steps` and `trajectory_gamma`.
 
         Returns:
-            The ids of the steps' episodes, in order.
+            The ids of the steps' episodes, in order: ``f"{trajectory_id}/{i}"``. Rate a step
+            alone with `record_feedback(ids[i], r)`, the whole run with
+            `record_feedback(trajectory_id, r)`; when the id was generated, it is
+            ``ids[0].rsplit("/", 1)[0]`` (also each step's `trajectory_id` metadata).
 
         Raises:
             InvalidEpisodeError: No steps, a malformed step or reward list, or metadata using
@@ -470,6 +486,59 @@ class DistilledEpisodicMemory(BaseRetriever):
         newly = len(rewards) if first.reward is None else 0
         return self._set_rewards(rewards, first.namespace, newly_rated=newly)[-1]
 
+    def delete(self, ids: Sequence[str | UUID], *, namespace: str | None = None) -> None:
+        """Forget episodes: stored ones are deleted, pending ones dropped before they are stored.
+
+        A run the background writer still holds (queued, or waiting in its journal) is dropped
+        whole when its run id or any of its episode ids is named, and marked done in the
+        journal so that no replay brings it back; a run being written is waited for, then
+        deleted from the store.
+
+        Args:
+            ids: Episode ids (for a run the writer still holds, its run id too).
+            namespace: Where the episodes are; the memory's namespace if None.
+
+        Raises:
+            InvalidArgumentError: `ids` is not a list.
+            EpisodeNotFoundError: An id is neither pending nor stored in the namespace (then
+                no stored episode is deleted; the pending runs named are dropped).
+        """
+        if isinstance(ids, str) or not isinstance(ids, Sequence):
+            raise InvalidArgumentError("ids must be a list of episode ids")
+        ns = self.resolve_namespace(namespace)
+        wanted = [str(i) for i in ids]
+        dropped = self._listeners.forget_pending(wanted, ns)
+        stored = [i for i in wanted if i not in dropped]
+        if stored:
+            self.store.delete(stored, ns)
+
+    def delete_namespace(self, namespace: str) -> int:
+        """Forget a namespace: its episodes, its pending runs and its own value model.
+
+        In this order: the background writer drops the namespace's pending runs (marked done in
+        its journal, so no replay brings them back; a run being written is waited for), the
+        store deletes the namespace's episodes, and the namespace's own model is unloaded and
+        its checkpoint files (every version) deleted. A consolidation of this memory that is
+        running is waited for first.
+
+        What it leaves behind: the shared model (trained on every namespace by
+        `consolidate()`) keeps what it learned from these episodes until it is trained again;
+        a worker process that is training this namespace's model right now may save it after
+        the deletion (delete again once it is done); runs in a journal that no writer of this
+        process has open (a killed process's) are written when a writer opens it, so open the
+        writer on that journal first.
+
+        Returns:
+            How many stored episodes were deleted.
+        """
+        ns = validate_namespace(namespace)
+        with self._consolidation_lock:
+            self._listeners.forget_pending_namespace(ns)
+            count = self.store.delete_namespace(ns)
+            self._models.forget(ns)
+        logger.info("forgot namespace %r: %d episodes and its own value model", ns, count)
+        return count
+
     def _set_rewards(
         self, rewards: Mapping[str, float | None], namespace: str, *, newly_rated: int
     ) -> list[Episode]:
@@ -499,13 +568,17 @@ class DistilledEpisodicMemory(BaseRetriever):
     def _trained_model(self, namespace: str) -> ModelDistillation:
         model = self._model_for(namespace)
         if not model.is_trained:
-            rated = self.store.count_rated(namespace)
+            rated, needed = self.store.count_rated(namespace), model.config.min_episodes
+            missing = (
+                f"{rated} rated episodes, enough to train (min_episodes={needed}), but no "
+                "model was trained: call consolidate()" if rated >= needed
+                else f"{rated} rated episodes and training needs at least {needed} "
+                "(min_episodes); record rewards (add_episode(..., reward=...) or "
+                "record_feedback) and call consolidate()"
+            )
             raise NotTrainedError(
-                f"the value model is not trained yet: namespace {namespace!r} has {rated} rated "
-                f"episodes and training needs at least {model.config.min_episodes} "
-                "(min_episodes); record "
-                "rewards (add_episode(..., reward=...) or record_feedback) and call "
-                "consolidate(), or attach a ConsolidationCallback"
+                f"the value model is not trained yet: namespace {namespace!r} has {missing}, "
+                "or attach a ConsolidationCallback"
             )
         return model
 
@@ -546,11 +619,10 @@ class DistilledEpisodicMemory(BaseRetriever):
         self, estimates: list[RewardEstimate], namespace: str | None
     ) -> list[RewardEstimate]:
         """`estimates` marked with the model that answered for `namespace`."""
-        ns = self.resolve_namespace(namespace)
-        own = self._models.own(ns).is_trained
-        version = self.model_version(ns)
-        return [dataclasses.replace(e, model_namespace=ns if own else None,
-                                    model_version=version) for e in estimates]
+        answering = self.model_namespace(namespace)
+        version = self._models.version(answering)
+        return [dataclasses.replace(e, model_namespace=answering, model_version=version)
+                for e in estimates]
 
     def rank_responses(
         self,
@@ -698,7 +770,10 @@ class DistilledEpisodicMemory(BaseRetriever):
             (model.binner.low, model.binner.high) if model.is_trained
             else observed_range([episode for episode, _ in hits])
         )
-        return [to_document(c) for c in rank(hits, predicted, reward_range, weight)[:k]]
+        answering = self.model_namespace(ns)
+        version = self._models.version(answering)
+        return [to_document(c, model_namespace=answering, model_version=version)
+                for c in rank(hits, predicted, reward_range, weight)[:k]]
 
     async def _aget_relevant_documents(
         self,
@@ -789,13 +864,47 @@ class DistilledEpisodicMemory(BaseRetriever):
 
     # ------------------------------------------------------------------ async twins
 
-    async def aadd_episode(self, query: str, response: str = "", **kwargs: Any) -> str:
+    async def aadd_episode(
+        self,
+        query: str,
+        response: str = "",
+        reward: float | None = None,
+        metadata: Mapping[str, str | int | float | bool] | None = None,
+        namespace: str | None = None,
+        episode_id: str | UUID | None = None,
+    ) -> str:
         """Async `add_episode` (runs it in an executor)."""
-        return await run_in_executor(None, self.add_episode, query, response, **kwargs)
+        return await run_in_executor(
+            None, self.add_episode, query, response, reward, metadata, namespace, episode_id
+        )
 
     async def aadd_episodes(self, episodes: Sequence[Episode | Mapping[str, Any]]) -> list[str]:
         """Async `add_episodes`."""
         return await run_in_executor(None, self.add_episodes, episodes)
+
+    async def aadd_trajectory(
+        self,
+        steps: Sequence[tuple[str, str] | Mapping[str, str]],
+        rewards: float | Sequence[float] | None = None,
+        *,
+        gamma: float = 0.9,
+        trajectory_id: str | UUID | None = None,
+        namespace: str | None = None,
+        metadata: Mapping[str, str | int | float | bool] | None = None,
+    ) -> list[str]:
+        """Async `add_trajectory`."""
+        return await run_in_executor(
+            None, self.add_trajectory, steps, rewards, gamma=gamma, trajectory_id=trajectory_id,
+            namespace=namespace, metadata=metadata,
+        )
+
+    async def adelete(self, ids: Sequence[str | UUID], *, namespace: str | None = None) -> None:
+        """Async `delete`."""
+        await run_in_executor(None, self.delete, ids, namespace=namespace)
+
+    async def adelete_namespace(self, namespace: str) -> int:
+        """Async `delete_namespace`."""
+        return await run_in_executor(None, self.delete_namespace, namespace)
 
     async def arecord_feedback(
         self, episode_id: str | UUID, reward: float, namespace: str | None = None
@@ -803,19 +912,46 @@ class DistilledEpisodicMemory(BaseRetriever):
         """Async `record_feedback`."""
         return await run_in_executor(None, self.record_feedback, episode_id, reward, namespace)
 
-    async def ascore(self, query: str) -> RewardEstimate:
+    async def ascore(self, query: str, *, namespace: str | None = None) -> RewardEstimate:
         """Async `score`."""
-        return await run_in_executor(None, self.score, query)
+        return await run_in_executor(None, self.score, query, namespace=namespace)
 
-    async def ascore_batch(self, queries: Sequence[str]) -> list[RewardEstimate]:
+    async def ascore_batch(
+        self, queries: Sequence[str], *, namespace: str | None = None
+    ) -> list[RewardEstimate]:
         """Async `score_batch`."""
-        return await run_in_executor(None, self.score_batch, queries)
+        return await run_in_executor(None, self.score_batch, queries, namespace=namespace)
+
+    async def arank_responses(
+        self,
+        query: str,
+        candidates: Sequence[str],
+        *,
+        explore: float = 0.0,
+        exploration: Exploration = "thompson",
+        namespace: str | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> list[RankedResponse]:
+        """Async `rank_responses`."""
+        return await run_in_executor(
+            None, self.rank_responses, query, candidates, explore=explore,
+            exploration=exploration, namespace=namespace, rng=rng,
+        )
 
     async def aconsolidate(
-        self, namespace: str | None = None, **kwargs: Any
+        self,
+        namespace: str | None = None,
+        *,
+        max_training_episodes: int | None = None,
+        num_epochs: int | None = None,
+        batch_size: int | None = None,
+        quiet: bool = True,
     ) -> ConsolidationReport:
         """Async `consolidate` (trains in an executor thread)."""
-        return await run_in_executor(None, self.consolidate, namespace, **kwargs)
+        return await run_in_executor(
+            None, self.consolidate, namespace, max_training_episodes=max_training_episodes,
+            num_epochs=num_epochs, batch_size=batch_size, quiet=quiet,
+        )
 
     async def aload_memory_variables(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Async `load_memory_variables`."""

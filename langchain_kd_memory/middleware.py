@@ -340,9 +340,6 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             content = [*system.content, {"type": "text", "text": block}]
         return request.override(system_message=system.model_copy(update={"content": content}))
 
-    def _wants_estimate(self) -> bool:
-        return self.include_estimate and self.memory.is_trained
-
     def _memory_block(self, request: ModelRequest[Any]) -> str | None:
         """Recall (and score) for the request; the text to add to the prompt, or None."""
         documents: list[Document] = []
@@ -353,10 +350,12 @@ class EpisodicMemoryMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             if kwargs is not None:
                 documents = self.memory.invoke(**kwargs)
                 self._count("recalls")
-        if kwargs is not None and self._wants_estimate():
+        if kwargs is not None and self.include_estimate:
             with self._guard("score", "score_failures"):
-                estimate = self.memory.score(kwargs["input"])
-                self._count("scores")
+                namespace = kwargs["namespace"]  # the run's, as for recall
+                if self.memory.value_model(namespace).is_trained:
+                    estimate = self.memory.score(kwargs["input"], namespace=namespace)
+                    self._count("scores")
         return self._render(documents, estimate)
 
     def wrap_model_call(

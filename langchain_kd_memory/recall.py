@@ -85,8 +85,14 @@ def format_episode(query: str, response: str) -> str:
     return f"Query: {query}\nResponse: {response}" if response else f"Query: {query}"
 
 
-def to_document(candidate: Candidate) -> Document:
-    """A recalled episode as a LangChain `Document` (see `DistilledEpisodicMemory`)."""
+def to_document(
+    candidate: Candidate, *, model_namespace: str | None, model_version: int | None
+) -> Document:
+    """A recalled episode as a LangChain `Document` (see `DistilledEpisodicMemory`).
+
+    `model_namespace` and `model_version` name the value model that answered (None, None when
+    none is trained).
+    """
     episode = candidate.episode
     metadata: dict[str, Any] = {
         **episode.metadata,
@@ -100,6 +106,8 @@ def to_document(candidate: Candidate) -> Document:
         "score": candidate.score,
         "namespace": episode.namespace,
         "created_at": episode.created_at.isoformat(),
+        "model_namespace": model_namespace,
+        "model_version": model_version,
     }
     return Document(
         id=episode.id, page_content=format_episode(episode.query, episode.response),

@@ -16,13 +16,16 @@ version of its own checkpoint that loads (the one in use, or an earlier version 
 with a warning in the log; when no version loads, every use of that model (`score`,
 `rank_responses`, recall, `model_version`, `consolidate` of its namespace) raises the load's
 error (`CheckpointError`, ...) until the checkpoint changes on disk. A namespace never falls back
-to the shared model because its own checkpoint is damaged.
+to the shared model because its own checkpoint is damaged. A checkpoint in an older format (an
+upgrade of this library) is not damaged: the model is untrained until `consolidate` trains a new
+version.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -32,7 +35,7 @@ from pathlib import Path
 
 from langchain_kd_memory.checkpoint import checkpoint_versions, manifest_path
 from langchain_kd_memory.distillation import ModelDistillation
-from langchain_kd_memory.errors import KDMemoryError
+from langchain_kd_memory.errors import KDMemoryError, OutdatedCheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +144,14 @@ class ValueModels:
                 entry.checked = time.monotonic()
                 entry.error = None
 
+    def forget(self, namespace: str) -> None:
+        """Unload `namespace`'s own model and delete its checkpoint files (every version)."""
+        with self._lock:
+            self._entries.pop(namespace, None)
+            prefix = self.prefix(namespace)
+            if prefix is not None and Path(prefix).parent.exists():
+                shutil.rmtree(Path(prefix).parent)
+
     def _evict(self) -> None:
         namespaced = [key for key in self._entries if key is not None]
         for key in namespaced[: max(0, len(namespaced) - self.cache_size)]:
@@ -179,6 +190,9 @@ class ValueModels:
                 logger.warning("value model of %s: answering with version %s: the newer "
                                "checkpoint does not load: %s", name,
                                entry.model.checkpoint_version, exc)
+                entry.error = None
+            elif isinstance(exc, OutdatedCheckpointError):  # an upgrade: untrained until retrained
+                logger.warning("value model of %s: untrained until consolidate(): %s", name, exc)
                 entry.error = None
             else:
                 logger.warning("value model of %s unusable: %s", name, exc)

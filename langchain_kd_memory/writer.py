@@ -525,27 +525,32 @@ class BackgroundWriter:
             run = self._index.get(key)
         return run
 
-    def forget(self, ids: Iterable[str]) -> int:
+    def forget(self, ids: Iterable[str], namespace: str | None = None) -> set[str]:
         """Drop the pending runs with these run or episode ids (for a deletion).
 
         A run being written is waited for: once this returns, every run named is either
         dropped (never stored, never replayed) or in the store, where the caller deletes it.
+        A run is dropped whole when any of its ids is named. With a `namespace`, only its runs
+        are dropped (ids are unique within a namespace).
 
         Returns:
-            How many runs were dropped.
+            The run and episode ids of the runs dropped.
         """
         wanted = {str(i) for i in ids}
-        return self._forget(lambda run: not wanted.isdisjoint(run.keys))
+        runs = self._forget(lambda run: namespace in (None, run.episodes[0].namespace)
+                            and not wanted.isdisjoint(run.keys))
+        return {key for run in runs for key in run.keys}
 
     def forget_namespace(self, namespace: str) -> int:
         """Drop the pending runs of a namespace (see `forget`); how many were dropped."""
-        return self._forget(lambda run: run.episodes[0].namespace == namespace)
+        return len(self._forget(lambda run: run.episodes[0].namespace == namespace))
 
-    def _forget(self, chosen: Callable[[_Run], bool]) -> int:
+    def _forget(self, chosen: Callable[[_Run], bool]) -> set[_Run]:
         with self._cond:
             self._cond.wait_for(lambda: not any(
                 (run.in_flight or run.closing) and chosen(run) for run in self._index.values()))
-            runs = {run for run in self._index.values() if chosen(run)}
+            # the queue too: the index holds one run per id, and two namespaces may share one
+            runs = {run for run in (*self._index.values(), *self._queue) if chosen(run)}
             for run in runs:
                 run.closing = True
                 if run in self._queue:
@@ -558,7 +563,7 @@ class BackgroundWriter:
             self._cond.notify_all()
         if self._journal is not None and runs:
             self._journal.done([n for run in runs for n in run.entries])
-        return len(runs)
+        return runs
 
     # ----------------------------------------------------------------- the thread
 

@@ -130,6 +130,17 @@ def test_add_trajectory_credits_each_step_with_the_discounted_return(
         memory.record_feedback("game-3", 1.0)
 
 
+def test_a_generated_trajectory_id_is_read_from_the_returned_step_ids(
+    tmp_path: Path, embeddings: LocalEmbeddings
+) -> None:
+    memory = make_memory(tmp_path, embeddings)
+    ids = memory.add_trajectory([("a/b state", "go/left"), ("next state", "stop")], gamma=0.5)
+    trajectory_id = ids[0].rsplit("/", 1)[0]  # the recipe of add_trajectory's docstring
+    assert ids == [f"{trajectory_id}/0", f"{trajectory_id}/1"]
+    memory.record_feedback(trajectory_id, 1.0)
+    assert [e.reward for e in memory.store.get(ids)] == [0.5, 1.0]
+
+
 @pytest.mark.slow
 def test_add_trajectory_checks_its_input_and_the_reward_range(
     tmp_path: Path, embeddings: LocalEmbeddings

@@ -116,6 +116,16 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     assert not (tmp_path / "db").exists()  # a file of bad lines creates no database
 
 
+def test_a_bad_json_line_reports_the_column_of_the_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    line = '{"query": "How do I reset my password?", "reward": 1.0'  # no closing brace
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(line + "\n")
+    code, _, err = run(capsys, "--persist-dir", str(tmp_path / "db"), "ingest", str(bad))
+    assert code == 2 and f"{bad}:1: invalid JSON: Expecting ',' delimiter (column 55)" in err
+
+
 def test_errors_are_one_line_without_traceback_unless_verbose(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -501,6 +511,67 @@ def test_stats_describes_store_and_model(
                                  "dimension": 384}
     code, out, _ = run(capsys, "--persist-dir", persist, "stats")
     assert code == 0 and "checkpoint v1" in out and "all-MiniLM-L6-v2" in out
+
+
+@pytest.mark.slow
+def test_stats_and_score_show_the_model_that_answers_for_the_namespace(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    persist = ["--persist-dir", str(tmp_path / "db")]
+    source = write_jsonl(tmp_path / "eps.jsonl", synthetic_rows(24))
+    train = ["consolidate", "--epochs", "2", "--seed", "0"]
+    assert run(capsys, *persist, "ingest", str(source))[0] == 0
+    assert run(capsys, *persist, "--namespace", "default", *train)[0] == 0  # its own model only
+    model = run_json(capsys, *persist, "stats")["model"]
+    assert (model["trained"], model["namespace"], model["checkpoint_version"]) == (
+        True, "default", 1)
+    assert "namespaces" in Path(model["checkpoint_path"]).parts
+    code, out, _ = run(capsys, *persist, "stats")
+    assert code == 0 and "namespace 'default''s own model" in out and "checkpoint v1" in out
+
+    assert run(capsys, *persist, "--namespace", "user-42", "ingest", str(source))[0] == 0
+    for _ in range(2):
+        assert run(capsys, *persist, "--namespace", "user-42", *train)[0] == 0
+    assert run(capsys, *persist, *train)[0] == 0  # the shared model, v1
+    model = run_json(capsys, *persist, "--namespace", "user-42", "stats")["model"]
+    assert (model["namespace"], model["checkpoint_version"]) == ("user-42", 2)
+    estimate = run_json(capsys, *persist, "--namespace", "user-42", "score", "reset password?")
+    assert (estimate["model_namespace"], estimate["model_version"]) == ("user-42", 2)
+    code, out, _ = run(capsys, *persist, "--namespace", "user-42", "score", "reset password?")
+    assert code == 0 and "namespace 'user-42''s own model, checkpoint v2" in out
+    model = run_json(capsys, *persist, "--namespace", "someone-else", "stats")["model"]
+    assert (model["namespace"], model["checkpoint_version"]) == (None, 1)
+    assert "namespaces" not in Path(model["checkpoint_path"]).parts
+    code, out, _ = run(capsys, *persist, "--namespace", "someone-else", "stats")
+    assert code == 0 and "the shared model" in out
+
+
+@pytest.mark.slow
+def test_export_to_dash_writes_stdout(
+    capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "--persist-dir", trained[0], "export", "--out", "-")
+    assert code == 0 and len(out.splitlines()) == 60
+    assert not (tmp_path / "-").exists()
+
+
+@pytest.mark.slow
+def test_a_reader_that_stops_early_gets_no_broken_pipe_error(
+    capsys: pytest.CaptureFixture[str], trained: tuple[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`kd-memory score ... | head -1`: the pipe closes before the output is flushed."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    closed_pipe = open(write_end, "w")  # noqa: SIM115 - closed below
+    monkeypatch.setattr(sys, "stdout", closed_pipe)
+    code = main(["--persist-dir", trained[0], "score", "How do I reset my password?"])
+    closed_pipe.flush()  # what interpreter exit does: nothing is left to fail
+    closed_pipe.close()
+    assert code == 128 + signal.SIGPIPE
+    assert "Broken pipe" not in capsys.readouterr().err
 
 
 @pytest.mark.slow

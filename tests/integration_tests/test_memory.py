@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 import threading
 from dataclasses import replace
@@ -11,12 +12,15 @@ import numpy as np
 import pytest
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.retrievers import BaseRetriever
+from test_writer import GatedEmbeddings
 
 from langchain_kd_memory.config import StudentConfig, TeacherConfig
 from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.embeddings import LocalEmbeddings, OpenAIEmbedder
 from langchain_kd_memory.episodes import Episode, RewardEstimate
 from langchain_kd_memory.errors import (
+    ConfigError,
     EmbedderMismatchError,
     EpisodeNotFoundError,
     InsufficientDataError,
@@ -26,6 +30,8 @@ from langchain_kd_memory.errors import (
 )
 from langchain_kd_memory.memory import ConsolidationReport, DistilledEpisodicMemory
 from langchain_kd_memory.storage import EpisodeStore
+from langchain_kd_memory.value_models import checkpoint_prefix
+from langchain_kd_memory.writer import BackgroundWriter
 
 GOOD_TOPICS = ["refund for my order", "invoice for my subscription", "billing charge on my card"]
 BAD_TOPICS = ["weather forecast for the weekend", "rain tomorrow in the city",
@@ -58,6 +64,11 @@ def make_memory(tmp_path: Path, embeddings: LocalEmbeddings, min_episodes: int =
     return DistilledEpisodicMemory(
         store=store, distillation=model, model_dir=str(tmp_path / "models"), **kwargs
     )
+
+
+@pytest.fixture
+def gated() -> GatedEmbeddings:
+    return GatedEmbeddings()
 
 
 @pytest.fixture
@@ -138,6 +149,18 @@ def test_invalid_arguments(memory: DistilledEpisodicMemory) -> None:
         DistilledEpisodicMemory(store=memory.store, distillation=memory.distillation, k=0)
 
 
+def test_a_misspelled_argument_is_refused_before_anything_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"'persist_dir' .*'persist_directory'") as caught:
+        DistilledEpisodicMemory(persist_dir="./e4", rewardrange=(0, 1))
+    assert "'rewardrange' (did you mean 'reward_range'?)" in str(caught.value)
+    with pytest.raises(ConfigError, match="'colour'$"):
+        DistilledEpisodicMemory(colour="blue")
+    assert list(tmp_path.iterdir()) == []  # no store was built in ./.kd_memory
+
+
 def test_embedder_mismatch_is_refused(memory: DistilledEpisodicMemory) -> None:
     openai = OpenAIEmbedder(model="text-embedding-3-small", api_key="unused")  # no request made
     other = ModelDistillation(embeddings=openai, seed=0)
@@ -160,6 +183,16 @@ def test_score_before_training_explains_what_is_missing(memory: DistilledEpisodi
     with pytest.raises(InsufficientDataError, match="3 rated episodes"):
         memory.consolidate()
     assert not memory.is_trained
+
+
+def test_score_with_enough_ratings_but_no_consolidation_says_to_consolidate(
+    memory: DistilledEpisodicMemory,
+) -> None:
+    memory.add_episodes(topic_episodes(12))
+    with pytest.raises(NotTrainedError, match=r"12 rated episodes, enough .* call consolidate\(\)"
+                       ) as caught:
+        memory.score("billing question")
+    assert "at least" not in str(caught.value)
 
 
 @pytest.mark.slow
@@ -262,6 +295,108 @@ async def test_async_twins(memory: DistilledEpisodicMemory) -> None:
         await memory.ascore("trains")
     await memory.aclear()
     assert memory.store.count("default") == 0
+
+
+def test_delete_forgets_stored_and_pending_episodes_and_a_replay_brings_none_back(
+    tmp_path: Path, gated: GatedEmbeddings
+) -> None:
+    memory = make_memory(tmp_path, gated)
+    writer = BackgroundWriter(memory, journal=tmp_path / "runs.journal")
+    stored = memory.add_episode("my card number is 4111", "Noted.")
+    kept = memory.add_episode("what is the weather", "Sunny.")
+    twin = memory.add_episode("my card number is 4111", "Noted.", namespace="user-7",
+                              episode_id=stored)  # the same id in another namespace
+    gated.close()
+    writer.submit([Episode("a run being written", namespace="other")])
+    assert gated.entered.wait(timeout=60)  # the writer is busy: the next runs stay queued
+    writer.submit([Episode("my PIN is 1234", id="pin")])
+    writer.submit([Episode("my PIN is 1234", id="pin", namespace="user-7")])
+
+    memory.delete([stored, "pin"])
+
+    with pytest.raises(EpisodeNotFoundError, match="no-such-id"):
+        memory.delete(["no-such-id"])
+    gated.gate.set()
+    assert writer.flush(timeout=120)
+    writer.close()
+    for again in (memory, make_memory(tmp_path, gated)):
+        if again is not memory:  # a fresh process: its writer replays the journal
+            replaying = BackgroundWriter(again, journal=tmp_path / "runs.journal")
+            assert replaying.flush(timeout=120)
+            replaying.close()
+        assert [e.id for e in again.store.list_episodes()] == [kept]
+        assert {e.id for e in again.store.list_episodes("user-7")} == {twin, "pin"}
+
+
+@pytest.mark.slow
+def test_delete_namespace_forgets_its_episodes_model_and_pending_runs(
+    tmp_path: Path, gated: GatedEmbeddings
+) -> None:
+    memory = make_memory(tmp_path, gated, min_episodes=10)
+    memory.add_episodes([replace(e, namespace="user-7") for e in topic_episodes(20)])
+    kept = memory.add_episode("a question of someone else", "An answer.")
+    memory.consolidate("user-7")
+    assert memory.score("refund please", namespace="user-7").model_namespace == "user-7"
+    model_files = Path(checkpoint_prefix(str(tmp_path / "models"), "user-7")).parent
+    assert any(model_files.iterdir())
+    writer = BackgroundWriter(memory, journal=tmp_path / "runs.journal")
+    gated.close()
+    writer.submit([Episode("a run being written", namespace="other")])
+    assert gated.entered.wait(timeout=60)
+    writer.submit([Episode("my address is 1 Main St", id="queued", namespace="user-7")])
+
+    assert memory.delete_namespace("user-7") == 20
+
+    assert not model_files.exists()
+    gated.gate.set()
+    assert writer.flush(timeout=120)
+    writer.close()
+    fresh = make_memory(tmp_path, gated, min_episodes=10)
+    replaying = BackgroundWriter(fresh, journal=tmp_path / "runs.journal")
+    assert replaying.flush(timeout=120)
+    replaying.close()
+    for again in (memory, fresh):
+        assert again.store.count("user-7") == 0
+        assert again.model_version("user-7") is None
+        with pytest.raises(NotTrainedError):  # its own model is gone, also from the cache
+            again.score("refund please", namespace="user-7")
+        assert [e.id for e in again.store.list_episodes()] == [kept]
+    assert not model_files.exists()
+
+
+# Cheap helpers that do no I/O worth a thread: no async twin.
+WITHOUT_TWIN = {"value_model", "model_namespace", "model_version", "resolve_namespace",
+                "add_rating_listener", "remove_rating_listener", "add_pending_source",
+                "as_router", "as_store"}
+
+
+def test_every_public_method_has_an_async_twin_with_the_same_signature() -> None:
+    own = {name: value for name, value in vars(DistilledEpisodicMemory).items()
+           if inspect.isfunction(value) and not name.startswith("_")
+           and not hasattr(BaseRetriever, name)}  # pydantic's hooks, LangChain's own twins
+    twins = {name for name in own if name.startswith("a") and name[1:] in own}
+    for name in sorted(set(own) - twins - WITHOUT_TWIN):
+        twin = own.get(f"a{name}")
+        assert twin is not None and inspect.iscoroutinefunction(twin), f"no a{name}"
+        assert inspect.signature(twin) == inspect.signature(own[name]), f"a{name}"
+
+
+async def test_async_twins_take_a_namespace_and_trajectories(
+    memory: DistilledEpisodicMemory,
+) -> None:
+    with pytest.raises(NotTrainedError, match="'user-7'"):
+        await memory.ascore("trains", namespace="user-7")
+    with pytest.raises(NotTrainedError, match="'user-7'"):
+        await memory.ascore_batch(["trains"], namespace="user-7")
+    with pytest.raises(NotTrainedError, match="'user-7'"):
+        await memory.arank_responses("trains", ["late", "early"], namespace="user-7")
+    ids = await memory.aadd_trajectory([("board", "wait"), ("ride", "arrive")], 1.0,
+                                       trajectory_id="trip", namespace="user-7")
+    assert ids == ["trip/0", "trip/1"]
+    assert [e.reward for e in memory.store.get(ids, namespace="user-7")] == [
+        pytest.approx(0.9), 1.0]
+    assert await memory.adelete(["trip/0"], namespace="user-7") is None
+    assert await memory.adelete_namespace("user-7") == 1
 
 
 @pytest.mark.slow

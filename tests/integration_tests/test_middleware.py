@@ -208,6 +208,29 @@ def test_trained_value_model_adds_its_estimate(memory: DistilledEpisodicMemory):
     assert middleware.status.scores == 1
 
 
+@pytest.mark.slow
+def test_the_estimate_comes_from_the_model_of_the_runs_namespace(
+    memory: DistilledEpisodicMemory,
+):
+    def rated(namespace: str, refunds: float) -> list[dict[str, Any]]:
+        return [{"query": f"Please refund order {i}", "response": "Refund issued.",
+                 "reward": refunds, "namespace": namespace} for i in range(12)] + [
+                {"query": f"Tell me a joke about number {i}", "response": "No.",
+                 "reward": 1.0 - refunds, "namespace": namespace} for i in range(12)]
+
+    memory.add_episodes(rated("default", 1.0) + rated("alice", 0.0))
+    memory.consolidate(num_epochs=3)  # the shared model: refunds go well
+    memory.consolidate("alice", num_epochs=3)  # alice's own: refunds go badly
+    model = _model()
+    middleware = EpisodicMemoryMiddleware(memory, record=False)
+    agent = create_agent(model, [], middleware=[middleware])
+    agent.invoke(_ask("refund my order"), config={"configurable": {"namespace": "alice"}})
+    alice = memory.score("refund my order", namespace="alice")
+    shared = memory.score("refund my order")
+    assert shared.expected - alice.expected > 0.2
+    assert f"{alice.expected:.3g} ± {alice.std:.2g}" in _system_text(model)
+
+
 @pytest.mark.parametrize("failure", ["embedder", "chroma"])
 async def test_broken_memory_never_breaks_the_agent(tmp_path: Path, failure: str):
     embeddings = BreakableEmbeddings()

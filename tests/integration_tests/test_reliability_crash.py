@@ -138,9 +138,10 @@ def test_sigkill_during_consolidation_keeps_the_previous_checkpoint(
     try:
         for point, child in children.items():
             marker = tmp_path / point / "reached"
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 300  # four children train at once on a loaded CI
             while not marker.exists():
                 if child.poll() is not None or time.monotonic() > deadline:
+                    child.kill()  # else reading its output waits for its sleep to end
                     output = child.stdout.read().decode() if child.stdout else ""
                     pytest.fail(f"child {point} never reached its point:\n{output}")
                 time.sleep(0.05)

@@ -5,12 +5,14 @@ for two agent processes (the worker test runs real processes)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
 import pytest
 
+from langchain_kd_memory.checkpoint import manifest_path
 from langchain_kd_memory.config import StudentConfig, TeacherConfig
 from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.embeddings import LocalEmbeddings
@@ -85,6 +87,28 @@ def test_each_namespace_learns_its_own_model_with_the_shared_one_as_fallback(
 
 
 @pytest.mark.slow
+def test_every_answer_says_which_model_gave_it(
+    tmp_path: Path, embeddings: LocalEmbeddings
+) -> None:
+    memory = make_memory(tmp_path, embeddings)
+    memory.add_episodes(episodes("likes-refunds", 0) + episodes("third", 1))
+    memory.consolidate("likes-refunds")
+    memory.consolidate("likes-refunds")  # its own model, v2
+    memory.consolidate()  # the shared model, v1
+    query, answers = "Can you help with the refund for my order?", ["Sure.", "No."]
+    for namespace, expected in (("likes-refunds", ("likes-refunds", 2)), ("third", (None, 1))):
+        assert (memory.model_namespace(namespace), memory.model_version(namespace)) == expected
+        estimates = [memory.score(query, namespace=namespace),
+                     *memory.score_batch([query, "weather?"], namespace=namespace),
+                     *(r.estimate for r in memory.rank_responses(query, answers,
+                                                                 namespace=namespace))]
+        assert {(e.model_namespace, e.model_version) for e in estimates} == {expected}
+        documents = memory.invoke(query, namespace=namespace)
+        assert documents and {(d.metadata["model_namespace"], d.metadata["model_version"])
+                              for d in documents} == {expected}
+
+
+@pytest.mark.slow
 def test_a_bounded_cache_reloads_evicted_models_from_disk(
     tmp_path: Path, embeddings: LocalEmbeddings
 ) -> None:
@@ -135,3 +159,27 @@ def test_a_damaged_new_version_keeps_the_model_in_use(
     os.utime(manifest, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert refund_minus_weather(agent, "user") == pytest.approx(before, abs=1e-9)
     assert agent.model_version("user") == 1
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_an_older_format_is_retrained_not_a_dead_end(
+    tmp_path: Path, embeddings: LocalEmbeddings
+) -> None:
+    # A user upgrades: the checkpoints on disk have an older format. The memory opens, says
+    # it is untrained, and `consolidate()` trains a new version (it was refused forever).
+    memory = make_memory(tmp_path, embeddings)
+    memory.add_episodes(episodes("default", 0))
+    memory.consolidate()
+    manifests = list((tmp_path / "models").glob("*_config*.json"))  # the latest and each version
+    assert manifest_path(tmp_path / "models" / "value_model") in manifests
+    for manifest in manifests:
+        data = json.loads(manifest.read_text())
+        data["format_version"] -= 1
+        manifest.write_text(json.dumps(data))
+    upgraded = make_memory(tmp_path, embeddings)
+    assert not upgraded.is_trained
+    with pytest.raises(NotTrainedError):
+        upgraded.score("Can you help with the refund for my order?")
+    report = upgraded.consolidate()
+    assert upgraded.is_trained and report.checkpoint_version == 2
+    assert refund_minus_weather(upgraded, "default") > 0.3

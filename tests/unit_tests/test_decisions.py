@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from langchain_kd_memory.binning import RewardBinner
-from langchain_kd_memory.decisions import discounted_returns, rank_estimates, threshold_for_budget
+from langchain_kd_memory.decisions import (
+    RankedResponse,
+    discounted_returns,
+    rank_estimates,
+    threshold_for_budget,
+)
 from langchain_kd_memory.episodes import RewardEstimate
 from langchain_kd_memory.errors import InsufficientDataError, InvalidArgumentError
 
@@ -73,3 +78,8 @@ def test_threshold_for_budget() -> None:
     assert sum(v < threshold_for_budget(values, 0.3) for v in values) == 30
     with pytest.raises(InsufficientDataError, match="no stored queries"):
         threshold_for_budget([], 0.2)
+
+
+def test_printing_a_ranked_response_shows_no_arrays() -> None:
+    text = repr(RankedResponse("Sure.", 0, NOISY, 0.5))
+    assert "array" not in text and "distribution" not in text and len(text) < 300
