@@ -85,15 +85,16 @@ class BayesianLinear:
         sizes = list(groups) if groups is not None else [d]
         if sum(sizes) != d or min(sizes) < 1:
             raise ValueError(f"groups {sizes} do not split {d} features")
+        gram, projected = phi.T @ phi, phi.T @ y
         if priors is None:
-            alpha, beta = _evidence_maximum(phi, y, sizes)
+            alpha, beta = _evidence_maximum(phi, y, sizes, gram, projected)
             alphas = torch.repeat_interleave(alpha, torch.tensor(sizes))
         elif priors.dimension != d:
             raise ValueError(f"priors for {priors.dimension} features, not {d}")
         else:
             alphas, beta = priors.alphas, priors.beta
-        cholesky = torch.linalg.cholesky(torch.diag(alphas) + beta * (phi.T @ phi))
-        mean = beta * torch.cholesky_solve((phi.T @ y)[:, None], cholesky)[:, 0]
+        cholesky = torch.linalg.cholesky(torch.diag(alphas) + beta * gram)
+        mean = beta * torch.cholesky_solve(projected[:, None], cholesky)[:, 0]
         return cls(mean, cholesky, center, alphas, intercept, n, beta)
 
     @property
@@ -161,9 +162,11 @@ weight norm per group, residual sum of squares, fitted values): one evaluation o
 posterior that MacKay's update needs."""
 
 
-def _evidence_maximum(phi: torch.Tensor, y: torch.Tensor,
-                      sizes: list[int]) -> tuple[torch.Tensor, float]:
+def _evidence_maximum(phi: torch.Tensor, y: torch.Tensor, sizes: list[int], gram: torch.Tensor,
+                      projected: torch.Tensor) -> tuple[torch.Tensor, float]:
     """The per-group prior precisions and the noise precision at the evidence's maximum.
+
+    `gram` and `projected` are ``Phi^T Phi`` and ``Phi^T y``, which the caller needs too.
 
     MacKay's fixed point, evaluated in the cheaper of two equal forms: over the d weights
     (``d^3`` a step) or, with fewer rows than features, over the n rows (``n^3``).
@@ -179,7 +182,7 @@ def _evidence_maximum(phi: torch.Tensor, y: torch.Tensor,
     energy = torch.stack([(block * block).sum() for block in blocks])
     alpha = (10 * len(sizes) * energy / (n * variance)).clamp(*PRECISION_BOUNDS)
     beta = min(1.0 / variance, max_beta)
-    step = _dual_step(blocks, y) if n < d else _primal_step(phi, y, sizes)
+    step = _dual_step(blocks, y) if n < d else _primal_step(phi, y, sizes, gram, projected)
     fitted = torch.zeros_like(y)
     for _ in range(MAX_ITERATIONS):
         gamma, weight, residual, new_fitted = step(alpha, beta)
@@ -193,10 +196,10 @@ def _evidence_maximum(phi: torch.Tensor, y: torch.Tensor,
     return alpha, beta
 
 
-def _primal_step(phi: torch.Tensor, y: torch.Tensor, sizes: list[int]) -> Step:
+def _primal_step(phi: torch.Tensor, y: torch.Tensor, sizes: list[int], gram: torch.Tensor,
+                 projected: torch.Tensor) -> Step:
     """A `Step` through the posterior precision ``A = diag(alpha) + beta Phi^T Phi``."""
     group_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-    gram, projected = phi.T @ phi, phi.T @ y
     identity = torch.eye(phi.shape[1], dtype=torch.float64)
 
     def step(alpha: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, float,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from langchain_kd_memory.bayes import BayesianLinear
+from langchain_kd_memory.bayes import BayesianLinear, _dual_step, _primal_step
 
 
 def data(n: int, d: int = 8, noise: float = 0.3, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -87,3 +87,17 @@ def test_constant_targets_predict_that_constant() -> None:
     mean, std = fit.predict(torch.randn(5, 8, dtype=torch.float64))
     assert torch.allclose(mean, torch.full((5,), 0.7, dtype=torch.float64))
     assert torch.isfinite(std).all()
+
+
+def test_the_primal_and_dual_evidence_steps_agree() -> None:
+    # Fewer rows than features runs the dual (n x n) form, more the primal (d x d): both must
+    # give the same posterior quantities for the same precisions.
+    rng = np.random.default_rng(3)
+    phi = torch.tensor(rng.standard_normal((40, 24)))
+    phi -= phi.mean(dim=0)
+    y = torch.tensor(rng.standard_normal(40))
+    sizes, alpha, beta = [8, 8, 8], torch.tensor([0.5, 4.0, 30.0], dtype=torch.float64), 2.0
+    primal = _primal_step(phi, y, sizes, phi.T @ phi, phi.T @ y)(alpha, beta)
+    dual = _dual_step(torch.split(phi, sizes, dim=1), y)(alpha, beta)
+    for a, b in zip(primal, dual, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-9)
