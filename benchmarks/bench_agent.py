@@ -405,13 +405,18 @@ def report(levels: dict[str, dict[str, Any]], speed: dict[str, float] | None) ->
 
 def run_level(level: str, names: list[str], n_train: int, n_test: int, seeds: Sequence[int],
               embeddings: Embeddings, workdir: Path,
-              save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Every strategy and seed on one level; `save` gets the figures after each seed."""
+              save: Callable[[dict[str, Any]], None],
+              resumed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every strategy and seed on one level; `save` gets the figures after each seed.
+
+    `resumed` is a saved run of the same level, games and strategies: its seeds are kept
+    and skipped.
+    """
     started = time.perf_counter()
     train = ensure_games(level, "train", n_train)
     test = ensure_games(level, "test", n_test)
     checkpoints = checkpoints_for(n_train)
-    data: dict[str, Any] = {
+    data: dict[str, Any] = resumed or {
         "train_games": n_train, "test_games": n_test, "checkpoints": checkpoints,
         "seeds": [], "walkthrough": evaluate(Strategy("walkthrough", 0, None), test,
                                                       level),
@@ -419,7 +424,8 @@ def run_level(level: str, names: list[str], n_train: int, n_test: int, seeds: Se
         "seconds": {name: [] for name in names}, "escalation": [], "consolidations": [],
         "rank_speed": None,
     }
-    for seed in seeds:
+    earlier_minutes = data.get("minutes", 0.0)
+    for seed in [s for s in seeds if s not in data["seeds"]]:
         for name in names:
             curve, strategy, seconds = run_strategy(
                 name, seed, level, train, test, checkpoints, embeddings, workdir
@@ -440,9 +446,20 @@ def run_level(level: str, names: list[str], n_train: int, n_test: int, seeds: Se
                     assert strategy.memory is not None
                     data["rank_speed"] = rank_speed(strategy.memory, game.reset())
         data["seeds"].append(seed)
-        data["minutes"] = (time.perf_counter() - started) / 60
+        data["minutes"] = earlier_minutes + (time.perf_counter() - started) / 60
         save(data)  # a run stopped later keeps the seeds it finished
     return data
+
+
+def resumable(level: str, names: list[str], n_train: int, n_test: int) -> dict[str, Any] | None:
+    """The saved run of `level` if it used these games and strategies, else None."""
+    path = CACHE_DIR / f"agent-{level}.json"
+    if not path.exists():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    same = (data["train_games"], data["test_games"], sorted(data["curves"])) == (
+        n_train, n_test, sorted(names))
+    return data if same else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -455,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the seeds a saved run of the same settings finished")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite BENCHMARKS.md and the plot from the saved levels; run none")
     args = parser.parse_args(argv)
@@ -479,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
                     CACHE_DIR.mkdir(parents=True, exist_ok=True)
                     (CACHE_DIR / f"agent-{level}.json").write_text(json.dumps(data, indent=1))
 
-            data = run_level(level, names, n_train, n_test, seeds, embeddings, Path(tmp), save)
+            data = run_level(level, names, n_train, n_test, seeds, embeddings, Path(tmp), save,
+                             resumable(level, names, n_train, n_test) if args.resume else None)
             print("\n".join(level_report(level, data)), flush=True)
     if write:
         saved = {path.stem.removeprefix("agent-"): json.loads(path.read_text())

@@ -33,8 +33,13 @@ Write of N (add, upsert, reward update, delete):
     W3. Read N's record: the one registry read of a write in the steady state.
     W4. Acknowledged if it still says N is where W2 wrote (same tag; bucket, or own). Else wait
         until no promotion is in flight (taking an expired one over) and redo from W2 there.
+    W5. A writer that wrote to N's bucket and finds N own (with the same tag) deletes N's
+        records from that bucket, as P5 does: its W2 may have landed after P5.
     Why a promotion loses nothing: a write acknowledged in the bucket had W3 before P2, so W2
-    landed before P3 read the bucket; later writes wait for ``own`` and are redone there.
+        landed before P3 read the bucket; later writes wait for ``own`` and are redone there.
+        Why it leaves nothing behind: P5 runs after P4, and so does every W5; a write to the
+        bucket that follows P5 is followed by its writer's W5. Bucket records of an own
+        namespace are never read, so W5 deleting them is always safe.
 
 Promotion of N (tag T, bucket k) when a writer counts `move_at` records in it:
     P1. Create ``P.lease.T.e``, e = 1, or the next epoch if e was not renewed for `LEASE_S`
@@ -376,12 +381,23 @@ class Layout:
                 self._places[namespace] = replace(places[namespace], read_at=time.monotonic())
             if not moved:
                 return self._grow(rows)
-            places = {}
+            stale, places = places, {}
             for namespace in moved:  # W4
                 place = self._settle(namespace, create, len(rows[namespace]), created)
                 if place is not None:
                     places[namespace] = place
+                    was = stale[namespace]
+                    if place.bucket is None and was.bucket is not None and place.tag == was.tag:
+                        self._sweep(was)  # W5
         raise StoreError(f"Chroma failed to {action}: the namespaces kept moving; try again")
+
+    def _sweep(self, bucketed: Place) -> None:
+        """W5: delete what a write left in the bucket of a namespace promoted since (after P5)."""
+        try:
+            with chroma_call(f"clear the bucket of promoted namespace {bucketed.namespace!r}"):
+                bucketed.collection.delete(where={TAG_KEY: bucketed.tag})
+        except StoreError as exc:
+            logger.warning("records of %r stay in its old bucket: %s", bucketed.namespace, exc)
 
     def _apply(self, places: Mapping[str, Place], rows: Mapping[str, Sequence[Any]],
                op: Callable[[Collection, Rows], object], action: str) -> set[str]:

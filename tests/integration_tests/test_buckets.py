@@ -748,9 +748,6 @@ print(json.dumps(store.layout.moves), flush=True)
 
 @pytest.mark.slow
 @pytest.mark.server
-@pytest.mark.xfail(strict=False, reason="known bug under investigation: three processes "
-                   "promoting the same namespaces at once leave 10-15 records behind in the "
-                   "buckets (README, Limitations)")
 @pytest.mark.parametrize("buckets", [1, 64], ids=["one-bucket", "spread"])
 def test_processes_creating_and_moving_the_same_namespaces_agree(
     chroma_server: tuple[str, int], tmp_path: Path, buckets: int
