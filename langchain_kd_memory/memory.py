@@ -192,6 +192,8 @@ class DistilledEpisodicMemory(BaseRetriever):
     _consolidation_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _listeners: Listeners = PrivateAttr(default_factory=Listeners)
     _models: ValueModels = PrivateAttr()
+    _notes: EpisodeStore | None = PrivateAttr(default=None)
+    _notes_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, **data: Any) -> None:
         """Create the memory; see the class attributes for the arguments.
@@ -856,11 +858,32 @@ class DistilledEpisodicMemory(BaseRetriever):
             self, default, strong, threshold=threshold, budget=budget, namespace=namespace
         )
 
+    @property
+    def notes(self) -> EpisodeStore:
+        """Where `as_store()` keeps an agent's notes, apart from the episodes.
+
+        A store of its own on the same Chroma client and embedder, in the collections named
+        by `notes_collection_name` (``"episodes-notes"`` for the default store).
+        """
+        from langchain_kd_memory.store import notes_collection_name
+
+        with self._notes_lock:
+            if self._notes is None:
+                self._notes = EpisodeStore(notes_collection_name(self.store.collection_name),
+                                           embeddings=self.store.embeddings,
+                                           client=self.store.client)
+            return self._notes
+
     def as_store(self, **kwargs: Any) -> EpisodeBaseStore:
-        """A LangGraph `BaseStore` over this memory's episodes (see `EpisodeBaseStore`)."""
+        """A LangGraph `BaseStore` for the agent's own notes (see `EpisodeBaseStore`).
+
+        The notes live in `notes`: they are never recalled, scored or trained on as
+        episodes, and a value's ``"reward"`` is plain data. For the episodes as items, use
+        ``EpisodeBaseStore(memory.store)``. `kwargs` go to `EpisodeBaseStore`.
+        """
         from langchain_kd_memory.store import EpisodeBaseStore
 
-        return EpisodeBaseStore(self.store, **kwargs)
+        return EpisodeBaseStore(self.notes, **{"reward_field": None, **kwargs})
 
     # ------------------------------------------------------------------ async twins
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import inspect
 import json
 import logging
@@ -117,6 +118,14 @@ def _translating(method: _F) -> _F:
 def _write_lock(episodes: EpisodeStore) -> threading.Lock:
     with _WRITE_LOCKS_GUARD:
         return _WRITE_LOCKS.setdefault(episodes, threading.Lock())
+
+
+def notes_collection_name(episodes: str) -> str:
+    """The collection name of the notes store beside the episode store named `episodes`."""
+    name = f"{episodes}-notes"
+    if len(name) <= 63:  # EpisodeStore's limit
+        return name
+    return f"{episodes[:48]}-{hashlib.sha256(episodes.encode()).hexdigest()[:8]}-notes"
 
 
 def join_namespace(namespace: tuple[str, ...]) -> str:
@@ -242,8 +251,15 @@ class EpisodeBaseStore(BaseStore):
     similarity. Without a query (or with a blank one), items come namespace by namespace
     (sorted), oldest write first. Writes are serialised within a process; two processes writing
     the same key at once may see a `DuplicateEpisodeError`.
-    Items put with ``index=False`` are stored, listed and returned by `get`, but never by a
-    semantic search. TTLs are not supported (`supports_ttl` is False).
+    TTLs are not supported (`supports_ttl` is False).
+
+    Where it differs from LangGraph's `InMemoryStore`: a value's JSON text is at most 4,096
+    characters and a key at most 256 (both refused with `InvalidArgumentError`); items put with
+    ``index=False`` are stored, listed and returned by `get`, but left out of searches with a
+    query (`InMemoryStore` lists them last with score None); an overwrite keeps the item's
+    `created_at` (`InMemoryStore` resets it); a namespace whose last item is deleted is no
+    longer listed by `list_namespaces`. Over an episode store (not `as_store()`'s notes), a
+    value's ``"reward"`` must be a number or null (`InvalidRewardError`).
 
     Setup:
         .. code-block:: python
@@ -252,7 +268,7 @@ class EpisodeBaseStore(BaseStore):
             from langchain_kd_memory import DistilledEpisodicMemory
 
             memory = DistilledEpisodicMemory()
-            store = memory.as_store()       # or EpisodeBaseStore(memory.store)
+            store = memory.as_store()  # notes; EpisodeBaseStore(memory.store): the episodes
             agent = create_agent(model, tools, store=store)
 
     Use:

@@ -30,6 +30,7 @@ from langchain_kd_memory.episodes import Episode
 from langchain_kd_memory.errors import EmbeddingDimensionError, EmbeddingError
 from langchain_kd_memory.memory import DistilledEpisodicMemory
 from langchain_kd_memory.storage import EpisodeStore
+from langchain_kd_memory.store import EpisodeBaseStore
 
 DIM = 8
 
@@ -101,7 +102,8 @@ Write = Callable[[DistilledEpisodicMemory], object]
 WRITES: dict[str, Write] = {
     "add_episode, new namespace": lambda m: m.add_episode("q", "a", namespace="fresh"),
     "store.add": lambda m: m.store.add([Episode("q", "a"), Episode("r", "b")]),
-    "LangGraph put": lambda m: m.as_store().put(("fresh",), "k", {"query": "q", "response": "a"}),
+    "LangGraph put": lambda m: EpisodeBaseStore(m.store).put(
+        ("fresh",), "k", {"query": "q", "response": "a"}),
 }
 
 

@@ -21,6 +21,7 @@ from langchain_kd_memory.episodes import Episode
 from langchain_kd_memory.errors import EpisodeNotFoundError, InvalidArgumentError
 from langchain_kd_memory.memory import DistilledEpisodicMemory
 from langchain_kd_memory.storage import EpisodeStore
+from langchain_kd_memory.store import EpisodeBaseStore
 
 NAMESPACES = ["user/1", "user_2f1", "user/10", "user.1", "user"]
 QUESTION = "How do I reset my password?"
@@ -150,7 +151,7 @@ def test_training_reads_only_its_namespace(memory: DistilledEpisodicMemory) -> N
 
 @pytest.mark.slow
 def test_langgraph_store_namespaces_do_not_leak(memory: DistilledEpisodicMemory) -> None:
-    store = memory.as_store()
+    store = EpisodeBaseStore(memory.store)  # the episodes as items
     for labels in [("user", "1"), ("user", "10"), ("user", "1", "sub"), ("user_2f1",)]:
         store.put(labels, "note", {"query": f"secret note of {'.'.join(labels)}"})
     hits = store.search(("user", "1"), query="secret note", limit=50)

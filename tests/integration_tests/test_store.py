@@ -373,7 +373,7 @@ def test_langgraph_node_reads_and_writes_through_runtime_store(store: EpisodeBas
 def test_create_agent_tool_uses_the_memory_as_store(tmp_store: EpisodeStore):
     memory = DistilledEpisodicMemory(store=tmp_store)
     store = memory.as_store()
-    assert isinstance(store, EpisodeBaseStore) and store.episodes is tmp_store
+    assert isinstance(store, EpisodeBaseStore) and store.episodes is memory.notes
 
     @tool
     def save_preference(preference: str, runtime: ToolRuntime) -> str:
@@ -398,9 +398,24 @@ def test_create_agent_tool_uses_the_memory_as_store(tmp_store: EpisodeStore):
     assert out["messages"][-1].content == "Saved your preference."
     item = store.get(("prefs",), "p1")
     assert item is not None and item.value == {"query": "dark mode"}
-    # what the agent stored is an episode the memory recalls
-    [doc] = memory.invoke("dark theme", namespace="prefs", k=1)
-    assert doc.metadata["id"] == "p1"
+    assert [h.key for h in store.search(("prefs",), query="dark theme")] == ["p1"]
+
+
+def test_an_agents_notes_are_kept_apart_from_the_episodes(tmp_store: EpisodeStore):
+    """Notes put through `as_store()` are never recalled, counted or trained on as episodes,
+    and hold any JSON (a "reward" that is not a number is just data). (Before: a note under
+    ("default",) came back from `memory.invoke` as a past episode.)"""
+    memory = DistilledEpisodicMemory(store=tmp_store)
+    memory.add_episode("how do I reset my password?", "use the reset link", reward=1.0)
+    store = memory.as_store()
+    store.put(("default",), "pref", {"text": "user prefers French answers", "reward": "great"})
+    assert "pref" not in {d.metadata["id"] for d in memory.invoke("French answers", k=5)}
+    assert memory.store.count(all_namespaces=True) == 1
+    assert store.get(("default",), "pref").value == {"text": "user prefers French answers",
+                                                    "reward": "great"}
+    assert [h.key for h in store.search(("default",), query="French")] == ["pref"]
+    assert memory.as_store().episodes is store.episodes  # one notes store per memory
+    assert DistilledEpisodicMemory(store=tmp_store).as_store().get(("default",), "pref")
 
 
 @pytest.mark.slow
@@ -458,7 +473,7 @@ def test_readers_see_the_old_or_the_new_value_never_nothing(memory_store: Any):
     stop.set()
     watcher.join()
     assert errors == [] and misses == []
-    assert memory.store.count("ns") == 1
+    assert memory.notes.count("ns") == 1
 
 
 @pytest.mark.slow
