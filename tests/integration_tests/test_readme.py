@@ -3,6 +3,7 @@ what its comments promise."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -56,4 +57,11 @@ def test_quick_start_runs_as_written_without_the_extras(tmp_path: Path) -> None:
     expected, best = done.stdout.strip().splitlines()[-2:]
     assert float(expected) < 0.5  # refund questions went badly
     assert best == "Use the 'Forgot password' link."
-    assert (tmp_path / "kd_memory" / "models").is_dir()  # the checkpoint was saved
+    assert (tmp_path / ".kd_memory" / "models").is_dir()  # the checkpoint was saved
+    stats = subprocess.run(  # the CLI, run next in the same directory, finds what was stored
+        [sys.executable, "-m", "langchain_kd_memory.cli", "--json", "stats"], cwd=tmp_path,
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert stats.returncode == 0, stats.stderr
+    seen = json.loads(stats.stdout)
+    assert (seen["namespaces"]["default"]["episodes"], seen["model"]["trained"]) == (25, True)
