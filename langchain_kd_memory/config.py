@@ -8,10 +8,11 @@ training runs stays the caller's choice.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
-from langchain_kd_memory._validate import check_int, check_number, optional
+from langchain_kd_memory._validate import check_int, check_known, check_number, optional
 from langchain_kd_memory.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -19,8 +20,23 @@ REMOVED = ("num_threads",)
 """Removed settings: `from_dict` drops them (old checkpoints), `ModelDistillation` warns."""
 MAX_HIDDEN_LAYERS = 32
 """Most hidden layers a network may have (the defaults have 1)."""
+_C = TypeVar("_C")
 
 
+def _suggesting(cls: type[_C]) -> type[_C]:
+    """A dataclass whose constructor refuses unknown keywords with the closest field name."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        check_known(cls.__name__, kwargs, [f.name for f in fields(cls)])  # type: ignore[arg-type]
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+@_suggesting
 @dataclass
 class NetworkConfig:
     """Shape of an MLP.
@@ -54,6 +70,7 @@ class NetworkConfig:
             raise ConfigError("dropout must lie in [0, 1): 1 would drop every unit")
 
 
+@_suggesting
 @dataclass
 class TeacherConfig(NetworkConfig):
     """Shape of the teacher: an MLP over the whole episode (one hidden layer of 256 by default).
@@ -76,6 +93,7 @@ class TeacherConfig(NetworkConfig):
             raise ConfigError(f"interactions must be a bool, got {self.interactions!r}")
 
 
+@_suggesting
 @dataclass
 class StudentConfig(NetworkConfig):
     """Shape of the student: a small MLP (one hidden layer of 128) that sees the query alone."""
@@ -84,6 +102,7 @@ class StudentConfig(NetworkConfig):
     dropout: float = 0.1
 
 
+@_suggesting
 @dataclass
 class DistillationConfig:
     """How the teacher and the student are built and trained.

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from langchain_core.embeddings import Embeddings
 
-from langchain_kd_memory._validate import check_int, check_number, optional
+from langchain_kd_memory._validate import check_int, check_known, check_number, optional
 from langchain_kd_memory.binning import RewardBinner
 from langchain_kd_memory.checkpoint import SavedCheckpoint, load_checkpoint, save_checkpoint
 from langchain_kd_memory.config import REMOVED, DistillationConfig
@@ -134,10 +134,7 @@ class ModelDistillation:
                 stacklevel=2,
             )
             del options[name]
-        known = {f.name for f in fields(DistillationConfig)}
-        unknown = set(options) - known
-        if unknown:
-            raise ConfigError(f"unknown options {sorted(unknown)}; valid ones: {sorted(known)}")
+        check_known(type(self).__name__, options, [f.name for f in fields(DistillationConfig)])
         self.config = DistillationConfig(
             temperature=temperature,
             alpha=alpha,

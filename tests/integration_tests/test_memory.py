@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.retrievers import BaseRetriever
 from test_writer import GatedEmbeddings
 
-from langchain_kd_memory.config import StudentConfig, TeacherConfig
+from langchain_kd_memory.config import DistillationConfig, StudentConfig, TeacherConfig
 from langchain_kd_memory.distillation import ModelDistillation
 from langchain_kd_memory.embeddings import LocalEmbeddings, OpenAIEmbedder
 from langchain_kd_memory.episodes import Episode, RewardEstimate
@@ -159,6 +159,14 @@ def test_a_misspelled_argument_is_refused_before_anything_is_built(
     with pytest.raises(ConfigError, match="'colour'$"):
         DistilledEpisodicMemory(colour="blue")
     assert list(tmp_path.iterdir()) == []  # no store was built in ./.kd_memory
+    for build, typo, meant in [
+        (lambda: ModelDistillation(temprature=2.0), "temprature", "temperature"),
+        (lambda: TeacherConfig(hiden_sizes=(64,)), "hiden_sizes", "hidden_sizes"),
+        (lambda: StudentConfig(dropuot=0.2), "dropuot", "dropout"),
+        (lambda: DistillationConfig(cross_fit_fold=3), "cross_fit_fold", "cross_fit_folds"),
+    ]:
+        with pytest.raises(ConfigError, match=f"'{typo}' \\(did you mean '{meant}'\\?\\)"):
+            build()
 
 
 def test_embedder_mismatch_is_refused(memory: DistilledEpisodicMemory) -> None:
