@@ -833,8 +833,8 @@ class DistilledEpisodicMemory(BaseRetriever):
         )
 
     def clear(self) -> None:
-        """Classic memory: delete every episode of this memory's namespace (only that one)."""
-        self.store.delete_namespace(self.namespace)
+        """Classic memory: forget this memory's namespace (only that one; `delete_namespace`)."""
+        self.delete_namespace(self.namespace)
 
     # ------------------------------------------------------------------ LangGraph
 

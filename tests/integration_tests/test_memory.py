@@ -372,6 +372,21 @@ def test_delete_namespace_forgets_its_episodes_model_and_pending_runs(
     assert not model_files.exists()
 
 
+def test_clear_forgets_the_namespace_as_delete_namespace_does(
+    tmp_path: Path, embeddings: LocalEmbeddings
+) -> None:
+    """Classic memory's `clear()` forgets the namespace's own model too (before: the episodes
+    went and the model trained on them kept answering)."""
+    memory = make_memory(tmp_path, embeddings, min_episodes=10, namespace="user-7")
+    memory.add_episodes([replace(e, namespace="user-7") for e in topic_episodes(20)])
+    memory.consolidate("user-7")
+    memory.clear()
+    assert memory.store.count("user-7") == 0
+    assert memory.model_version("user-7") is None
+    with pytest.raises(NotTrainedError):
+        memory.score("refund please")
+
+
 # Cheap helpers that do no I/O worth a thread: no async twin.
 WITHOUT_TWIN = {"value_model", "model_namespace", "model_version", "resolve_namespace",
                 "add_rating_listener", "remove_rating_listener", "add_pending_source",
