@@ -48,6 +48,7 @@ from langchain_kd_memory.errors import (
 )
 
 if TYPE_CHECKING:  # the heavy modules (chromadb, torch, LangChain) load when a command runs
+    from langchain_kd_memory.consolidation import ConsolidationReport
     from langchain_kd_memory.memory import DistilledEpisodicMemory
     from langchain_kd_memory.storage import EpisodeStore
 
@@ -294,22 +295,32 @@ def _cmd_worker(args: argparse.Namespace, console: _Console) -> int:
         f"watching {memory.store!r}: each namespace is trained after {args.every} new ratings"
         + (" (and the shared model)" if args.shared else "") + f"; models in {memory.model_dir}"
     )
+    def said(report: ConsolidationReport) -> str:
+        name = "the shared model" if report.namespace is None else \
+            f"namespace {report.namespace!r}"
+        return (f"trained {name} on {report.episodes_used} rated episodes: "
+                f"v{report.checkpoint_version}")
+
     if args.once:
         reports = worker.run_once()
         console.result(
             [{"namespace": r.namespace, "episodes_used": r.episodes_used,
               "checkpoint_version": r.checkpoint_version} for r in reports],
-            "\n".join(f"trained {r.namespace or 'the shared model'} on {r.episodes_used} "
-                      f"rated episodes: v{r.checkpoint_version}" for r in reports)
-            or "nothing was due",
+            "\n".join(map(said, reports)) or "nothing was due",
         )
         return 0
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    stop, why = threading.Event(), []
+
+    def terminated(signum: int, frame: object) -> None:
+        why.append("SIGTERM")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
-        worker.run(stop)
+        worker.run(stop, trained=lambda report: console.info(said(report)))
     except KeyboardInterrupt:
-        pass
+        why.append("Ctrl-C")
+    console.info(f"stopped ({why[0] if why else 'done'})")
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from langchain_kd_memory._validate import check_number
 from langchain_kd_memory.consolidation import ConsolidationReport
@@ -102,9 +103,16 @@ class ConsolidationWorker:
                         report.episodes_used, report.checkpoint_version)
         return reports
 
-    def run(self, stop: threading.Event | None = None) -> None:
-        """Run rounds every `poll_s` seconds until `stop` is set (forever if None)."""
+    def run(self, stop: threading.Event | None = None,
+            trained: Callable[[ConsolidationReport], object] | None = None) -> None:
+        """Run rounds every `poll_s` seconds until `stop` is set (forever if None).
+
+        `trained` is called with the report of each consolidation; a round under way when
+        `stop` is set finishes first.
+        """
         stop = stop or threading.Event()
         while not stop.is_set():
-            self.run_once()
+            for report in self.run_once():
+                if trained is not None:
+                    trained(report)
             stop.wait(self.poll_s)

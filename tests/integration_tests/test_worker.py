@@ -74,8 +74,9 @@ def test_two_agents_and_a_worker_share_one_server(
     base = [sys.executable, "-m", "langchain_kd_memory.cli", "--chroma-host", server.host,
             "--chroma-port", str(server.port), "--collection", "workerstore",
             "--model-dir", str(models), "--threads", "1"]
+    log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen([*base, "worker", "--every", str(EVERY), "--poll", "0.5"],
-                              env=env, stderr=subprocess.DEVNULL)
+                              env=env, stderr=log)
     agents = [
         subprocess.Popen([sys.executable, "-c", AGENT, server.host, str(server.port),
                           str(models), name, str(target)],
@@ -112,6 +113,10 @@ def test_two_agents_and_a_worker_share_one_server(
     ids = [e.id for e in store.list_episodes(NAMESPACE)]
     assert len(ids) == len(set(ids)) == 2 * PER_AGENT
     assert worker.returncode == 0
+    said = (tmp_path / "worker.log").read_text().splitlines()
+    trained = [line for line in said if line.startswith(f"trained namespace {NAMESPACE!r}")]
+    assert len(trained) == latest and trained[-1].endswith(f": v{latest}"), said
+    assert said[-1] == "stopped (SIGTERM)", said
 
 
 @pytest.mark.slow
