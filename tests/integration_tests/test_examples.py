@@ -38,6 +38,22 @@ COMMANDS: dict[str, list[str]] = {
 }
 
 
+HELP_MARK = "=== --help of "
+HELPS = f"""
+import runpy, sys
+for name, script in {[(n, str(EXAMPLES / a[0])) for n, a in COMMANDS.items()]!r}:
+    print("{HELP_MARK}" + name, flush=True)
+    sys.argv = [script, "--help"]
+    try:
+        runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    print("exit", code, flush=True)
+"""
+"""Every example's `--help`: a line `HELP_MARK` + name, its output, a line ``exit <code>``."""
+
+
 @dataclass
 class Run:
     """A finished example run."""
@@ -66,18 +82,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
         "MKL_NUM_THREADS": "1",
     }
     jobs = {
-        name: [*args, "--persist-directory", str(tmp / name)] for name, args in COMMANDS.items()
+        name: [str(EXAMPLES / args[0]), *args[1:], "--persist-directory", str(tmp / name)]
+        for name, args in COMMANDS.items()
     }
-    jobs.update({f"{name} --help": [args[0], "--help"] for name, args in COMMANDS.items()})
+    jobs["--help"] = ["-c", HELPS]  # one process: the heavy imports are paid once
     processes = {}
     for name, args in jobs.items():
         log = tmp / f"{name}.log"
         with log.open("w") as out:  # the child keeps its own handle
             processes[name] = (
                 subprocess.Popen(
-                    [sys.executable, str(EXAMPLES / args[0]), *args[1:]],
-                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env=env, cwd=tmp,
+                    [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, env=env, cwd=tmp,
                 ),
                 log,
             )
@@ -91,6 +107,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
                 process.kill()
                 code = process.wait()
             results[name] = Run(code, log.read_text(encoding="utf-8", errors="replace"))
+        helps = results.pop("--help")
+        for part in helps.output.split(HELP_MARK)[1:]:
+            name, output = part.split("\n", 1)
+            output, _, code = output.rstrip("\n").rpartition("\nexit ")
+            results[f"{name} --help"] = Run(int(code or 1) or helps.returncode, output + "\n")
         yield results
     finally:
         for process, _ in processes.values():
