@@ -93,7 +93,9 @@ def test_an_add_cut_off_by_a_server_crash_is_reported_and_safe_to_retry(
     """SIGKILL the server while an add is writing: the error names every episode that may have
     landed, and retrying the same batch stores each episode exactly once."""
     server = restartable_server
-    store = EpisodeStore("crashing", embeddings=embeddings, client=server.client())
+    client = server.client()
+    client.get_max_batch_size = lambda: 2000  # type: ignore[method-assign] # a server taking 2000
+    store = EpisodeStore("crashing", embeddings=embeddings, client=client)  # per request
     rows = 3 * store.client.get_max_batch_size()  # three requests: the kill lands in between
     batch = [Episode(f"question {i}", namespace="n") for i in range(rows)]
     vectors = np.random.default_rng(0).normal(size=(rows, 384)).astype(np.float32)
