@@ -81,6 +81,8 @@ from langchain_kd_memory.games import (  # noqa: E402
 )
 
 GAMMA = 0.7
+BOOTSTRAP: int | None = None
+"""The value agent's credit: None for Monte-Carlo returns, n for n-step ones (--bootstrap)."""
 EPSILON = 0.1
 REFERENCE_EPSILON = 0.25
 EXPLORE = 1.0
@@ -145,7 +147,8 @@ class Strategy:
         """Remember a training game (memory strategies) and learn from it."""
         if self.memory is None:
             return
-        self.memory.add_trajectory(steps, gains, gamma=GAMMA, trajectory_id=f"game-{game}")
+        self.memory.add_trajectory(steps, gains, gamma=GAMMA, trajectory_id=f"game-{game}",
+                                   bootstrap=BOOTSTRAP if self.name == "value" else None)
         if self.name == "memrl":
             got = discounted_returns(gains, GAMMA)
             for step, memory_id in self.used:
@@ -472,11 +475,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    parser.add_argument("--bootstrap", type=int, default=None, metavar="N",
+                        help="the value agent credits steps with N-step returns (default: "
+                             "Monte-Carlo, as add_trajectory's default)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the seeds a saved run of the same settings finished")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite BENCHMARKS.md and the plot from the saved levels; run none")
     args = parser.parse_args(argv)
+    global BOOTSTRAP
+    BOOTSTRAP = args.bootstrap
     levels = (args.levels or ("L1" if args.quick else ",".join(TRAIN_GAMES))).split(",")
     if unknown := set(levels) - set(TRAIN_GAMES):
         parser.error(f"unknown levels {sorted(unknown)}; choose from {list(TRAIN_GAMES)}")

@@ -89,6 +89,23 @@ def discounted_returns(rewards: Sequence[float], gamma: float) -> list[float]:
     return returns[::-1]
 
 
+def n_step_returns(rewards: Sequence[float], values: Sequence[float], gamma: float,
+                   n: int) -> list[float]:
+    """The returns of each step, cut after `n` steps and completed by the value reached.
+
+    `G_t = r_t + ... + gamma**(n-1) * r_{t+n-1} + gamma**n * values[t+n]`; past the end
+    nothing is added (Monte-Carlo for the last n steps). `values[t]` is the value of the state
+    step t acted on (e.g. the student's estimate).
+    """
+    steps = len(rewards)
+    returns = []
+    for t in range(steps):
+        end = min(t + n, steps)
+        tail = gamma ** (end - t) * values[end] if end < steps else 0.0
+        returns.append(sum(gamma ** (k - t) * rewards[k] for k in range(t, end)) + tail)
+    return returns
+
+
 def threshold_for_budget(values: Sequence[float], budget: float) -> float:
     """The value below which a share `budget` of `values` lies (what to escalate)."""
     if not len(values):

@@ -391,13 +391,17 @@ class DistilledEpisodicMemory(BaseRetriever):
         trajectory_id: str | UUID | None = None,
         namespace: str | None = None,
         metadata: Mapping[str, str | int | float | bool] | None = None,
+        bootstrap: int | None = None,
     ) -> list[str]:
         """Record a run of several steps, crediting each with the discounted return that followed.
 
         Each step (the state or query it acted on, and what it did) becomes an episode whose
         reward is `G_t = r_t + gamma * G_{t+1}`: with a final reward R alone, the step k moves
         before the end gets `gamma**k * R`, so steps closer to the outcome carry more of it.
-        The steps are one batch: one embedder call, all stored or none.
+        With `bootstrap=n`, the return is cut after n steps and completed by the student's
+        value of the state reached: `G_t = r_t + ... + gamma**(n-1) r_{t+n-1} + gamma**n
+        V(s_{t+n})` (n-step TD targets; Monte-Carlo while no model answers for the namespace,
+        and for the last n steps). The steps are one batch: all stored or none.
 
         Args:
             steps: (query, response) pairs, or dicts with "query" and "response", in order.
@@ -410,6 +414,9 @@ class DistilledEpisodicMemory(BaseRetriever):
             namespace: The steps' namespace; the memory's if None.
             metadata: Scalar metadata for every step; the memory adds `trajectory_id`,
                 `trajectory_step`, `trajectory_steps` and `trajectory_gamma`.
+            bootstrap: None for Monte-Carlo returns, or n >= 1 for n-step returns completed by
+                the student's values (the rewards given here; a later `record_feedback` of the
+                trajectory credits its steps with Monte-Carlo returns).
 
         Returns:
             The ids of the steps' episodes, in order: ``f"{trajectory_id}/{i}"``. Rate a step
@@ -422,10 +429,20 @@ class DistilledEpisodicMemory(BaseRetriever):
                 the trajectory keys.
             InvalidRewardError: A return outside the declared reward range.
         """
+        ns = self.resolve_namespace(namespace)
+
+        def values(queries: list[str]) -> list[float] | None:
+            try:
+                return [e.expected for e in self.score_batch(queries, namespace=ns)]
+            except NotTrainedError:
+                return None
+
         return self.add_episodes(trajectory_episodes(
             steps, rewards, gamma=gamma,
             trajectory_id=str(trajectory_id) if trajectory_id is not None else str(uuid.uuid4()),
-            namespace=self.resolve_namespace(namespace), metadata=metadata,
+            namespace=ns, metadata=metadata,
+            bootstrap=None if bootstrap is None else (
+                check_int("bootstrap", bootstrap, low=1), values),
         ))
 
     def record_feedback(
@@ -914,11 +931,12 @@ class DistilledEpisodicMemory(BaseRetriever):
         trajectory_id: str | UUID | None = None,
         namespace: str | None = None,
         metadata: Mapping[str, str | int | float | bool] | None = None,
+        bootstrap: int | None = None,
     ) -> list[str]:
         """Async `add_trajectory`."""
         return await run_in_executor(
             None, self.add_trajectory, steps, rewards, gamma=gamma, trajectory_id=trajectory_id,
-            namespace=namespace, metadata=metadata,
+            namespace=namespace, metadata=metadata, bootstrap=bootstrap,
         )
 
     async def adelete(self, ids: Sequence[str | UUID], *, namespace: str | None = None) -> None:

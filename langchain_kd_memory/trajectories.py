@@ -6,13 +6,13 @@ A trajectory's step i is stored as the episode ``f"{trajectory_id}/{i}"`` with t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from langchain_kd_memory._validate import check_number
-from langchain_kd_memory.decisions import discounted_returns
+from langchain_kd_memory.decisions import discounted_returns, n_step_returns
 from langchain_kd_memory.episodes import Episode, MetadataValue, validate_reward
 from langchain_kd_memory.errors import EpisodeNotFoundError, InvalidEpisodeError
 
@@ -38,10 +38,13 @@ def _step(step: object, index: int) -> tuple[Any, Any]:
     )
 
 
-def step_returns(rewards: object, steps: int, gamma: float) -> list[float] | None:
+def step_returns(rewards: object, steps: int, gamma: float,
+                 bootstrap: tuple[int, Sequence[float]] | None = None) -> list[float] | None:
     """The discounted return of each of `steps` steps, or None when not rated yet.
 
     `rewards` is None, one number (the final reward, after the last step) or one per step.
+    `bootstrap` is (n, the value of each step's state): n-step returns (`n_step_returns`)
+    instead of Monte-Carlo ones.
     """
     if rewards is None:
         return None
@@ -51,8 +54,10 @@ def step_returns(rewards: object, steps: int, gamma: float) -> list[float] | Non
         per_step = list(_sequence(rewards, "rewards"))
         if len(per_step) != steps:
             raise InvalidEpisodeError(f"{len(per_step)} rewards for {steps} steps")
-    values = [validate_reward(r, allow_none=False) for r in per_step]
-    return discounted_returns([v for v in values if v is not None], gamma)
+    values = [v for v in (validate_reward(r, allow_none=False) for r in per_step) if v is not None]
+    if bootstrap is not None:
+        return n_step_returns(values, bootstrap[1], gamma, bootstrap[0])
+    return discounted_returns(values, gamma)
 
 
 def trajectory_episodes(
@@ -63,13 +68,22 @@ def trajectory_episodes(
     trajectory_id: str,
     namespace: str,
     metadata: Mapping[str, MetadataValue] | None = None,
+    bootstrap: tuple[int, Callable[[list[str]], Sequence[float] | None]] | None = None,
 ) -> list[Episode]:
-    """The episodes of a trajectory's steps (see `DistilledEpisodicMemory.add_trajectory`)."""
+    """The episodes of a trajectory's steps (see `DistilledEpisodicMemory.add_trajectory`).
+
+    `bootstrap` is (n, a function giving the value of each step's query, or None when there is
+    no model yet) for n-step returns.
+    """
     pairs = [_step(step, i) for i, step in enumerate(_sequence(steps, "steps"))]
     if not pairs:
         raise InvalidEpisodeError("a trajectory needs at least one step")
     gamma = check_number("gamma", gamma, low=0.0, high=1.0)
-    returns = step_returns(rewards, len(pairs), gamma)
+    values = None
+    if bootstrap is not None and rewards is not None and len(pairs) > bootstrap[0]:
+        of_steps = bootstrap[1]([str(query) for query, _ in pairs])
+        values = None if of_steps is None else (bootstrap[0], of_steps)
+    returns = step_returns(rewards, len(pairs), gamma, values)
     clash = set(metadata or {}) & set(TRAJECTORY_KEYS)
     if clash:
         raise InvalidEpisodeError(f"metadata keys {sorted(clash)} are set for trajectories")

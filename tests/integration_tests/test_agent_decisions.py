@@ -18,6 +18,7 @@ from langchain_kd_memory.embeddings import LocalEmbeddings
 from langchain_kd_memory.errors import (
     ConfigError,
     EpisodeNotFoundError,
+    InvalidArgumentError,
     InvalidEpisodeError,
     InvalidRewardError,
     NotTrainedError,
@@ -128,6 +129,23 @@ def test_add_trajectory_credits_each_step_with_the_discounted_return(
     assert [e.reward for e in memory.store.get(later)] == pytest.approx([1.62, 1.8, 2.0])
     with pytest.raises(EpisodeNotFoundError, match="no episode or trajectory with id 'game-3'"):
         memory.record_feedback("game-3", 1.0)
+
+
+@pytest.mark.slow
+def test_bootstrapped_credit_completes_the_return_with_the_students_values(
+    trained: DistilledEpisodicMemory,
+) -> None:
+    steps = [(question, "") for question in list(ANSWERS)[:3]]
+    values = [e.expected for e in trained.score_batch([q for q, _ in steps])]
+    ids = trained.add_trajectory(steps, 1.0, gamma=0.5, bootstrap=1, trajectory_id="td")
+    assert [e.reward for e in trained.store.get(ids)] == pytest.approx(
+        [0.5 * values[1], 0.5 * values[2], 1.0], rel=1e-6)
+    untrained = DistilledEpisodicMemory(store=EpisodeStore(
+        "untrained", embeddings=trained.store.embeddings, client=trained.store.client))
+    ids = untrained.add_trajectory(steps, 1.0, gamma=0.5, bootstrap=1)  # no model: Monte-Carlo
+    assert [e.reward for e in untrained.store.get(ids)] == [0.25, 0.5, 1.0]
+    with pytest.raises(InvalidArgumentError, match="bootstrap"):
+        trained.add_trajectory(steps, 1.0, bootstrap=0)
 
 
 def test_a_generated_trajectory_id_is_read_from_the_returned_step_ids(

@@ -9,6 +9,7 @@ from langchain_kd_memory.binning import RewardBinner
 from langchain_kd_memory.decisions import (
     RankedResponse,
     discounted_returns,
+    n_step_returns,
     rank_estimates,
     threshold_for_budget,
 )
@@ -70,6 +71,16 @@ def test_discounted_returns() -> None:
     assert discounted_returns([1, 1, 1], 1.0) == [3.0, 2.0, 1.0]
     assert discounted_returns([1, 0, 2], 0.0) == [1.0, 0.0, 2.0]
     assert discounted_returns([], 0.9) == []
+
+
+def test_n_step_returns_bootstrap_from_the_value_n_steps_ahead() -> None:
+    values = [10.0, 20.0, 30.0, 40.0]
+    assert n_step_returns([0, 0, 0, 1], values, 0.5, 1) == [10.0, 15.0, 20.0, 1.0]
+    assert n_step_returns([1, 0, 0, 1], values, 0.5, 2) == [8.5, 10.0, 0.5, 1.0]
+    rewards = [0.3, 0.0, 1.0, 0.5]  # n as long as the run: Monte-Carlo
+    for n in (4, 9):
+        assert n_step_returns(rewards, values, 0.9, n) == pytest.approx(
+            discounted_returns(rewards, 0.9))
 
 
 def test_threshold_for_budget() -> None:
