@@ -241,7 +241,7 @@ def _curve_panel(ax: Axes, history: dict[str, Any], title: str, validated: bool)
         history["best_epoch"], color="0.4", linestyle=":",
         label=f"best epoch {history['best_epoch']} (weights kept)",
     )
-    ax.set_title(title, fontsize="medium")
+    ax.set_title(textwrap.fill(title, 60), fontsize="medium")  # two panels: keep it inside
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean loss per episode (nats)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -272,7 +272,7 @@ def plot_training_curves(
     left, right = figure.subplots(1, 2)
     teacher_input = "query + response" if config.privileged else "query only"
     _curve_panel(left, teacher, f"Teacher ({teacher_input}): {teacher_loss}", num_val > 0)
-    _curve_panel(right, student, f"Student (query only):\n{student_loss}", num_val > 0)
+    _curve_panel(right, student, f"Student (query only): {student_loss}", num_val > 0)
     split = (
         f"{num_train} training / {num_val} validation episodes"
         if num_val else f"{num_train} training episodes, no validation split"
@@ -282,6 +282,15 @@ def plot_training_curves(
 
 
 # ----------------------------------------------------------------------------- distribution
+
+
+def std_band(estimate: RewardEstimate) -> tuple[float, float]:
+    """expected ± 1 std, clipped to the span of the bins (rewards lie nowhere else)."""
+    centers = estimate.bin_centers
+    half = float(centers[1] - centers[0]) / 2 if len(centers) > 1 else 0.5
+    bottom, top = float(centers[0]) - half, float(centers[-1]) + half
+    return (max(bottom, estimate.expected - estimate.std),
+            min(top, estimate.expected + estimate.std))
 
 
 def plot_distribution(estimate: RewardEstimate, query: str, path: str | Path) -> Path:
@@ -298,9 +307,8 @@ def plot_distribution(estimate: RewardEstimate, query: str, path: str | Path) ->
     figure = _figure(10, 5)
     ax = figure.subplots()
     ax.bar(centers, probs, width=width * 0.9, color="C0", label="probability of the bin")
-    low, high = estimate.expected - estimate.std, estimate.expected + estimate.std
-    ax.axvspan(low, high, color="C1", alpha=0.15, zorder=0,
-               label=f"expected ± 1 std ({estimate.std:.2f})")
+    ax.axvspan(*std_band(estimate), color="C1", alpha=0.15, zorder=0,
+               label=f"expected ± 1 std ({estimate.std:.2f}), within the bins")
     ax.axvline(estimate.expected, color="C1", linewidth=2,
                label=f"expected reward {estimate.expected:.2f}")
     ax.set_xlabel(f"reward ({REWARD_UNITS}); bins {width:.3g} wide")
