@@ -285,7 +285,7 @@ def plot_training_curves(
 
 
 def std_band(estimate: RewardEstimate) -> tuple[float, float]:
-    """expected ± 1 std, clipped to the span of the bins (rewards lie nowhere else)."""
+    """The band expected ± 1 std, clipped to the span of the bins (rewards lie nowhere else)."""
     centers = estimate.bin_centers
     half = float(centers[1] - centers[0]) / 2 if len(centers) > 1 else 0.5
     bottom, top = float(centers[0]) - half, float(centers[-1]) + half
