@@ -12,13 +12,11 @@ export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: install demo test test-fast bench lint docs clean
 
-# --no-compile: Python compiles what it imports on first use; pip compiling every module of
-# torch, transformers and sympy up front took two of the three minutes of a fresh install.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=25.1"
-	$(PY) -m pip install -q --no-compile torch==2.13.0
-	$(PY) -m pip install -q --no-compile -e . --group test --group bench --group docs
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e . --group test --group bench --group docs
 	touch $(STAMP)
 
 install: $(STAMP)
