@@ -24,7 +24,7 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from langchain_core.embeddings import Embeddings
 
-from langchain_kd_memory._validate import check_int, check_known, check_number, optional
+from langchain_kd_memory._validate import check_int, check_number, optional
 from langchain_kd_memory.binning import RewardBinner
 from langchain_kd_memory.checkpoint import SavedCheckpoint, load_checkpoint, save_checkpoint
 from langchain_kd_memory.config import REMOVED, DistillationConfig
@@ -134,7 +134,6 @@ class ModelDistillation:
                 stacklevel=2,
             )
             del options[name]
-        check_known(type(self).__name__, options, [f.name for f in fields(DistillationConfig)])
         self.config = DistillationConfig(
             temperature=temperature,
             alpha=alpha,
