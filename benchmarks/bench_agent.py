@@ -291,10 +291,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
             xs = sorted(int(x) for x in data["curves"][name])
             means = np.array([np.mean(data["curves"][name][str(x)]) for x in xs])
             stds = np.array([np.std(data["curves"][name][str(x)]) for x in xs])
-            line, = ax.plot(xs, means, marker="o", label=name, lw=2.5 if name == "value" else 1.2)
-            ax.fill_between(xs, means - stds, means + stds, color=line.get_color(), alpha=0.12)
+            color = f"C{STRATEGIES.index(name)}"  # one colour per learner in every panel
+            ax.plot(xs, means, marker="o", label=name, color=color,
+                    lw=2.5 if name == "value" else 1.2)
+            ax.fill_between(xs, means - stds, means + stds, color=color, alpha=0.12)
         ax.axhline(1.0, color="grey", ls="--", lw=1, label="walkthrough")
-        ax.set(title=f"{level}: held-out games", xlabel="training games played",
+        seeds = len(data["seeds"])
+        spread = f"{seeds} seeds (± std)" if seeds > 1 else "1 seed"
+        ax.set(title=f"{level}: held-out games, {spread}", xlabel="training games played",
                ylabel="mean score (1 = won)", ylim=(0, 1.05))
         ax.legend(fontsize=8)
     ax = axes[-1]
