@@ -1,10 +1,8 @@
 """Where `EpisodeStore` keeps each namespace in Chroma, and the protocol of every read and write.
 
-This module owns the layout: where a namespace lives, how a write lands and is verified, how a
-namespace is promoted to a collection of its own, and how a reader copes with that. `storage`
-validates and calls it; `records` says what a record holds. Why share collections at all: Chroma
-keeps ~2.6 MB per loaded collection, so 10,000 namespaces of their own would take ~26 GB (shared:
-0.4 GB; BENCHMARKS.md, Scale).
+`storage` validates and calls this module; `records` says what a record holds. Namespaces share
+collections because Chroma keeps ~2.6 MB per loaded collection: 10,000 namespaces of their own
+would take ~26 GB (shared: 0.4 GB; BENCHMARKS.md, Scale).
 
 Collections of the store ``P`` (its `collection_name`):
     ``P.registry``  A record per namespace N, id ``"n:" + N``, metadata ``kd_place`` (``bucket``,
@@ -196,8 +194,9 @@ class Layout:
 
     # ----------------------------------------------------------------- names and collections
 
-    def own_name(self, namespace: str, generation: int = 1) -> str:
-        """The name of a namespace's own collection in that generation."""
+    def own_name(self, namespace: str, record: Mapping[str, Any] | None = None) -> str:
+        """The name of N's own collection in the generation of its `record` (None: the first)."""
+        generation = 1 if record is None else int(record.get(GENERATION_META, 1))
         suffix = "" if generation <= 1 else f".{generation}"
         name = f"{self.prefix}.ns.{encode_namespace(namespace)}{suffix}"
         return name if len(name) <= 512 else f"{self.prefix}.nh.{_digest(namespace)}{suffix}"
@@ -312,7 +311,7 @@ class Layout:
         reward_range, tag = self._checked(namespace, record), str(record[TAG_KEY])
         published = self._published(namespace, record) if record[PLACE_META] == MOVING else None
         if record[PLACE_META] == OWN or published is not None:  # moving + published: P4 done
-            name = self.own_name(namespace, int(record.get(GENERATION_META, 1)))
+            name = self.own_name(namespace, record)
             collection = published or self._collection(
                 name, self._meta(reward_range, **{NAMESPACE_META: namespace, TAG_KEY: tag}))
             return Place(namespace, collection, tag, None, reward_range)
@@ -422,9 +421,7 @@ class Layout:
                 created: list[Place]) -> Place | None:
         """N's place once no promotion of it is in flight (waits; takes an expired one over)."""
         deadline = time.monotonic() + 3 * LEASE_S
-        for attempt in itertools.count():
-            if attempt:
-                time.sleep(WAIT_S)
+        while True:
             record = self.records([namespace], live=False).get(namespace, {})
             if record.get(PLACE_META) in (None, DELETED):
                 self._places.pop(namespace, None)
@@ -437,7 +434,7 @@ class Layout:
             if not self._promote(namespace) and time.monotonic() > deadline:
                 raise StoreError(f"namespace {namespace!r} has been moving for over "
                                  f"{3 * LEASE_S:.0f} s; try again later")
-        raise AssertionError("unreachable")
+            time.sleep(WAIT_S)
 
     def undo(self, written: Sequence[tuple[Collection, list[str]]],
              created: Sequence[Place]) -> list[str]:
@@ -522,7 +519,7 @@ class Layout:
         With `clear`, a collection of that name and another tag (format 2's unfinished move)
         is deleted, so that the promotion can publish.
         """
-        name = self.own_name(namespace, int(record.get(GENERATION_META, 1)))
+        name = self.own_name(namespace, record)
         with contextlib.suppress(Gone), chroma_call(f"look for {name!r}"):
             collection = self.client.get_collection(name, embedding_function=None)
             if (collection.metadata or {}).get(TAG_KEY) == record[TAG_KEY]:
@@ -536,8 +533,7 @@ class Layout:
         record = self.records([namespace]).get(namespace)
         if record is None or record[PLACE_META] not in (BUCKET, MOVING):
             return True
-        tag, generation, started = str(record[TAG_KEY]), int(record.get(GENERATION_META, 1)), \
-            time.perf_counter()
+        tag, started = str(record[TAG_KEY]), time.perf_counter()
         own = self._published(namespace, record, clear=True)
         if own is None:
             meta = self._meta(self._checked(namespace, record),
@@ -552,21 +548,19 @@ class Layout:
                     registry.update(ids=[_NS + namespace], metadatas=[{PLACE_META: MOVING}])  # P2
                     bucket = self._place_of(namespace, {**record, PLACE_META: BUCKET}).collection
                     copied = self._copy(bucket, tag, lease)  # P3
-                    lease.modify(name=self.own_name(namespace, generation), metadata=meta)  # P4
+                    lease.modify(name=self.own_name(namespace, record), metadata=meta)  # P4
+                own = lease
+                self.moves += 1
+                logger.info("promoted namespace %r (%d records) to %r in %.2f s", namespace,
+                            copied, own.name, time.perf_counter() - started)
             except StoreError as exc:
                 with contextlib.suppress(Exception):  # a private copy: nobody else reads it
                     self.client.delete_collection(lease.name)
                 logger.warning("promoting %r failed (%s); a writer will take it over",
                                namespace, exc)
                 own = self._published(namespace, record)
-                if own is not None:
-                    self._finish(namespace, record, own)
-                return True
-            own = lease
-            self.moves += 1
-            logger.info("promoted namespace %r (%d records) to %r in %.2f s", namespace, copied,
-                        own.name, time.perf_counter() - started)
-        self._finish(namespace, record, own)
+        if own is not None:
+            self._finish(namespace, record, own)
         return True
 
     def _copy(self, bucket: Collection, tag: str, lease: Collection) -> int:
@@ -647,7 +641,7 @@ class Layout:
         if record is None:
             return 0
         place = self._cache(namespace, record)
-        tag, generation = str(record[TAG_KEY]), int(record.get(GENERATION_META, 1))
+        tag = str(record[TAG_KEY])
         with chroma_call(f"delete namespace {namespace!r}"):
             count = 0 if place is None else len(
                 place.collection.get(where=place.scope.where(), include=[])["ids"])  # type: ignore[arg-type]
@@ -657,7 +651,7 @@ class Layout:
             self._places.pop(namespace, None)
             self._sizes.pop(namespace, None)
             bucket = f"{self.prefix}.b.{record.get(BUCKET_META, 0)}"
-            own = self.own_name(namespace, generation)
+            own = self.own_name(namespace, record)
             with contextlib.suppress(NotFoundError):  # D2
                 self.client.get_collection(bucket, embedding_function=None).delete(
                     where={TAG_KEY: tag})
