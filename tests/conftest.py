@@ -25,6 +25,9 @@ from langchain_kd_memory.storage import EpisodeStore
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+# The processes tests start (agents, workers, the CLI) share the cores with the test workers:
+# one torch thread each, so that no idle thread spins on a core another process needs.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Property tests draw the same examples on every run (no example database, no random seed), so
 # CI cannot fail at random; `HYPOTHESIS_PROFILE=explore pytest ...` searches afresh.
