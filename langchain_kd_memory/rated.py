@@ -26,8 +26,12 @@ RECENT_SAMPLE = 256
 """Creation times sampled to find which episodes are the most recent ones."""
 
 
-def rated_pages(scopes: list[Scope], batch_size: int, since_ts: float | None,
-                dimension: int) -> Iterator[tuple[TrainingArrays, np.ndarray]]:
+def rated_pages(
+    scopes: list[Scope],
+    batch_size: int,
+    since_ts: float | None,
+    dimension: int,
+) -> Iterator[tuple[TrainingArrays, np.ndarray]]:
     """Pages of rated episodes with their creation timestamps; never embeds anything.
 
     `dimension` is the store's: a stored response vector of another size is a `StoreError`.
@@ -37,18 +41,25 @@ def rated_pages(scopes: list[Scope], batch_size: int, since_ts: float | None,
         offset = 0
         while True:
             with _chroma(f"read training data from {scope.collection.name!r}"):
-                page = scope.collection.get(where=where, limit=batch_size, offset=offset,  # type: ignore[arg-type]
-                                            include=["embeddings", "metadatas"])  # type: ignore[list-item]
+                page = scope.collection.get(
+                    where=where,  # type: ignore[arg-type]
+                    include=["embeddings", "metadatas"],  # type: ignore[list-item]
+                    limit=batch_size,
+                    offset=offset,
+                )
             ids = [scope.eid(i) for i in page["ids"]]
             if not ids:
                 break
             metadatas = page["metadatas"] or []
-            responses = [decode_vector(m[RESPONSE_EMBEDDING_KEY], i, dimension)
-                         for i, m in zip(ids, metadatas, strict=True)]
-            arrays = TrainingArrays(np.asarray(page["embeddings"], dtype=np.float32),
-                                    np.stack(responses),
-                                    np.array([m[REWARD_KEY] for m in metadatas], dtype=np.float32),
-                                    tuple(ids))
+            arrays = TrainingArrays(
+                np.asarray(page["embeddings"], dtype=np.float32),
+                np.stack([
+                    decode_vector(m[RESPONSE_EMBEDDING_KEY], i, dimension)
+                    for i, m in zip(ids, metadatas, strict=True)
+                ]),
+                np.array([m[REWARD_KEY] for m in metadatas], dtype=np.float32),
+                tuple(ids),
+            )
             yield arrays, np.array([m[CREATED_TS_KEY] for m in metadatas], dtype=np.float64)
             if len(ids) < batch_size:
                 break

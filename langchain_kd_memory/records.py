@@ -59,7 +59,8 @@ def check_search_query(query: object) -> str:
     if len(query) > MAX_TEXT_LENGTH:
         raise InvalidArgumentError(
             f"query is {len(query):,} characters; the limit is {MAX_TEXT_LENGTH:,}: search with "
-            "a shorter text (embedders read only the first few hundred tokens)")
+            "a shorter text (embedders read only the first few hundred tokens)"
+        )
     return query
 
 
@@ -69,17 +70,20 @@ def check_storable(episode: Episode) -> None:
         if key.startswith(CHROMA_RESERVED_PREFIXES):
             raise InvalidEpisodeError(
                 f"metadata key {key!r} of episode {episode.id!r} starts with a prefix Chroma "
-                f"reserves ({', '.join(map(repr, CHROMA_RESERVED_PREFIXES))}): rename it")
+                f"reserves ({', '.join(map(repr, CHROMA_RESERVED_PREFIXES))}): rename it"
+            )
         if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
             raise InvalidEpisodeError(
-                f"metadata[{key!r}] of episode {episode.id!r} does not fit in 64 bits")
+                f"metadata[{key!r}] of episode {episode.id!r} does not fit in 64 bits"
+            )
 
 
 def check_ids(ids: object) -> list[str]:
     """`ids` as a list if it is a sequence of non-empty str, else `InvalidArgumentError`."""
     if isinstance(ids, str) or not isinstance(ids, Sequence):
         raise InvalidArgumentError(
-            f"ids must be a list of str, got {type(ids).__name__}; wrap a single id in a list")
+            f"ids must be a list of str, got {type(ids).__name__}; wrap a single id in a list"
+        )
     for episode_id in ids:
         if not isinstance(episode_id, str) or not episode_id.strip():
             raise InvalidArgumentError(f"every id must be a non-empty str, got {episode_id!r}")
@@ -91,8 +95,10 @@ def _reject_reserved_keys(node: object) -> None:
         for key, value in node.items():
             if isinstance(key, str) and key.startswith((RESERVED_METADATA_PREFIX, "#", "chroma:")):
                 raise InvalidArgumentError(
-                    f"where filters address user metadata only; {key!r} uses a reserved prefix "
-                    f"({RESERVED_METADATA_PREFIX!r} is the store's, '#' and 'chroma:' Chroma's)")
+                    f"where filters address user metadata only; {key!r} uses a reserved "
+                    f"prefix ({RESERVED_METADATA_PREFIX!r} is the store's, '#' and 'chroma:' "
+                    "Chroma's)"
+                )
             _reject_reserved_keys(value)
     elif isinstance(node, (list, tuple)):
         for item in node:
@@ -128,7 +134,8 @@ def decode_vector(text: object, episode_id: str, dimension: int) -> np.ndarray:
     if vector.shape != (dimension,):
         raise StoreError(
             f"episode {episode_id!r} has a response embedding of {vector.size} floats, "
-            f"expected {dimension}")
+            f"expected {dimension}"
+        )
     return vector
 
 
@@ -145,16 +152,26 @@ def record_metadata(episode: Episode, response_vector: np.ndarray) -> dict[str, 
     return metadata
 
 
-def episode_of(episode_id: str, document: str | None, metadata: Mapping[str, Any],
-               namespace: str) -> Episode:
+def episode_of(
+    episode_id: str, document: str | None, metadata: Mapping[str, Any], namespace: str
+) -> Episode:
     """The episode a record holds; `StoreError` if an EpisodeStore did not write it."""
     if document is None or RESPONSE_KEY not in metadata or CREATED_AT_KEY not in metadata:
-        raise StoreError(f"record {episode_id!r} in namespace {namespace!r} was not written by "
-                         "an EpisodeStore")
-    user = {k: v for k, v in metadata.items() if not k.startswith(RESERVED_METADATA_PREFIX)}
-    return Episode(query=document, response=str(metadata[RESPONSE_KEY]),
-                   reward=metadata.get(REWARD_KEY), metadata=user, namespace=namespace,
-                   id=episode_id, created_at=datetime.fromisoformat(str(metadata[CREATED_AT_KEY])))
+        raise StoreError(
+            f"record {episode_id!r} in namespace {namespace!r} was not written by an "
+            "EpisodeStore"
+        )
+    return Episode(
+        query=document,
+        response=str(metadata[RESPONSE_KEY]),
+        reward=metadata.get(REWARD_KEY),
+        metadata={
+            k: v for k, v in metadata.items() if not k.startswith(RESERVED_METADATA_PREFIX)
+        },
+        namespace=namespace,
+        id=episode_id,
+        created_at=datetime.fromisoformat(str(metadata[CREATED_AT_KEY])),
+    )
 
 
 class Gone(StoreError):
@@ -210,7 +227,6 @@ class Scope:
             return list(episode_ids)
         return [f"{tag}:{i}" for tag in self.owners for i in episode_ids]
 
-
 def unstored(collection: Collection, items: Sequence[tuple[str, Episode]]) -> list[int]:
     """Which (record id, episode) items `collection` does not hold; raise if one differs."""
     ids = [cid for cid, _ in items]
@@ -222,5 +238,6 @@ def unstored(collection: Collection, items: Sequence[tuple[str, Episode]]) -> li
             raise DuplicateEpisodeError(
                 f"episode id {episode.id!r} already exists in namespace {episode.namespace!r} "
                 "and differs from the one given; use update_rewards to change its reward, or "
-                "delete it first")
+                "delete it first"
+            )
     return [row for row, cid in enumerate(ids) if cid not in stored]

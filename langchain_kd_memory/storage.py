@@ -168,11 +168,13 @@ class EpisodeStore:
         Raises:
             InvalidArgumentError: If an argument is unusable.
         """
-        valid = isinstance(collection_name, str) and _COLLECTION_NAME_RE.fullmatch(collection_name)
-        if not valid:
+        if not isinstance(collection_name, str) or not _COLLECTION_NAME_RE.fullmatch(
+            collection_name
+        ):
             raise InvalidArgumentError(
                 "collection_name must be 3-63 characters of [a-zA-Z0-9_-] starting and ending "
-                f"with a letter or digit, got {collection_name!r}")
+                f"with a letter or digit, got {collection_name!r}"
+            )
         if persist_directory is not None and client is not None:
             raise InvalidArgumentError("pass persist_directory or client, not both")
         self.reward_range = validate_reward_range(reward_range)
@@ -183,10 +185,12 @@ class EpisodeStore:
             with _chroma("open the database"):
                 client = chromadb.PersistentClient(
                     path=persist_directory or DEFAULT_PERSIST_DIRECTORY,
-                    settings=Settings(anonymized_telemetry=False))
+                    settings=Settings(anonymized_telemetry=False),
+                )
         elif not hasattr(client, "get_or_create_collection"):
             raise InvalidArgumentError(
-                f"client must be a chromadb client, got {type(client).__name__}")
+                f"client must be a chromadb client, got {type(client).__name__}"
+            )
         self.client: ClientAPI = client
         self._layout = Layout(client, collection_name, self.embedder.identity, self.reward_range,
                               check_int("move_at", move_at, low=1),
@@ -254,18 +258,21 @@ class EpisodeStore:
         """
         if not isinstance(episodes, Sequence) or isinstance(episodes, (str, Episode)):
             raise InvalidEpisodeError(
-                f"episodes must be a list of Episode, got {type(episodes).__name__}")
+                f"episodes must be a list of Episode, got {type(episodes).__name__}"
+            )
         seen: set[tuple[str, str]] = set()
         ranges: dict[str, tuple[float, float] | None] = {}  # one lookup per namespace
         for episode in episodes:
             if not isinstance(episode, Episode):
                 raise InvalidEpisodeError(
-                    f"episodes must be Episode objects, got {type(episode).__name__}")
+                    f"episodes must be Episode objects, got {type(episode).__name__}"
+                )
             check_storable(episode)
             if (episode.namespace, episode.id) in seen:
                 raise DuplicateEpisodeError(
                     f"episode id {episode.id!r} appears twice in namespace "
-                    f"{episode.namespace!r} in this batch")
+                    f"{episode.namespace!r} in this batch"
+                )
             seen.add((episode.namespace, episode.id))
             if episode.reward is not None:
                 if episode.namespace not in ranges:
@@ -321,7 +328,8 @@ class EpisodeStore:
             self.embedder.texts([batch[r].query for r in rows]) if query_embeddings is None
             else self.embedder.check(query_embeddings, len(batch), "query_embeddings")[rows],
             self.embedder.texts([batch[r].response for r in rows]) if response_embeddings is None
-            else self.embedder.check(response_embeddings, len(batch), "response_embeddings")[rows])
+            else self.embedder.check(response_embeddings, len(batch), "response_embeddings")[rows],
+        )
 
     def _unstored(self, batch: list[Episode]) -> list[int]:
         """The rows of `batch` not stored yet where their namespaces are known to be."""
@@ -339,7 +347,11 @@ class EpisodeStore:
 
     def _write(self, batch: list[Episode], queries: np.ndarray, responses: np.ndarray, *,
                upsert: bool) -> None:
-        """Write the rows where their namespaces are (`Layout.write`); a failed add is undone."""
+        """Write the rows where their namespaces are (`Layout.write`); an add is all or none.
+
+        When an add fails, what it may have written (the failed request included) is deleted,
+        retrying while Chroma is unreachable; the `StoreError` lists what may remain.
+        """
         rows: dict[str, list[tuple[Episode, np.ndarray, np.ndarray]]] = {}
         for item in zip(batch, queries, responses, strict=True):
             rows.setdefault(item[0].namespace, []).append(item)
@@ -357,7 +369,8 @@ class EpisodeStore:
                     ids=ids, embeddings=np.stack([q for _, (_, q, _) in pairs]),
                     documents=[episode.query for _, (episode, _, _) in pairs],
                     metadatas=[{**record_metadata(episode, r), **place.tags()}
-                               for place, (episode, _, r) in pairs])
+                               for place, (episode, _, r) in pairs],
+                )
 
         try:
             self._layout.write(rows, put, create=True, action="write episodes", created=created)
@@ -419,7 +432,8 @@ class EpisodeStore:
             spaces = sorted({found[i][0] for i in ids})
             if len(spaces) > 1:
                 raise InvalidArgumentError(
-                    f"update_rewards changes one namespace at a time, got {spaces}")
+                    f"update_rewards changes one namespace at a time, got {spaces}"
+                )
             for ns in spaces:
                 for value in values:
                     if value is not None:
@@ -429,12 +443,14 @@ class EpisodeStore:
                     {ns: list(zip(ids, metadatas, strict=True))},
                     lambda c, pairs: c.update(ids=[p.cid(i) for p, (i, _) in pairs],
                                               metadatas=[m for _, (_, m) in pairs]),
-                    create=False, action=f"update the rewards of {len(ids)} episodes")
+                    create=False, action=f"update the rewards of {len(ids)} episodes",
+                )
         return [
             dataclasses.replace(episode_of(i, record["documents"], record["metadatas"], ns),
                                 reward=value)
             for i, value in zip(ids, values, strict=True)
-            for ns, record in [found[i]]]
+            for ns, record in [found[i]]
+        ]
 
     def delete(self, ids: Sequence[str], namespace: str | None = None, *,
                all_namespaces: bool = False) -> None:
@@ -452,7 +468,8 @@ class EpisodeStore:
                 by_namespace.setdefault(ns, []).append(episode_id)
             self._layout.write(
                 by_namespace, lambda c, pairs: c.delete(ids=[p.cid(i) for p, i in pairs]),
-                create=False, action="delete episodes")
+                create=False, action="delete episodes",
+            )
 
     def delete_namespace(self, namespace: str) -> int:
         """Delete a namespace and all its episodes; how many there were (0 if none)."""
@@ -476,7 +493,8 @@ class EpisodeStore:
         else:
             found = self._layout.read(
                 namespace, lambda place: self._get_in(place.scope, unique, include, {}), {},
-                complete=lambda got: len(got) == len(unique))
+                complete=lambda got: len(got) == len(unique),
+            )
         missing = [episode_id for episode_id in unique if episode_id not in found]
         if missing:
             where = "this store" if namespace is None else f"namespace {namespace!r}"
@@ -497,7 +515,8 @@ class EpisodeStore:
                 if episode_id in found and found[episode_id][0] != ns:
                     raise InvalidArgumentError(
                         f"episode id {episode_id!r} exists in namespaces {found[episode_id][0]!r} "
-                        f"and {ns!r}; pass namespace=")
+                        f"and {ns!r}; pass namespace="
+                    )
                 found[episode_id] = (ns, {key: got[key][row] for key in include})  # type: ignore[literal-required]
         return found
 
@@ -552,7 +571,8 @@ class EpisodeStore:
         return (
             np.stack([np.asarray(r["embeddings"], dtype=np.float32) for r in records]),
             np.stack([decode_vector(r["metadatas"][RESPONSE_EMBEDDING_KEY], i, self.dimension)
-                      for i, r in zip(wanted, records, strict=True)]))
+                      for i, r in zip(wanted, records, strict=True)]),
+        )
 
     def list_episodes(self, namespace: str | None = None, *, limit: int | None = None,
                       offset: int = 0) -> list[Episode]:
