@@ -13,12 +13,13 @@ export NO_MKDOCS_2_WARNING := 1
 .PHONY: install demo test test-fast bench lint docs clean
 
 # pip unpacks without compiling (it would compile every module, most never imported: 167 s
-# against 75 s here); one import of what the package, its tests and examples use compiles
-# those, and every later process reads them. Python may write them, whatever the shell says.
+# against 75 s here); importing what the package, its tests and examples use compiles those,
+# in two processes (one per core), and every later process reads them. Python may write them,
+# whatever the shell says.
 export PYTHONDONTWRITEBYTECODE :=
-WARM := import importlib, pkgutil, langchain_kd_memory as p; \
-	[importlib.import_module(m.name) for m in pkgutil.walk_packages(p.__path__, "langchain_kd_memory.")]; \
-	import sentence_transformers, chromadb, textworld, openai, matplotlib.pyplot, sklearn, \
+WARM_PACKAGE := import importlib, pkgutil, langchain_kd_memory as p; \
+	[importlib.import_module(m.name) for m in pkgutil.walk_packages(p.__path__, "langchain_kd_memory.")]
+WARM_REST := import sentence_transformers, textworld, openai, matplotlib.pyplot, sklearn, \
 	hypothesis, pytest, xdist, langchain_tests, mkdocs
 
 $(STAMP): pyproject.toml
@@ -26,7 +27,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade "pip>=25.1"
 	$(PY) -m pip install -q --no-compile torch==2.13.0
 	$(PY) -m pip install -q --no-compile -e . --group test --group bench --group docs
-	$(PY) -c '$(WARM)'
+	$(PY) -c '$(WARM_PACKAGE)' & package=$$!; $(PY) -c '$(WARM_REST)' && wait $$package
 	touch $(STAMP)
 
 install: $(STAMP)
