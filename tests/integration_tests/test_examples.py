@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +78,7 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     """Every example and its `--help`, run in one process; their exit codes and outputs."""
     tmp = tmp_path_factory.mktemp("examples")
     env = {
@@ -97,12 +96,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
               str(tmp / f"{name}.log")) for name, args in COMMANDS.items()]
     codes_file = tmp / "exit_codes.json"
     done = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(jobs), str(codes_file)],
-                          cwd=tmp, env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
+                          cwd=tmp, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
     assert done.returncode == 0, done.stdout + done.stderr
     codes = json.loads(codes_file.read_text())
-    yield {name: Run(codes[name], Path(log).read_text(encoding="utf-8", errors="replace"))
+    return {name: Run(codes[name], Path(log).read_text(encoding="utf-8", errors="replace"))
            for name, _, log in jobs}
 
 
