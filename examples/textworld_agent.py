@@ -36,6 +36,7 @@ from langchain_core.runnables import RunnableLambda
 from langchain_kd_memory import (
     CachedEmbeddings,
     DistilledEpisodicMemory,
+    InsufficientDataError,
     ModelDistillation,
     default_embeddings,
 )
@@ -92,7 +93,12 @@ def main() -> None:
         memory.add_trajectory(game.steps, game.gains, gamma=0.7, trajectory_id=f"game-{i}")
         wins += game.score == 1.0
         if i % args.every == 0 or i == len(train):
-            report = memory.consolidate()
+            try:
+                report = memory.consolidate()
+            except InsufficientDataError:  # every game so far scored the same: nothing to learn
+                print(f"{i:>6}  {'-':>8}  {'-':>14}   not trained: every reward so far is the "
+                      f"same (won {wins}/{i})")
+                continue
             curve.append((i, held_out(greedy)))
             print(f"{i:>6}  {report.episodes_used:>8}  {curve[-1][1]:>14.2f}   "
                   f"won {wins}/{i} while training")

@@ -37,7 +37,7 @@ from langchain_kd_memory.storage import EpisodeStore
 
 logger = logging.getLogger(__name__)
 
-THREADS, PER_THREAD = 8, 125
+THREADS, PER_THREAD = 8, 64
 PROCESSES, PER_PROCESS = 2, 100
 TOPICS = ["refund for my order", "weather this weekend", "reset my password", "train times"]
 
@@ -83,7 +83,7 @@ def fast_directory(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_8_threads_x_125_episodes_during_background_consolidation(
+def test_8_threads_x_64_episodes_during_background_consolidation(
     fast_directory: str, tmp_path: Path
 ) -> None:
     store = EpisodeStore("conc", embeddings=HashingEmbeddings(), persist_directory=fast_directory)
@@ -94,7 +94,7 @@ def test_8_threads_x_125_episodes_during_background_consolidation(
         for i, topic in enumerate(TOPICS * 25)
     ])
     memory.consolidate()
-    callback = ConsolidationCallback(memory, every_n_episodes=250, background=True)
+    callback = ConsolidationCallback(memory, every_n_episodes=128, background=True)
 
     failures: list[BaseException] = []
     writers_done = threading.Event()
