@@ -7,8 +7,9 @@ would take ~26 GB (shared: 0.4 GB; BENCHMARKS.md, Scale).
 Collections of the store ``P`` (its `collection_name`):
     ``P.registry``  A record per namespace N, id ``"n:" + N``, metadata ``kd_place`` (``bucket``,
         ``moving``, ``own`` or ``deleted``), ``kd_n`` (N's generation: 1, then +1 each time N is
-        created again), ``kd_gen`` (N's tag: sha256 of N and generation), ``kd_bucket``
-        (sha256 of N modulo `buckets`), ``kd_embedder``, ``kd_dimension``, reward range.
+        created again), ``kd_gen`` (N's tag: the first 32 hex digits of the sha256 of N and its
+        generation), ``kd_bucket`` (the first 15 hex digits of N's sha256, modulo `buckets`),
+        ``kd_embedder``, ``kd_dimension``, reward range, ``kd_format``.
     ``P.b.<k>``  Bucket k, shared: record id ``"<tag>:<episode id>"``, metadata + ``kd_ns``,
         ``kd_gen``. Every read and write in a bucket filters by ``kd_gen``: a namespace never
         sees another's records, nor those of its own earlier generations.
