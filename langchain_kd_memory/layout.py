@@ -27,7 +27,8 @@ Transitions of N's record, and who makes them (any process, under its `lock`):
     any -> deleted: `drop` (the record stays, keeping the generation).
 
 Write of N (add, upsert, reward update, delete):
-    W1. N's place: cached, else read (and created, for add and upsert).
+    W1. N's place: cached, else read with the write's other uncached namespaces in one registry
+        read; the absent ones are created (add and upsert) in one registry upsert.
     W2. Write there; adds check ids there first, then upsert, so a redo is harmless.
     W3. Read N's record: the one registry read of a write in the steady state.
     W4. Acknowledged if it still says N is where W2 wrote (same tag; bucket, or own). Else wait
@@ -80,7 +81,7 @@ import string
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -334,27 +335,40 @@ class Layout:
             return cached
         return self._cache(namespace, self.records([namespace]).get(namespace))
 
-    def reward_range_of(self, namespace: str) -> Range:
-        """The namespace's recorded reward range, or the store's if it does not exist."""
-        place = self.place(namespace)
+    def places(self, namespaces: Iterable[str]) -> dict[str, Place | None]:
+        """`place` of each namespace; those not cached are read in one registry read."""
+        wanted = list(dict.fromkeys(namespaces))
+        fresh = [ns for ns in wanted if ns not in self._places]
+        records = self.records(fresh)
+        return {ns: self._cache(ns, records.get(ns)) if ns in fresh else self._places[ns]
+                for ns in wanted}
+
+    def reward_range_of(self, place: Place | None) -> Range:
+        """The reward range recorded at `place`, or the store's for a namespace not created."""
         return self.reward_range if place is None else place.reward_range
 
-    def _create(self, namespace: str, rows: int, old: Mapping[str, Any]) -> Place:
-        """Register the namespace's next generation (the same record from every creator)."""
+    def _create(self, new: Mapping[str, tuple[int, Mapping[str, Any]]]) -> list[Place]:
+        """Register the next generation of each namespace, all in one registry upsert.
+
+        `new` maps each namespace to (rows it gets, its old record); creators write the same.
+        """
         registry = self.registry(create=True)
         assert registry is not None
-        generation = int(old.get(GENERATION_META, 0)) + 1
-        record = self._meta(self.reward_range, **{
-            GENERATION_META: generation, TAG_KEY: _digest(namespace, generation)[:TAG_LENGTH],
-            PLACE_META: OWN if rows >= self.move_at else BUCKET,
-            BUCKET_META: int(_digest(namespace)[:15], 16) % self.buckets})
-        place = self._place_of(namespace, record)  # its collection first: it may be refused
-        with chroma_call(f"register namespace {namespace!r}"):
-            registry.upsert(ids=[_NS + namespace], embeddings=np.ones((1, 1), dtype=np.float32),
-                            metadatas=[record])
-        self._sizes[namespace] = 0
-        self._places[namespace] = place
-        return place
+        records = {}
+        for namespace, (rows, old) in new.items():
+            generation = int(old.get(GENERATION_META, 0)) + 1
+            records[namespace] = self._meta(self.reward_range, **{
+                GENERATION_META: generation, TAG_KEY: _digest(namespace, generation)[:TAG_LENGTH],
+                PLACE_META: OWN if rows >= self.move_at else BUCKET,
+                BUCKET_META: int(_digest(namespace)[:15], 16) % self.buckets})
+        # their collections first: one may be refused
+        places = {ns: self._place_of(ns, record) for ns, record in records.items()}
+        with chroma_call(f"register namespace(s) {', '.join(map(repr, records))}"):
+            registry.upsert(ids=[_NS + ns for ns in records], metadatas=list(records.values()),
+                            embeddings=np.ones((len(records), 1), dtype=np.float32))
+        self._sizes.update(dict.fromkeys(places, 0))
+        self._places.update(places)
+        return list(places.values())
 
     # ----------------------------------------------------------------- writes
 
@@ -367,10 +381,18 @@ class Layout:
         meanwhile are dropped (they went with it).
         """
         created = [] if created is None else created
+        fresh = [ns for ns in rows if ns not in self._places]  # W1: one registry read for all
+        known = self.records(fresh, live=False)
+        absent = {ns for ns in fresh if known.get(ns, {}).get(PLACE_META) in (None, DELETED)}
+        if create and absent:
+            created.extend(self._create({ns: (len(rows[ns]), known.get(ns, {})) for ns in absent}))
         places: dict[str, Place] = {}
-        for namespace in rows:  # W1
-            place = self._places.get(namespace) or self._settle(
-                namespace, create, len(rows[namespace]), created)
+        for namespace in rows:
+            place = self._places.get(namespace)
+            if place is None and namespace not in absent:
+                place = (self._settle(namespace, create, len(rows[namespace]), created)
+                         if known[namespace][PLACE_META] == MOVING
+                         else self._cache(namespace, known[namespace]))
             if place is not None:
                 places[namespace] = place
         for _ in range(4):
@@ -428,7 +450,7 @@ class Layout:
                 self._places.pop(namespace, None)
                 if not create:
                     return None
-                created.append(self._create(namespace, rows, record))
+                created.extend(self._create({namespace: (rows, record)}))
                 return created[-1]
             if record[PLACE_META] != MOVING:
                 return self._cache(namespace, record)

@@ -261,7 +261,6 @@ class EpisodeStore:
                 f"episodes must be a list of Episode, got {type(episodes).__name__}"
             )
         seen: set[tuple[str, str]] = set()
-        ranges: dict[str, tuple[float, float] | None] = {}  # one lookup per namespace
         for episode in episodes:
             if not isinstance(episode, Episode):
                 raise InvalidEpisodeError(
@@ -274,10 +273,11 @@ class EpisodeStore:
                     f"{episode.namespace!r} in this batch"
                 )
             seen.add((episode.namespace, episode.id))
-            if episode.reward is not None:
-                if episode.namespace not in ranges:
-                    ranges[episode.namespace] = self._layout.reward_range_of(episode.namespace)
-                check_reward_in_range(episode.reward, ranges[episode.namespace])
+        rated = [episode for episode in episodes if episode.reward is not None]
+        places = self._layout.places(episode.namespace for episode in rated)
+        for episode in rated:
+            check_reward_in_range(episode.reward,
+                                  self._layout.reward_range_of(places[episode.namespace]))
         return list(episodes)
 
     def add(self, episodes: Sequence[Episode], *, query_embeddings: Vectors = None,
@@ -334,8 +334,9 @@ class EpisodeStore:
     def _unstored(self, batch: list[Episode]) -> list[int]:
         """The rows of `batch` not stored yet where their namespaces are known to be."""
         by_collection: dict[str, list[tuple[int, Place, Episode]]] = {}
+        places = self._layout.places(episode.namespace for episode in batch)
         for row, episode in enumerate(batch):
-            place = self._layout.place(episode.namespace)
+            place = places[episode.namespace]
             if place is not None:
                 by_collection.setdefault(place.collection.name, []).append((row, place, episode))
         stored: set[int] = set()
@@ -435,9 +436,10 @@ class EpisodeStore:
                     f"update_rewards changes one namespace at a time, got {spaces}"
                 )
             for ns in spaces:
+                reward_range = self._layout.reward_range_of(self._layout.place(ns))
                 for value in values:
                     if value is not None:
-                        check_reward_in_range(value, self._layout.reward_range_of(ns))
+                        check_reward_in_range(value, reward_range)
                 metadatas = [{REWARD_KEY: v, RATED_KEY: v is not None} for v in values]
                 self._layout.write(
                     {ns: list(zip(ids, metadatas, strict=True))},
