@@ -153,6 +153,7 @@ class Place:
     tag: str
     bucket: int | None  # None: its own collection
     reward_range: Range
+    moving: bool = False  # its record says moving: writers wait (W4) until it is own
     read_at: float = field(default_factory=time.monotonic, compare=False)
 
     @property
@@ -284,16 +285,15 @@ class Layout:
 
     # ----------------------------------------------------------------- registry and places
 
-    def records(self, namespaces: Sequence[str], live: bool = True) -> dict[str, dict[str, Any]]:
-        """The registry records of these namespaces (the deleted ones too unless `live`)."""
+    def records(self, namespaces: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The registry records of these namespaces, the deleted ones included."""
         registry = self.registry()
         if registry is None or not namespaces:
             return {}
         with chroma_call("read the namespace registry"):
             got = registry.get(ids=[_NS + ns for ns in namespaces], include=["metadatas"])  # type: ignore[list-item]
-        return {i[len(_NS) :]: dict(m or {}) for i, m in zip(got["ids"], got["metadatas"] or [],
-                                                              strict=True)
-                if not live or (m or {}).get(PLACE_META) != DELETED}
+        return {i[len(_NS) :]: dict(m or {})
+                for i, m in zip(got["ids"], got["metadatas"] or [], strict=True)}
 
     def _live(self, include: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every live namespace with its record (empty unless `include` has "metadatas")."""
@@ -310,42 +310,56 @@ class Layout:
             offset += _PAGE
 
     def _place_of(self, namespace: str, record: Mapping[str, Any]) -> Place:
+        """N's place as its live registry `record` says (moving and published: N's own)."""
         reward_range, tag = self._checked(namespace, record), str(record[TAG_KEY])
-        published = self._published(namespace, record) if record[PLACE_META] == MOVING else None
-        if record[PLACE_META] == OWN or published is not None:  # moving + published: P4 done
+        moving = record[PLACE_META] == MOVING
+        published = self._published(namespace, record) if moving else None
+        if record[PLACE_META] == OWN or published is not None:
             name = self.own_name(namespace, record)
             collection = published or self._collection(
                 name, self._meta(reward_range, **{NAMESPACE_META: namespace, TAG_KEY: tag}))
-            return Place(namespace, collection, tag, None, reward_range)
-        number = int(record[BUCKET_META])
-        collection = self._collection(f"{self.prefix}.b.{number}", self._meta(None))
-        return Place(namespace, collection, tag, number, reward_range)
+            return Place(namespace, collection, tag, None, reward_range, moving)
+        return Place(namespace, self._bucket(record), tag, int(record[BUCKET_META]), reward_range,
+                     moving)
 
-    def _cache(self, namespace: str, record: Mapping[str, Any] | None) -> Place | None:
-        if record is None or record.get(PLACE_META) == DELETED:
-            self._places.pop(namespace, None)
-            return None
-        place = self._places[namespace] = self._place_of(namespace, record)
-        return place
+    def _bucket(self, record: Mapping[str, Any]) -> Collection:
+        return self._collection(f"{self.prefix}.b.{record[BUCKET_META]}", self._meta(None))
 
     def place(self, namespace: str, max_age: float | None = None) -> Place | None:
-        """Where the namespace lives (cached; re-read if older than `max_age` s); None: absent."""
-        cached = self._places.get(namespace)
-        if cached is not None and (max_age is None or time.monotonic() - cached.read_at < max_age):
-            return cached
-        return self._cache(namespace, self.records([namespace]).get(namespace))
+        """`places` of one namespace."""
+        return self.places([namespace], max_age)[namespace]
 
-    def places(self, namespaces: Iterable[str]) -> dict[str, Place | None]:
-        """`place` of each namespace; those not cached are read in one registry read."""
-        wanted = list(dict.fromkeys(namespaces))
-        fresh = [ns for ns in wanted if ns not in self._places]
+    def places(self, namespaces: Iterable[str], max_age: float | None = None,
+               create: Mapping[str, int] | None = None,
+               created: list[Place] | None = None) -> dict[str, Place | None]:
+        """Where each namespace lives (None: absent), from one registry read at most.
+
+        A cached place is used unless it is older than `max_age` s. With `create` ({namespace:
+        rows it gets}), the absent ones are created in one registry upsert (added to `created`).
+        """
+        now, wanted = time.monotonic(), list(dict.fromkeys(namespaces))
+        fresh = [ns for ns in wanted if ns not in self._places
+                 or max_age is not None and now - self._places[ns].read_at >= max_age]
         records = self.records(fresh)
-        return {ns: self._cache(ns, records.get(ns)) if ns in fresh else self._places[ns]
-                for ns in wanted}
+        absent: dict[str, Mapping[str, Any]] = {}
+        for namespace in fresh:
+            record = records.get(namespace, {})
+            if record.get(PLACE_META) in (None, DELETED):
+                self._places.pop(namespace, None)
+                absent[namespace] = record
+            else:
+                self._places[namespace] = self._place_of(namespace, record)
+        if create is not None and absent:
+            new = self._create({ns: (create[ns], old) for ns, old in absent.items()})
+            if created is not None:
+                created += new
+        return {ns: self._places.get(ns) for ns in wanted}
 
-    def reward_range_of(self, place: Place | None) -> Range:
-        """The reward range recorded at `place`, or the store's for a namespace not created."""
-        return self.reward_range if place is None else place.reward_range
+    def _set_place(self, namespace: str, place: str) -> None:
+        """Write N's `kd_place` (P2, P4, D1): after reading N's record, so the registry exists."""
+        registry = self.registry()
+        assert registry is not None
+        registry.update(ids=[_NS + namespace], metadatas=[{PLACE_META: place}])
 
     def _create(self, new: Mapping[str, tuple[int, Mapping[str, Any]]]) -> list[Place]:
         """Register the next generation of each namespace, all in one registry upsert.
@@ -374,43 +388,30 @@ class Layout:
 
     def write(self, rows: Mapping[str, Sequence[Any]], op: Callable[[Collection, Rows], object],
               *, create: bool, action: str, created: list[Place] | None = None) -> None:
-        """W1-W4: `op(collection, [(place, row), ...])` on the rows of each namespace.
+        """W1-W5: `op(collection, [(place, row), ...])` on the rows of each namespace.
 
         `op` gets at most `max_batch` rows, of one collection. With `create`, missing namespaces
         are created (and appended to `created`); without, the rows of a namespace deleted
         meanwhile are dropped (they went with it).
         """
-        created = [] if created is None else created
-        fresh = [ns for ns in rows if ns not in self._places]  # W1: one registry read for all
-        known = self.records(fresh, live=False)
-        absent = {ns for ns in fresh if known.get(ns, {}).get(PLACE_META) in (None, DELETED)}
-        if create and absent:
-            created.extend(self._create({ns: (len(rows[ns]), known.get(ns, {})) for ns in absent}))
-        places: dict[str, Place] = {}
-        for namespace in rows:
-            place = self._places.get(namespace)
-            if place is None and namespace not in absent:
-                place = (self._settle(namespace, create, len(rows[namespace]), created)
-                         if known[namespace][PLACE_META] == MOVING
-                         else self._cache(namespace, known[namespace]))
-            if place is not None:
-                places[namespace] = place
+        sizes = {namespace: len(rows[namespace]) for namespace in rows} if create else None
+        placed = self.places(rows, None, sizes, created).items()  # W1
+        places = {namespace: place for namespace, place in placed if place is not None}
+        waiting = [namespace for namespace, place in places.items() if place.moving]
         for _ in range(4):
-            gone = self._apply(places, rows, op, action)  # W2
-            records = self.records([ns for ns in places if ns not in gone])  # W3
-            moved = [ns for ns in places if ns in gone or not places[ns].holds(records.get(ns))]
-            for namespace in places.keys() - set(moved):
-                self._places[namespace] = replace(places[namespace], read_at=time.monotonic())
-            if not moved:
-                return self._grow(rows)
-            stale, places = places, {}
-            for namespace in moved:  # W4
-                place = self._settle(namespace, create, len(rows[namespace]), created)
+            for namespace in waiting:  # W4, or W1 of a namespace found moving
+                was, place = places.pop(namespace), self._settle(namespace, sizes, created)
                 if place is not None:
                     places[namespace] = place
-                    was = stale[namespace]
                     if place.bucket is None and was.bucket is not None and place.tag == was.tag:
                         self._sweep(was)  # W5
+            gone = self._apply(places, rows, op, action)  # W2
+            records = self.records([ns for ns in places if ns not in gone])  # W3
+            waiting = [ns for ns in places if ns in gone or not places[ns].holds(records.get(ns))]
+            for namespace in places.keys() - set(waiting):
+                self._places[namespace] = replace(places[namespace], read_at=time.monotonic())
+            if not waiting:
+                return self._grow(rows)
         raise StoreError(f"Chroma failed to {action}: the namespaces kept moving; try again")
 
     def _sweep(self, bucketed: Place) -> None:
@@ -440,20 +441,14 @@ class Layout:
                 gone.update(place.namespace for place, _ in pairs)
         return gone
 
-    def _settle(self, namespace: str, create: bool, rows: int,
-                created: list[Place]) -> Place | None:
-        """N's place once no promotion of it is in flight (waits; takes an expired one over)."""
+    def _settle(self, namespace: str, create: Mapping[str, int] | None,
+                created: list[Place] | None) -> Place | None:
+        """`places` of N once no promotion of it is in flight (waits; takes an expired one over)."""
         deadline = time.monotonic() + 3 * LEASE_S
         while True:
-            record = self.records([namespace], live=False).get(namespace, {})
-            if record.get(PLACE_META) in (None, DELETED):
-                self._places.pop(namespace, None)
-                if not create:
-                    return None
-                created.extend(self._create({namespace: (rows, record)}))
-                return created[-1]
-            if record[PLACE_META] != MOVING:
-                return self._cache(namespace, record)
+            place = self.places([namespace], 0, create, created)[namespace]
+            if place is None or not place.moving:
+                return place
             if not self._promote(namespace) and time.monotonic() > deadline:
                 raise StoreError(f"namespace {namespace!r} has been moving for over "
                                  f"{3 * LEASE_S:.0f} s; try again later")
@@ -564,13 +559,10 @@ class Layout:
             lease = self._lease(tag, meta)
             if lease is None:
                 return False
-            registry = self.registry()
-            assert registry is not None
             try:
                 with chroma_call(f"promote namespace {namespace!r}"):
-                    registry.update(ids=[_NS + namespace], metadatas=[{PLACE_META: MOVING}])  # P2
-                    bucket = self._place_of(namespace, {**record, PLACE_META: BUCKET}).collection
-                    copied = self._copy(bucket, tag, lease)  # P3
+                    self._set_place(namespace, MOVING)  # P2
+                    copied = self._copy(self._bucket(record), tag, lease)  # P3
                     lease.modify(name=self.own_name(namespace, record), metadata=meta)  # P4
                 own = lease
                 self.moves += 1
@@ -602,21 +594,19 @@ class Layout:
 
     def _finish(self, namespace: str, record: Mapping[str, Any], own: Collection) -> None:
         """P4 in the registry and P5: by the publisher, or whoever finds them undone."""
-        registry = self.registry()
-        assert registry is not None
+        tag = str(record[TAG_KEY])
         try:
             with chroma_call(f"finish the promotion of {namespace!r}"):
                 now = self.records([namespace]).get(namespace, {})
-                if now.get(TAG_KEY) != record[TAG_KEY]:  # deleted meanwhile: forget the copy
-                    self.client.delete_collection(own.name)
+                if now.get(TAG_KEY) != tag or now[PLACE_META] == DELETED:  # deleted meanwhile:
+                    self.client.delete_collection(own.name)  # forget the copy
                     return
-                registry.update(ids=[_NS + namespace], metadatas=[{PLACE_META: OWN}])
+                self._set_place(namespace, OWN)
                 self._collections[own.name] = own
-                place = self._place_of(namespace, {**now, PLACE_META: BUCKET})
-                self._places[namespace] = Place(namespace, own, place.tag, None,
-                                                place.reward_range)
-                place.collection.delete(where={TAG_KEY: record[TAG_KEY]})
-            self._release(str(record[TAG_KEY]))
+                self._places[namespace] = Place(namespace, own, tag, None,
+                                                self._checked(namespace, now))
+                self._bucket(now).delete(where={TAG_KEY: tag})
+            self._release(tag)
         except StoreError as exc:  # whoever reads the namespace next finishes it
             logger.warning("promoted %r; the rest is left to the next writer: %s", namespace, exc)
 
@@ -635,7 +625,7 @@ class Layout:
         except Gone:
             self._collections.pop(place.collection.name, None)
             place, result = None, empty  # type: ignore[assignment]
-        fresh = self._cache(namespace, self.records([namespace]).get(namespace))
+        fresh = self.place(namespace, max_age=0)
         if fresh is None:
             return empty
         return result if fresh == place else read(fresh)
@@ -660,17 +650,15 @@ class Layout:
 
     def drop(self, namespace: str) -> int:
         """D1, D2: delete a namespace and its records; how many records it had."""
-        record = self.records([namespace], live=False).get(namespace)
+        record = self.records([namespace]).get(namespace)
         if record is None:
             return 0
-        place = self._cache(namespace, record)
+        place = None if record[PLACE_META] == DELETED else self._place_of(namespace, record)
         tag = str(record[TAG_KEY])
         with chroma_call(f"delete namespace {namespace!r}"):
             count = 0 if place is None else len(
                 place.collection.get(where=place.scope.where(), include=[])["ids"])  # type: ignore[arg-type]
-            registry = self.registry()
-            assert registry is not None
-            registry.update(ids=[_NS + namespace], metadatas=[{PLACE_META: DELETED}])  # D1
+            self._set_place(namespace, DELETED)  # D1
             self._places.pop(namespace, None)
             self._sizes.pop(namespace, None)
             bucket = f"{self.prefix}.b.{record.get(BUCKET_META, 0)}"

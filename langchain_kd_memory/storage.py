@@ -256,6 +256,11 @@ class EpisodeStore:
             DuplicateEpisodeError: An id repeats within a namespace in the batch.
             InvalidRewardError: A reward lies outside its namespace's reward range.
         """
+        return self._check(episodes, every=False)[0]
+
+    def _check(self, episodes: object,
+               every: bool) -> tuple[list[Episode], dict[str, Place | None]]:
+        """`check_episodes`, and where the namespaces of the batch (`every`) or its rated are."""
         if not isinstance(episodes, Sequence) or isinstance(episodes, (str, Episode)):
             raise InvalidEpisodeError(
                 f"episodes must be a list of Episode, got {type(episodes).__name__}"
@@ -273,12 +278,16 @@ class EpisodeStore:
                     f"{episode.namespace!r} in this batch"
                 )
             seen.add((episode.namespace, episode.id))
-        rated = [episode for episode in episodes if episode.reward is not None]
-        places = self._layout.places(episode.namespace for episode in rated)
-        for episode in rated:
-            check_reward_in_range(episode.reward,
-                                  self._layout.reward_range_of(places[episode.namespace]))
-        return list(episodes)
+        places = self._layout.places(
+            episode.namespace for episode in episodes if every or episode.reward is not None)
+        for episode in episodes:
+            if episode.reward is not None:
+                check_reward_in_range(episode.reward, self._reward_range(places[episode.namespace]))
+        return list(episodes), places
+
+    def _reward_range(self, place: Place | None) -> tuple[float, float] | None:
+        """The reward range recorded at `place`, or the store's for a namespace not created."""
+        return self.reward_range if place is None else place.reward_range
 
     def add(self, episodes: Sequence[Episode], *, query_embeddings: Vectors = None,
             response_embeddings: Vectors = None) -> list[str]:
@@ -299,10 +308,9 @@ class EpisodeStore:
                 unreachable for that too, `error.maybe_stored` lists the ids that may have
                 landed, and retrying the same batch completes it without duplicates.
         """
-        batch = self.check_episodes(episodes)
-        rows = list(range(len(batch)))
-        if query_embeddings is None or response_embeddings is None:
-            rows = self._unstored(batch)  # embed only what is not stored
+        embed = query_embeddings is None or response_embeddings is None
+        batch, places = self._check(episodes, every=embed)
+        rows = self._unstored(batch, places) if embed else list(range(len(batch)))
         if rows:
             queries, responses = self._vectors(batch, rows, query_embeddings, response_embeddings)
             with self._lock:
@@ -331,10 +339,9 @@ class EpisodeStore:
             else self.embedder.check(response_embeddings, len(batch), "response_embeddings")[rows],
         )
 
-    def _unstored(self, batch: list[Episode]) -> list[int]:
-        """The rows of `batch` not stored yet where their namespaces are known to be."""
+    def _unstored(self, batch: list[Episode], places: Mapping[str, Place | None]) -> list[int]:
+        """The rows of `batch` not stored yet where their namespaces are (`places`)."""
         by_collection: dict[str, list[tuple[int, Place, Episode]]] = {}
-        places = self._layout.places(episode.namespace for episode in batch)
         for row, episode in enumerate(batch):
             place = places[episode.namespace]
             if place is not None:
@@ -436,7 +443,7 @@ class EpisodeStore:
                     f"update_rewards changes one namespace at a time, got {spaces}"
                 )
             for ns in spaces:
-                reward_range = self._layout.reward_range_of(self._layout.place(ns))
+                reward_range = self._reward_range(self._layout.place(ns))
                 for value in values:
                     if value is not None:
                         check_reward_in_range(value, reward_range)
