@@ -28,7 +28,8 @@ Transitions of N's record, and who makes them (any process, under its `lock`):
 
 Write of N (add, upsert, reward update, delete):
     W1. N's place: cached, else read with the write's other uncached namespaces in one registry
-        read; the absent ones are created (add and upsert) in one registry upsert.
+        read; the absent ones are created (add and upsert) in one registry upsert, and one
+        found moving is waited for as in W4.
     W2. Write there; adds check ids there first, then upsert, so a redo is harmless.
     W3. Read N's record: the one registry read of a write in the steady state.
     W4. Acknowledged if it still says N is where W2 wrote (same tag; bucket, or own). Else wait
@@ -492,8 +493,7 @@ class Layout:
             if known is None or size >= self.move_at or size // quarter > known // quarter:
                 try:
                     with chroma_call(f"count namespace {namespace!r}"):
-                        where = place.scope.where()
-                        size = len(place.collection.get(where=where, include=[])["ids"])  # type: ignore[arg-type]
+                        size = place.scope.count()
                     if size >= self.move_at:
                         self._promote(namespace)
                 except StoreError as exc:
@@ -656,8 +656,7 @@ class Layout:
         place = None if record[PLACE_META] == DELETED else self._place_of(namespace, record)
         tag = str(record[TAG_KEY])
         with chroma_call(f"delete namespace {namespace!r}"):
-            count = 0 if place is None else len(
-                place.collection.get(where=place.scope.where(), include=[])["ids"])  # type: ignore[arg-type]
+            count = 0 if place is None else place.scope.count()
             self._set_place(namespace, DELETED)  # D1
             self._places.pop(namespace, None)
             self._sizes.pop(namespace, None)

@@ -3,10 +3,9 @@
 A record: the vector is the query embedding, the document is the query, and the metadata holds
 the user's keys as given plus reserved ``kd_`` keys: the response text, the reward (absent when
 not rated) and a ``kd_rated`` flag, the creation time (ISO string and POSIX timestamp), and the
-response embedding (base64 of little-endian float32, returned bit for bit). In a collection its
-namespace shares with others (a bucket, see `layout`), the record id is ``"<tag>:<episode id>"``
-and the metadata adds ``kd_ns`` (the namespace) and ``kd_gen`` (its tag); a `Scope` names and
-filters such records. Chroma's errors become `StoreError` through `chroma_call`.
+response embedding (base64 of little-endian float32, returned bit for bit). A `Scope` names and
+filters the records of namespaces sharing a bucket (tagged ids and keys: see `layout`). Chroma's
+errors become `StoreError` through `chroma_call`.
 """
 
 from __future__ import annotations
@@ -212,6 +211,12 @@ class Scope:
         tags = list(self.owners)
         tag: dict[str, Any] = {TAG_KEY: tags[0] if len(tags) == 1 else {"$in": tags}}
         return tag if extra is None else {"$and": [tag, extra]}
+
+    def count(self, where: dict[str, Any] | None = None) -> int:
+        """How many of these namespaces' records match `where` (all if None)."""
+        if where is None and not self.tagged:
+            return self.collection.count()
+        return len(self.collection.get(where=self.where(where), include=[])["ids"])  # type: ignore[arg-type]
 
     def eid(self, chroma_id: str) -> str:
         """The episode id of a record id."""

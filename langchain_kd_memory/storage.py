@@ -45,7 +45,7 @@ from langchain_kd_memory.errors import (
     InvalidEpisodeError,
     StoreError,
 )
-from langchain_kd_memory.layout import BUCKETS, MOVE_AT, STORE_FORMAT, Layout, Place
+from langchain_kd_memory.layout import BUCKETS, MOVE_AT, Layout, Place
 from langchain_kd_memory.layout import encode_namespace as encode_namespace
 from langchain_kd_memory.rated import rated_pages, recent_cutoff
 from langchain_kd_memory.records import (
@@ -66,8 +66,7 @@ from langchain_kd_memory.records import chroma_call as _chroma
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STORE_FORMAT", "EpisodeStore", "encode_namespace", "http_client",
-           "raise_open_file_limit"]
+__all__ = ["EpisodeStore", "encode_namespace", "http_client", "raise_open_file_limit"]
 
 _COLLECTION_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{1,61}[a-zA-Z0-9]")
 _TRAINING_PAGE = 1024
@@ -554,9 +553,7 @@ class EpisodeStore:
     @staticmethod
     def _count_in(scope: Scope, where: dict[str, Any] | None) -> int:
         with _chroma(f"count episodes in {scope.collection.name!r}"):
-            if where is None and not scope.tagged:
-                return scope.collection.count()
-            return len(scope.collection.get(where=scope.where(where), include=[])["ids"])  # type: ignore[arg-type]
+            return scope.count(where)
 
     def _count(self, namespace: str | None, where: dict[str, Any] | None) -> int:
         if namespace is None:
@@ -621,10 +618,9 @@ class EpisodeStore:
             InvalidArgumentError: If `query` is blank, `k` < 1 or `where` is malformed.
         """
         check_search_query(query)
-        k, ns, clean_where = self._check_search(k, namespace, where)
-        if self._layout.place(ns) is None:
+        if self._layout.place(self._check_search(k, namespace, where)[1]) is None:
             return []  # nothing to embed the query for
-        return self._search(ns, self.embedder.query(query)[None, :], k, clean_where)
+        return self.search_by_vector(self.embedder.query(query), k, namespace, where)
 
     def search_by_vector(self, embedding: Sequence[float] | np.ndarray, k: int = 4,
                          namespace: str | None = None,
@@ -636,27 +632,25 @@ class EpisodeStore:
             EmbeddingError: If `embedding` is not a finite vector.
         """
         k, ns, clean_where = self._check_search(k, namespace, where)
-        return self._search(ns, self.embedder.check([embedding], 1, "embedding"), k, clean_where)
+        matrix = self.embedder.check([embedding], 1, "embedding")
 
-    def _check_search(self, k: object, namespace: object,
-                      where: object) -> tuple[int, str, dict[str, Any] | None]:
-        return check_int("k", k, low=1), str(self._target(namespace, False)), check_where(where)
-
-    def _search(self, namespace: str, matrix: np.ndarray, k: int,
-                where: dict[str, Any] | None) -> list[tuple[Episode, float]]:
         def query(place: Place) -> list[tuple[Episode, float]]:
             scope = place.scope
-            with _chroma(f"search namespace {namespace!r}"):
+            with _chroma(f"search namespace {ns!r}"):
                 got = scope.collection.query(
-                    query_embeddings=matrix, n_results=k, where=scope.where(where),  # type: ignore[arg-type]
+                    query_embeddings=matrix, n_results=k, where=scope.where(clean_where),  # type: ignore[arg-type]
                     include=["documents", "metadatas", "distances"],  # type: ignore[list-item]
                 )
             rows = zip(got["ids"][0], (got["documents"] or [[]])[0],
                        (got["metadatas"] or [[]])[0], (got["distances"] or [[]])[0], strict=True)
-            return [(episode_of(scope.eid(i), doc, meta, namespace), 1.0 - float(dist))
+            return [(episode_of(scope.eid(i), doc, meta, ns), 1.0 - float(dist))
                     for i, doc, meta, dist in rows]
 
-        return self._layout.read(namespace, query, [])
+        return self._layout.read(ns, query, [])
+
+    def _check_search(self, k: object, namespace: object,
+                      where: object) -> tuple[int, str, dict[str, Any] | None]:
+        return check_int("k", k, low=1), str(self._target(namespace, False)), check_where(where)
 
     # ----------------------------------------------------------------- training data
 
@@ -693,8 +687,7 @@ class EpisodeStore:
         Of `namespace` ("default" if None) or every namespace; with `limit`, the `limit` most
         recent (by `created_at`), reading only about that many records.
         """
-        if limit is not None:
-            limit = check_int("limit", limit, low=1)
+        limit = optional(check_int, "limit", limit, low=1)
         scopes = self._training_scopes(self._target(namespace, all_namespaces))
         cutoff = None if limit is None else recent_cutoff(scopes, limit)
         pages = list(rated_pages(scopes, _TRAINING_PAGE, cutoff, self.dimension))
