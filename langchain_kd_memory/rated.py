@@ -7,6 +7,7 @@ capped read costs about `limit` records and not the whole history.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -38,8 +39,7 @@ def rated_pages(
     """
     for scope in scopes:
         where = scope.where(rated_where(since_ts))
-        offset = 0
-        while True:
+        for offset in itertools.count(0, batch_size):
             with _chroma(f"read training data from {scope.collection.name!r}"):
                 page = scope.collection.get(
                     where=where,  # type: ignore[arg-type]
@@ -63,7 +63,6 @@ def rated_pages(
             yield arrays, np.array([m[CREATED_TS_KEY] for m in metadatas], dtype=np.float64)
             if len(ids) < batch_size:
                 break
-            offset += len(ids)
 
 
 def rated_ids(scopes: list[Scope], since_ts: float | None) -> list[list[str]]:

@@ -167,9 +167,8 @@ class EpisodeStore:
         Raises:
             InvalidArgumentError: If an argument is unusable.
         """
-        if not isinstance(collection_name, str) or not _COLLECTION_NAME_RE.fullmatch(
-            collection_name
-        ):
+        if not (isinstance(collection_name, str)
+                and _COLLECTION_NAME_RE.fullmatch(collection_name)):
             raise InvalidArgumentError(
                 "collection_name must be 3-63 characters of [a-zA-Z0-9_-] starting and ending "
                 f"with a letter or digit, got {collection_name!r}"
@@ -453,12 +452,8 @@ class EpisodeStore:
                                               metadatas=[m for _, (_, m) in pairs]),
                     create=False, action=f"update the rewards of {len(ids)} episodes",
                 )
-        return [
-            dataclasses.replace(episode_of(i, record["documents"], record["metadatas"], ns),
-                                reward=value)
-            for i, value in zip(ids, values, strict=True)
-            for ns, record in [found[i]]
-        ]
+        return [dataclasses.replace(episode, reward=value)
+                for episode, value in zip(self._episodes(found, ids), values, strict=True)]
 
     def delete(self, ids: Sequence[str], namespace: str | None = None, *,
                all_namespaces: bool = False) -> None:
@@ -539,8 +534,13 @@ class EpisodeStore:
         wanted = check_ids(ids)
         found = self._fetch(wanted, self._target(namespace, all_namespaces),
                             ["documents", "metadatas"])
+        return self._episodes(found, wanted)
+
+    @staticmethod
+    def _episodes(found: Found, ids: list[str]) -> list[Episode]:
+        """The episodes of `ids` from what `_fetch` found with their documents and metadatas."""
         return [episode_of(i, found[i][1]["documents"], found[i][1]["metadatas"], found[i][0])
-                for i in wanted]
+                for i in ids]
 
     def count(self, namespace: str | None = None, *, all_namespaces: bool = False) -> int:
         """Number of episodes in `namespace` ("default" if None), or in every namespace."""
