@@ -41,6 +41,8 @@ Write of N (add, upsert, reward update, delete):
         Why it leaves nothing behind: P5 runs after P4, and so does every W5; a write to the
         bucket that follows P5 is followed by its writer's W5. Bucket records of an own
         namespace are never read, so W5 deleting them is always safe.
+    Crash during W2-W5: the write is not acknowledged; what W2 wrote stays (in a bucket after
+        P5 it is never read, and `drop` removes it).
 
 Promotion of N (tag T, bucket k) when a writer counts `move_at` records in it:
     P1. Create ``P.lease.T.e``, e = 1, or the next epoch if e was not renewed for `LEASE_S`
@@ -399,13 +401,14 @@ class Layout:
         placed = self.places(rows, None, sizes, created).items()  # W1
         places = {namespace: place for namespace, place in placed if place is not None}
         waiting = [namespace for namespace, place in places.items() if place.moving]
-        for _ in range(4):
+        for attempt in range(4):
             for namespace in waiting:  # W4, or W1 of a namespace found moving
                 was, place = places.pop(namespace), self._settle(namespace, sizes, created)
                 if place is not None:
                     places[namespace] = place
-                    if place.bucket is None and was.bucket is not None and place.tag == was.tag:
-                        self._sweep(was)  # W5
+                    if (attempt and place.bucket is None and was.bucket is not None
+                            and place.tag == was.tag):
+                        self._sweep(was)  # W5: it wrote to the bucket
             gone = self._apply(places, rows, op, action)  # W2
             records = self.records([ns for ns in places if ns not in gone])  # W3
             waiting = [ns for ns in places if ns in gone or not places[ns].holds(records.get(ns))]
