@@ -20,16 +20,17 @@ Collections of the store ``P`` (its `collection_name`):
         exclusion used, and nothing depends on what Chroma does with an ``add`` of an existing id.
 
 Transitions of N's record, and who makes them (any process, under its `lock`):
-    absent/deleted -> bucket (own if N's first write holds `move_at` records): a writer, by an
-        upsert of generation n + 1. Tag and bucket follow from N and n, so creators racing write
-        the same record and agree.
+    absent/deleted -> bucket, however large N's first write (W1 then promotes it): a writer,
+        by an upsert of generation n + 1. Tag and bucket follow from N and n, so creators racing
+        write the same record and agree.
     bucket -> moving -> own: a promoter (P2, P4); own is final, and nothing goes back to bucket.
     any -> deleted: `drop` (the record stays, keeping the generation).
 
 Write of N (add, upsert, reward update, delete):
     W1. N's place: cached, else read with the write's other uncached namespaces in one registry
         read; the absent ones are created (add and upsert) in one registry upsert, and one
-        found moving is waited for as in W4.
+        found moving is waited for as in W4. N in a bucket and written `move_at` rows at once
+        is promoted first (P1-P5 on what it holds), then written in its own collection.
     W2. Write there; adds check ids there first, then upsert, so a redo is harmless.
     W3. Read N's record: the one registry read of a write in the steady state.
     W4. Acknowledged if it still says N is where W2 wrote (same tag; bucket, or own). Else wait
@@ -137,6 +138,12 @@ def encode_namespace(namespace: str) -> str:
     """
     return "".join(ch if ch in _KEPT_CHARACTERS else
                    "".join(f"_{b:02x}" for b in ch.encode("utf-8")) for ch in namespace)
+
+
+def _foreign(name: str) -> StoreError:
+    """The error for a collection of N's name that an EpisodeStore did not make for N."""
+    return StoreError(f"Chroma collection {name!r} was not created by an EpisodeStore for this "
+                      "namespace; use another collection_name")
 
 
 def _digest(*parts: object) -> str:
@@ -280,8 +287,7 @@ class Layout:
             stored = collection.metadata or {}
             ours = stored.get(NAMESPACE_META) == meta.get(NAMESPACE_META)
             if not ours or EMBEDDER_META not in stored:
-                raise StoreError(f"Chroma collection {name!r} was not created by an EpisodeStore "
-                                 "for this namespace; use another collection_name")
+                raise _foreign(name)
             self._check_embedder(f"collection {name!r}", stored)
             self._collections[name] = collection
         return collection
@@ -333,12 +339,12 @@ class Layout:
         return self.places([namespace], max_age)[namespace]
 
     def places(self, namespaces: Iterable[str], max_age: float | None = None,
-               create: Mapping[str, int] | None = None,
+               create: bool = False,
                created: list[Place] | None = None) -> dict[str, Place | None]:
         """Where each namespace lives (None: absent), from one registry read at most.
 
-        A cached place is used unless it is older than `max_age` s. With `create` ({namespace:
-        rows it gets}), the absent ones are created in one registry upsert (added to `created`).
+        A cached place is used unless it is older than `max_age` s. With `create`, the absent
+        ones are created in one registry upsert (and added to `created`).
         """
         now, wanted = time.monotonic(), list(dict.fromkeys(namespaces))
         fresh = [ns for ns in wanted if ns not in self._places
@@ -352,8 +358,8 @@ class Layout:
                 absent[namespace] = record
             else:
                 self._places[namespace] = self._place_of(namespace, record)
-        if create is not None and absent:
-            new = self._create({ns: (create[ns], old) for ns, old in absent.items()})
+        if create and absent:
+            new = self._create(absent)
             if created is not None:
                 created += new
         return {ns: self._places.get(ns) for ns in wanted}
@@ -364,19 +370,16 @@ class Layout:
         assert registry is not None
         registry.update(ids=[_NS + namespace], metadatas=[{PLACE_META: place}])
 
-    def _create(self, new: Mapping[str, tuple[int, Mapping[str, Any]]]) -> list[Place]:
-        """Register the next generation of each namespace, all in one registry upsert.
-
-        `new` maps each namespace to (rows it gets, its old record); creators write the same.
-        """
+    def _create(self, new: Mapping[str, Mapping[str, Any]]) -> list[Place]:
+        """Register each namespace of `new` ({namespace: old record}) anew, in a bucket."""
         registry = self.registry(create=True)
         assert registry is not None
         records = {}
-        for namespace, (rows, old) in new.items():
+        for namespace, old in new.items():
             generation = int(old.get(GENERATION_META, 0)) + 1
             records[namespace] = self._meta(self.reward_range, **{
                 GENERATION_META: generation, TAG_KEY: _digest(namespace, generation)[:TAG_LENGTH],
-                PLACE_META: OWN if rows >= self.move_at else BUCKET,
+                PLACE_META: BUCKET,
                 BUCKET_META: int(_digest(namespace)[:15], 16) % self.buckets})
         # their collections first: one may be refused
         places = {ns: self._place_of(ns, record) for ns, record in records.items()}
@@ -397,13 +400,16 @@ class Layout:
         are created (and appended to `created`); without, the rows of a namespace deleted
         meanwhile are dropped (they went with it).
         """
-        sizes = {namespace: len(rows[namespace]) for namespace in rows} if create else None
-        placed = self.places(rows, None, sizes, created).items()  # W1
+        placed = self.places(rows, None, create, created).items()  # W1
         places = {namespace: place for namespace, place in placed if place is not None}
         waiting = [namespace for namespace, place in places.items() if place.moving]
+        for namespace, place in places.items():  # W1: a write that alone reaches move_at
+            if place.bucket is not None and len(rows[namespace]) >= self.move_at:
+                self._promote_logged(namespace)  # moves N first, to write there once
+                waiting.append(namespace)
         for attempt in range(4):
             for namespace in waiting:  # W4, or W1 of a namespace found moving
-                was, place = places.pop(namespace), self._settle(namespace, sizes, created)
+                was, place = places.pop(namespace), self._settle(namespace, create, created)
                 if place is not None:
                     places[namespace] = place
                     if (attempt and place.bucket is None and was.bucket is not None
@@ -445,7 +451,7 @@ class Layout:
                 gone.update(place.namespace for place, _ in pairs)
         return gone
 
-    def _settle(self, namespace: str, create: Mapping[str, int] | None,
+    def _settle(self, namespace: str, create: bool,
                 created: list[Place] | None) -> Place | None:
         """`places` of N once no promotion of it is in flight (waits; takes an expired one over)."""
         deadline = time.monotonic() + 3 * LEASE_S
@@ -503,6 +509,13 @@ class Layout:
                     logger.warning("namespace %r stays in its bucket: %s", namespace, exc)
             self._sizes[namespace] = size
 
+    def _promote_logged(self, namespace: str) -> None:
+        """`_promote`, a failure logged: N stays in its bucket, and a later write tries again."""
+        try:
+            self._promote(namespace)
+        except StoreError as exc:
+            logger.warning("namespace %r stays in its bucket: %s", namespace, exc)
+
     def _lease(self, tag: str, meta: dict[str, Any]) -> Collection | None:
         """P1: the lease collection of `tag`; None if another process holds it."""
         epoch, owner = 1, uuid.uuid4().hex
@@ -537,14 +550,18 @@ class Layout:
                    clear: bool = False) -> Collection | None:
         """N's own collection if a promotion of this generation published it (P4), else None.
 
-        With `clear`, a collection of that name and another tag (format 2's unfinished move)
-        is deleted, so that the promotion can publish.
+        With `clear`, N's collection of that name and another tag (format 2's unfinished move)
+        is deleted, so that the promotion can publish; one an EpisodeStore did not make for N
+        is refused, never deleted.
         """
         name = self.own_name(namespace, record)
         with contextlib.suppress(Gone), chroma_call(f"look for {name!r}"):
             collection = self.client.get_collection(name, embedding_function=None)
-            if (collection.metadata or {}).get(TAG_KEY) == record[TAG_KEY]:
+            stored = collection.metadata or {}
+            if stored.get(TAG_KEY) == record[TAG_KEY]:
                 return collection
+            if clear and (stored.get(NAMESPACE_META) != namespace or EMBEDDER_META not in stored):
+                raise _foreign(name)
             if clear:
                 self.client.delete_collection(name)
         return None

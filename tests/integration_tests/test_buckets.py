@@ -10,7 +10,8 @@
 * A format-1 store (one collection per namespace, no registry) is refused until migrated; then
   it reads unchanged and takes writes.
 * Processes creating the same namespace at once agree on one place, whatever Chroma does with
-  an ``add`` of an existing id (ignore it, raise, or overwrite); every write lands once.
+  an ``add`` of an existing id (ignore it, raise, or overwrite), and whatever the size of their
+  first writes; every write lands once.
 * A write in the steady state reads the registry once.
 
 Every namespace holds the same questions (same vectors), so similarity alone would mix them.
@@ -263,16 +264,17 @@ def test_a_namespace_moves_at_the_threshold_and_keeps_everything(make_store: Any
 
 
 @pytest.mark.slow
-def test_a_namespace_whose_first_write_is_large_starts_in_its_own_collection(
-    make_store: Any,
-) -> None:
+def test_a_namespace_whose_first_write_is_large_is_promoted_at_once(make_store: Any) -> None:
+    """It is created in its bucket like any other (creators racing agree) and moved after."""
     store = make_store(move_at=20)
     store.add(episodes_of("bulk", 25))
-    assert store.layout.place("bulk").bucket is None
-    assert sorted(raw_collections(store)) == [
-        f"{store.collection_name}.ns.bulk", f"{store.collection_name}.registry"
-    ]
-    assert store.count("bulk") == 25 and store.layout.moves == 0
+    assert store.layout.place("bulk").bucket is None and store.layout.moves == 1
+    collections = raw_collections(store)
+    assert sorted(collections) == sorted([f"{store.collection_name}.ns.bulk",
+                                          f"{store.collection_name}.registry",
+                                          f"{store.collection_name}.b.42"])
+    assert collections[f"{store.collection_name}.b.42"].count() == 0
+    assert store.count("bulk") == 25
 
 
 def _lease_names(store: EpisodeStore) -> list[str]:
@@ -674,6 +676,38 @@ def test_processes_creating_a_namespace_at_once_agree_whatever_add_does(
     with pytest.raises(DuplicateEpisodeError):
         second.add([Episode("other", id=changed.id, namespace="shared")])
     assert reader.count("shared") == 8
+
+
+@pytest.mark.slow
+def test_a_large_first_write_racing_a_small_one_loses_neither(
+    make_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B read the registry before A registered the namespace and registers it after A's one
+    episode was acknowledged, with a first write of `move_at` episodes. (Before: B registered
+    it in its own collection, over A's record placing it in a bucket, and A's acknowledged
+    episode was never read again.)"""
+    first = make_store(move_at=6)
+    second = make_store(first.collection_name, move_at=6)
+    release = threading.Event()
+    reached = _gated_registry_writes(monkeypatch, "race", "B", release)
+    errors: list[BaseException] = []
+
+    def second_adds() -> None:
+        try:
+            second.add(episodes_of("race", 6, start=1))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=second_adds, name="B")
+    thread.start()
+    assert reached.wait(30)
+    first.add(episodes_of("race", 1))  # acknowledged before B registers the namespace
+    release.set()
+    thread.join(60)
+    assert not errors, errors
+    for store in (first, second, make_store(first.collection_name)):
+        assert store.get([f"e{j}" for j in range(7)], namespace="race") == episodes_of("race", 7)
+        assert store.count("race") == 7
 
 
 def calls_to(monkeypatch: pytest.MonkeyPatch, method: str) -> list[str]:

@@ -234,7 +234,7 @@ def test_persists_across_processes(tmp_path: Path, embeddings: LocalEmbeddings) 
 # ---------------------------------------------------------------- namespaces
 
 
-@pytest.mark.parametrize(("move_at", "collections"), [(256, 2), (1, 1 + len(ODD_NAMESPACES))])
+@pytest.mark.parametrize(("move_at", "collections"), [(256, 2), (1, 2 + len(ODD_NAMESPACES))])
 def test_odd_namespaces_are_isolated(
     tmp_store: EpisodeStore, embeddings: LocalEmbeddings, move_at: int, collections: int
 ) -> None:
@@ -247,7 +247,7 @@ def test_odd_namespaces_are_isolated(
     ]
     store.add(episodes)
     assert store.namespaces() == sorted(ODD_NAMESPACES)
-    assert len(own_collections(store)) == collections  # with the registry
+    assert len(own_collections(store)) == collections  # with the registry (and the bucket)
     assert store.count(all_namespaces=True) == len(ODD_NAMESPACES)
     for episode in episodes:
         assert store.count(episode.namespace) == 1
@@ -617,15 +617,23 @@ def test_another_embedder_is_refused(
     assert snapshot(store) == before
 
 
-def test_a_foreign_collection_with_our_name_is_refused(tmp_store: EpisodeStore) -> None:
-    """(move_at=1: the namespace's first write goes to its own collection's name.)"""
+def test_a_foreign_collection_with_our_name_is_never_written_nor_deleted(
+    tmp_store: EpisodeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A namespace that reaches `move_at` is not promoted onto a collection of its own name that
+    an EpisodeStore did not make: it stays in its bucket, says why, and keeps every episode.
+    (Before: the promotion deleted that collection, taking it for an unfinished move.)"""
     store = EpisodeStore(tmp_store.collection_name, embeddings=tmp_store.embeddings,
-                         client=tmp_store.client, move_at=1)
+                         client=tmp_store.client, move_at=2)
     name = f"{store.collection_name}.ns.default"
-    store.client.create_collection(name, embedding_function=None)
-    with pytest.raises(StoreError, match="not created by an EpisodeStore"):
-        store.add([Episode("q")])
-    assert store.client.get_collection(name, embedding_function=None).count() == 0
+    foreign = store.client.create_collection(name, embedding_function=None)
+    episodes = [Episode("q1"), Episode("q2")]
+    for episode in episodes:
+        store.add([episode])
+    assert "not created by an EpisodeStore" in caplog.text
+    assert store.get([e.id for e in episodes]) == episodes
+    kept = store.client.get_collection(name, embedding_function=None)
+    assert kept.id == foreign.id and kept.count() == 0 and kept.metadata is None
 
 
 @pytest.mark.slow
