@@ -630,6 +630,29 @@ def _gated_registry_writes(monkeypatch: pytest.MonkeyPatch, namespace: str, thre
     return reached
 
 
+def _race(monkeypatch: pytest.MonkeyPatch, first: EpisodeStore, second: EpisodeStore,
+          namespace: str, second_rows: int) -> None:
+    """B (`second`) looks `namespace` up and, held before it registers it, A (`first`) registers
+    it and writes episode e0 (acknowledged); then B registers it and writes e1.. e<second_rows>."""
+    release = threading.Event()
+    reached = _gated_registry_writes(monkeypatch, namespace, "B", release)
+    errors: list[BaseException] = []
+
+    def second_adds() -> None:
+        try:
+            second.add(episodes_of(namespace, second_rows, start=1))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=second_adds, name="B")
+    thread.start()
+    assert reached.wait(30)  # B looked the namespace up and is about to register it
+    first.add(episodes_of(namespace, 1))  # A registers it, writes, is acknowledged
+    release.set()
+    thread.join(60)
+    assert not errors, errors
+
+
 @pytest.mark.slow
 def test_processes_creating_a_namespace_at_once_agree_whatever_add_does(
     make_store: Any, monkeypatch: pytest.MonkeyPatch, add_behaviour: str
@@ -642,23 +665,7 @@ def test_processes_creating_a_namespace_at_once_agree_whatever_add_does(
     add failed.)"""
     first = make_store(move_at=6)
     second = make_store(first.collection_name, move_at=6)
-    release = threading.Event()
-    reached = _gated_registry_writes(monkeypatch, "shared", "B", release)
-    errors: list[BaseException] = []
-
-    def second_adds() -> None:
-        try:
-            second.add(episodes_of("shared", 1, start=1))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    thread = threading.Thread(target=second_adds, name="B")
-    thread.start()
-    assert reached.wait(30)  # B looked the namespace up and is about to register it
-    first.add(episodes_of("shared", 1))  # A registers it, writes, is acknowledged
-    release.set()
-    thread.join(60)
-    assert not errors, errors
+    _race(monkeypatch, first, second, "shared", second_rows=1)
     assert [i for i in registry_records(first) if i.startswith("n:")] == ["n:shared"]
     for store in (first, second, make_store(first.collection_name)):
         assert store.get(["e0", "e1"], namespace="shared") == episodes_of("shared", 2)
@@ -688,23 +695,7 @@ def test_a_large_first_write_racing_a_small_one_loses_neither(
     episode was never read again.)"""
     first = make_store(move_at=6)
     second = make_store(first.collection_name, move_at=6)
-    release = threading.Event()
-    reached = _gated_registry_writes(monkeypatch, "race", "B", release)
-    errors: list[BaseException] = []
-
-    def second_adds() -> None:
-        try:
-            second.add(episodes_of("race", 6, start=1))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    thread = threading.Thread(target=second_adds, name="B")
-    thread.start()
-    assert reached.wait(30)
-    first.add(episodes_of("race", 1))  # acknowledged before B registers the namespace
-    release.set()
-    thread.join(60)
-    assert not errors, errors
+    _race(monkeypatch, first, second, "race", second_rows=6)
     for store in (first, second, make_store(first.collection_name)):
         assert store.get([f"e{j}" for j in range(7)], namespace="race") == episodes_of("race", 7)
         assert store.count("race") == 7
