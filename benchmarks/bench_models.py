@@ -1,4 +1,4 @@
-"""A value model per namespace (issue 13): training in the worker, memory and first-score latency.
+"""A value model per namespace: training in the worker, memory and first-score latency.
 
     python benchmarks/bench_models.py              # 50 namespaces x 500 episodes on a chroma server
     python benchmarks/bench_models.py --quick      # 5 namespaces x 200 episodes

@@ -1,4 +1,4 @@
-"""Quality benchmark of the value model on chitchat-dataset (issue 4, "Quality bar").
+"""Quality benchmark of the value model on chitchat-dataset.
 
 Two tasks on one fixed 80/20 split, every model and baseline in the same run:
 
@@ -286,7 +286,7 @@ def summary_cell(values: list[float]) -> str:
 
 
 def targets(bench: Benchmark) -> list[list[str]]:
-    """The issue's bars for the default settings, each with its numbers and verdict."""
+    """The quality bars for the default settings, each with its numbers and verdict."""
 
     def get(task: str, name: str) -> Row:
         return bench.rows[(task, name)]
@@ -352,7 +352,7 @@ def report(bench: Benchmark, seeds: list[int], consolidation: list[list[str]],
                  for r in bench.rows.values() if r.task == task]
         lines += [f"### {title}", "", markdown_table(
             ["model", "Spearman", "MAE", "MAE (median)", "params", "note"], table), ""]
-    lines += ["### Targets (issue 4) for the default settings", "",
+    lines += ["### Targets for the default settings", "",
               markdown_table(["target", "value", "verdict"], targets(bench)), ""]
     lines += ["### Cost", "", markdown_table(
         ["setting", "training seconds per run"],

@@ -1,4 +1,4 @@
-"""EpisodeStore with many namespaces: memory, recall latency, counting, write rate (issues 13, 20).
+"""EpisodeStore with many namespaces: memory, recall latency, counting, write rate.
 
     python benchmarks/bench_scale.py              # full: 10,000 namespaces embedded; server run
     python benchmarks/bench_scale.py --quick      # a small run (1,000 and 100 namespaces)
