@@ -403,9 +403,10 @@ class Layout:
         placed = self.places(rows, None, create, created).items()  # W1
         places = {namespace: place for namespace, place in placed if place is not None}
         waiting = [namespace for namespace, place in places.items() if place.moving]
-        for namespace, place in places.items():  # W1: a write that alone reaches move_at
-            if place.bucket is not None and len(rows[namespace]) >= self.move_at:
-                self._promote_logged(namespace)  # moves N first, to write there once
+        for namespace, place in places.items():  # W1: N written move_at rows at once moves first
+            if (place.bucket is not None and not place.moving
+                    and len(rows[namespace]) >= self.move_at):
+                self._promote_logged(namespace)
                 waiting.append(namespace)
         for attempt in range(4):
             for namespace in waiting:  # W4, or W1 of a namespace found moving

@@ -282,12 +282,14 @@ def _lease_names(store: EpisodeStore) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("writer_move_at", [256, 1])
 def test_a_promotion_left_half_done_by_a_killed_process_is_finished_by_the_next_writer(
-    make_store: Any,
+    make_store: Any, writer_move_at: int
 ) -> None:
     """The registry says ``moving`` and the mover's lease collection (epoch 1, not renewed for
     long) holds part of the copy plus a record deleted since: the next writer takes the lease
-    over (epoch 2), copies afresh and publishes; the dead mover's copy is never read."""
+    over (epoch 2), copies afresh and publishes; the dead mover's copy is never read. The same
+    when that write alone holds `move_at` rows."""
     store = make_store(buckets=1)
     name = store.collection_name
     store.add(episodes_of("half", 6))
@@ -307,7 +309,7 @@ def test_a_promotion_left_half_done_by_a_killed_process_is_finished_by_the_next_
              metadatas=[{k: v for k, v in m.items() if k not in ("kd_ns", "kd_gen")}
                         for m in copied["metadatas"]])
 
-    writer = make_store(name, buckets=1)  # a fresh process: no cached place
+    writer = make_store(name, buckets=1, move_at=writer_move_at)  # a fresh process
     writer.add(episodes_of("half", 1, start=6))
     assert registry_records(writer)["n:half"]["kd_place"] == "own"
     assert writer.layout.moves == 1 and _lease_names(writer) == []
