@@ -108,12 +108,17 @@ class ValueHead(nn.Module):
         super().__init__()
         for name, shape in BayesianLinear.shapes("posterior", input_dim).items():
             self.register_buffer(name.replace(".", "_"), torch.zeros(shape, device=device))
+        self._cached: tuple[tuple[tuple[int, int], ...], BayesianLinear] | None = None
 
     def _posterior(self) -> BayesianLinear:
-        return BayesianLinear.from_tensors(
-            {name: getattr(self, name.replace(".", "_"))
-             for name in BayesianLinear.shapes("posterior", 1)}, "posterior",
-        )
+        """The posterior of the buffers, rebuilt (float64) only when one of them changed."""
+        key = tuple((buffer.data_ptr(), buffer._version) for buffer in self.buffers())
+        if self._cached is None or self._cached[0] != key:
+            self._cached = key, BayesianLinear.from_tensors(
+                {name: getattr(self, name.replace(".", "_"))
+                 for name in BayesianLinear.shapes("posterior", 1)}, "posterior",
+            )
+        return self._cached[1]
 
     def fit(self, x: torch.Tensor, targets: torch.Tensor, groups: list[int], *,
             keep_priors: bool = False) -> None:

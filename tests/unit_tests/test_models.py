@@ -3,7 +3,7 @@ import torch
 
 from langchain_kd_memory.config import StudentConfig, TeacherConfig
 from langchain_kd_memory.errors import ConfigError, EmbeddingDimensionError
-from langchain_kd_memory.models import StudentNetwork, TeacherNetwork, count_parameters
+from langchain_kd_memory.models import StudentNetwork, TeacherNetwork, ValueHead, count_parameters
 
 
 @pytest.mark.parametrize("dim", [8, 384])
@@ -123,3 +123,18 @@ def test_an_interactions_teacher_sees_how_the_response_relates_to_the_query():
     assert teacher(q, r).shape == (3, 4)
     with pytest.raises(ConfigError, match="interactions"):
         TeacherConfig(interactions="yes")
+
+
+def test_a_value_head_answers_from_its_current_posterior_after_a_fit_or_a_load():
+    """The head keeps its float64 posterior between calls; a refit or a loaded state replaces it."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 6, generator=generator)
+    first, second = ValueHead(6), ValueHead(6)
+    first.fit(x, x[:, 0], [6])
+    second.fit(x, -x[:, 1], [6])
+    before = first(x)[0]
+    assert torch.equal(first(x)[0], before)  # the same posterior, asked again
+    first.load_state_dict(second.state_dict())
+    assert torch.equal(first(x)[0], second(x)[0])
+    first.fit(x, x[:, 0], [6])
+    assert torch.allclose(first(x)[0], before)
