@@ -403,8 +403,8 @@ class Layout:
         placed = self.places(rows, None, create, created).items()  # W1
         places = {namespace: place for namespace, place in placed if place is not None}
         waiting = [namespace for namespace, place in places.items() if place.moving]
-        for namespace, place in places.items():  # W1: N written move_at rows at once moves first
-            if (place.bucket is not None and not place.moving
+        for namespace, found in places.items():  # W1: N written move_at rows at once moves first
+            if (found.bucket is not None and not found.moving
                     and len(rows[namespace]) >= self.move_at):
                 self._promote_logged(namespace)
                 waiting.append(namespace)

@@ -33,7 +33,6 @@ from langchain_kd_memory.errors import (
     InvalidEpisodeError,
     InvalidNamespaceError,
     InvalidRewardError,
-    StoreError,
 )
 from langchain_kd_memory.records import decode_vector
 from langchain_kd_memory.storage import EpisodeStore, encode_namespace
