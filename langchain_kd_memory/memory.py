@@ -820,8 +820,8 @@ class DistilledEpisodicMemory(BaseRetriever):
         if not unrated or not model.is_trained or not model.teacher_beats_mean:
             return {}
         queries, responses = self.store.vectors([hits[i][0].id for i in unrated], namespace)
-        estimates = model.predict_embeddings(queries, responses, model="teacher")
-        return {i: estimate.expected for i, estimate in zip(unrated, estimates, strict=True)}
+        expected = model.expected_rewards(queries, responses, model="teacher")
+        return {i: float(value) for i, value in zip(unrated, expected, strict=True)}
 
     # ------------------------------------------------------------------ classic memory
 

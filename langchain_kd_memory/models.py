@@ -136,6 +136,10 @@ class ValueHead(nn.Module):
         """Posterior mean and epistemic standard deviation (float64) of each row of `x`."""
         return self._posterior().predict(x)
 
+    def mean_of(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior mean (float64) of each row of `x`, without its standard deviation."""
+        return self._posterior().mean_of(x)
+
     def draw(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One Thompson draw (float64) for all rows of `x`, from one posterior weight vector."""
         return self._posterior().sample(x, generator)
@@ -168,6 +172,10 @@ class ValueNetwork(nn.Module):
     def value(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The value head's estimate and its epistemic standard deviation, (batch,) each."""
         return self.value_head(self.encode(*inputs))
+
+    def expected(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The value head's estimate alone, (batch,)."""
+        return self.value_head.mean_of(self.encode(*inputs))
 
     def draw(self, *inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One Thompson draw of the value of every row, (batch,)."""

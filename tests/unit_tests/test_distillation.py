@@ -579,3 +579,14 @@ def test_seed_style_dicts_with_the_real_embedder(embeddings):
     assert teacher.expected == comparison["teacher"].expected
     with pytest.raises(InvalidEpisodeError):
         kd.get_student_prediction("   ")
+
+
+@pytest.mark.parametrize("which", ["student", "teacher"])
+def test_expected_rewards_are_the_estimates_expected_values(trained, which):
+    kd, _ = trained
+    data = clusters(30, seed=5)
+    cheap = kd.expected_rewards(data.query_embeddings, data.response_embeddings, model=which)
+    full = expected(kd.predict_embeddings(data.query_embeddings, data.response_embeddings,
+                                          model=which))
+    np.testing.assert_array_equal(cheap, full)
+    assert len(np.unique(cheap)) > 1  # the model tells the clusters apart
