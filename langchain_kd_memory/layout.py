@@ -140,10 +140,11 @@ def encode_namespace(namespace: str) -> str:
                    "".join(f"_{b:02x}" for b in ch.encode("utf-8")) for ch in namespace)
 
 
-def _foreign(name: str) -> StoreError:
-    """The error for a collection of N's name that an EpisodeStore did not make for N."""
-    return StoreError(f"Chroma collection {name!r} was not created by an EpisodeStore for this "
-                      "namespace; use another collection_name")
+def _refuse_foreign(name: str, stored: Mapping[str, Any], namespace: str | None) -> None:
+    """Raise unless an EpisodeStore made collection `name` for `namespace` (None: a bucket)."""
+    if stored.get(NAMESPACE_META) != namespace or EMBEDDER_META not in stored:
+        raise StoreError(f"Chroma collection {name!r} was not created by an EpisodeStore for "
+                         "this namespace; use another collection_name")
 
 
 def _digest(*parts: object) -> str:
@@ -285,9 +286,7 @@ class Layout:
                     name, configuration=_OWN_CONFIG if NAMESPACE_META in meta  # type: ignore[arg-type]
                     else _BUCKET_CONFIG, metadata=meta, embedding_function=None)
             stored = collection.metadata or {}
-            ours = stored.get(NAMESPACE_META) == meta.get(NAMESPACE_META)
-            if not ours or EMBEDDER_META not in stored:
-                raise _foreign(name)
+            _refuse_foreign(name, stored, meta.get(NAMESPACE_META))
             self._check_embedder(f"collection {name!r}", stored)
             self._collections[name] = collection
         return collection
@@ -504,10 +503,11 @@ class Layout:
                 try:
                     with chroma_call(f"count namespace {namespace!r}"):
                         size = place.scope.count()
-                    if size >= self.move_at:
-                        self._promote(namespace)
                 except StoreError as exc:
                     logger.warning("namespace %r stays in its bucket: %s", namespace, exc)
+                else:
+                    if size >= self.move_at:
+                        self._promote_logged(namespace)
             self._sizes[namespace] = size
 
     def _promote_logged(self, namespace: str) -> None:
@@ -561,9 +561,8 @@ class Layout:
             stored = collection.metadata or {}
             if stored.get(TAG_KEY) == record[TAG_KEY]:
                 return collection
-            if clear and (stored.get(NAMESPACE_META) != namespace or EMBEDDER_META not in stored):
-                raise _foreign(name)
             if clear:
+                _refuse_foreign(name, stored, namespace)
                 self.client.delete_collection(name)
         return None
 
